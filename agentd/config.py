@@ -1,0 +1,466 @@
+"""The configuration schema and loader.
+
+Config is YAML, validated once into frozen pydantic models and passed down; no other
+module reads files or environment variables for settings. Errors name file, line and key.
+Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from agentd.errors import ConfigError
+from agentd.yamlsafe import MAX_BYTES, YamlDoc, load_yaml
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+FALLBACK_REASONS = (
+    "timeout",
+    "low_confidence",
+    "invalid_output",
+    "model_error",
+    "model_missing",
+    "circuit_open",
+    "overloaded",
+    "mode_rules_only",
+)
+MODES = ("auto", "rules_only", "observe", "manual")
+DEFAULT_CONFIG_PATHS = (Path("/etc/agentd/agentd.yaml"), Path("config/agentd.yaml"))
+
+
+def _name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(f"{value!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+    return value
+
+
+def _resolve(value: str, info: ValidationInfo) -> str:
+    base = (info.context or {}).get("base")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return str(path)
+
+
+Name = Annotated[str, AfterValidator(_name)]
+ConfigPath = Annotated[str, AfterValidator(_resolve)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_node_id() -> str:
+    """The hostname, lower-cased, with anything outside [a-z0-9_-] replaced by '-'."""
+    name = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().lower()).strip("-_") or "node"
+    return name[:63]
+
+
+def _default_data_dir() -> str:
+    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or str(Path("var").resolve())
+
+
+class NodeConfig(_Model):
+    id: Name = Field(default_factory=default_node_id)
+    fleet: Name = "default"
+    data_dir: ConfigPath = Field(default_factory=_default_data_dir)
+
+
+class LifecycleConfig(_Model):
+    stage: Literal["dev", "canary", "prod"] = "dev"
+    release: str = Field(default="unreleased", min_length=1, max_length=64)
+
+
+class TlsConfig(_Model):
+    ca: ConfigPath | None = None
+    cert: ConfigPath | None = None
+    key: ConfigPath | None = None
+
+
+class MqttConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password_file: ConfigPath | None = None
+    max_payload_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+
+
+class OperatorConfig(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    key: str = Field(min_length=40, max_length=64, description="base64 raw Ed25519 public key")
+    role: Literal["viewer", "operator", "admin"]
+
+
+class TrustConfig(_Model):
+    operators: list[OperatorConfig] = Field(default_factory=list)
+    peers: dict[Name, str] = Field(default_factory=dict)
+    allow_unknown_peers: bool = False
+
+
+class RetentionConfig(_Model):
+    max_age_days: float = Field(default=30.0, gt=0)
+    max_db_mb: float = Field(default=512.0, gt=1)
+    outbox_max_rows: int = Field(default=100_000, ge=100)
+    interval_s: float = Field(default=600.0, gt=0)
+
+
+class StateConfig(_Model):
+    synchronous: Literal["full", "normal"] = "full"
+    retention: RetentionConfig = RetentionConfig()
+    checkpoint_every: int = Field(default=1000, ge=1, le=1_000_000)
+    checkpoint_interval_s: float = Field(default=300.0, gt=0)
+
+
+class SimulatorConfig(_Model):
+    enabled: bool = False
+    skill: str | None = None
+    rate_per_s: float = Field(default=1.0, gt=0, le=10_000)
+    seed: int | None = None
+
+
+class DaemonConfig(_Model):
+    mode: Literal["auto", "rules_only", "observe", "manual"] = "auto"
+    socket: ConfigPath | None = None
+    max_pending: int = Field(default=10_000, ge=1)
+    drain_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    deadline_reserve_ms: float = Field(default=3.0, ge=0, le=1000)
+    watchdog_interval_s: float = Field(default=5.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    simulator: SimulatorConfig = SimulatorConfig()
+
+
+class _ModelBase(_Model):
+    name: Name
+    version: str = Field(default="1", min_length=1, max_length=64)
+    circuit_failures: int = Field(default=3, ge=1, le=1000)
+    circuit_cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class OnnxModelConfig(_ModelBase):
+    backend: Literal["onnx"]
+    path: ConfigPath
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: list[str] = Field(min_length=1)
+    labels: list[str] = Field(min_length=2)
+    input_name: str | None = None
+    output_name: str | None = None
+    threads: int = Field(default=1, ge=1, le=64)
+    memory_headroom_mb: float = Field(default=64.0, ge=0)
+
+
+class DelayModelConfig(_ModelBase):
+    """A synthetic stage for tests and benchmarks: waits, then answers a fixed label."""
+
+    backend: Literal["delay"]
+    delay_ms: float = Field(ge=0, le=600_000)
+    label: str
+    confidence: float = Field(default=0.99, ge=0, le=1)
+    cancellable: bool = True
+
+
+class LlamaModelConfig(_ModelBase):
+    backend: Literal["llama_cpp"]
+    path: ConfigPath
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    labels: list[str] = Field(min_length=2)
+    n_ctx: int = Field(default=1024, ge=64, le=131072)
+    n_threads: int = Field(default=2, ge=1, le=256)
+    n_gpu_layers: int = Field(default=0, ge=-1)
+    memory_headroom_mb: float = Field(default=128.0, ge=0)
+    prompt: dict[str, Any] = Field(default_factory=dict)
+
+
+ModelConfig = Annotated[
+    OnnxModelConfig | DelayModelConfig | LlamaModelConfig, Field(discriminator="backend")
+]
+
+
+class FieldSpec(_Model):
+    type: Literal["number", "integer", "string", "boolean"]
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    max_length: int = Field(default=256, ge=1, le=65536)
+    default: float | int | str | bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FieldSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class StageConfig(_Model):
+    model: Name
+    min_confidence: float = Field(default=0.0, ge=0, le=1)
+    map: dict[str, str] = Field(default_factory=dict)
+    timeout_ms: float | None = Field(default=None, gt=0)
+
+
+class RuleConfig(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    when: str = Field(default="true", min_length=1, max_length=4096)
+    action: str
+    default: bool = False
+
+
+class GuardConfig(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    when: str = Field(min_length=1, max_length=4096)
+    action: str
+
+
+class ApprovalConfig(_Model):
+    actions: list[str] = Field(default_factory=list)
+    interim: str | None = None
+    timeout_s: float = Field(default=900.0, gt=0, le=30 * 86400)
+    on_timeout: str | None = None
+    on_reject: str | None = None
+
+
+class HandlerConfig(_Model):
+    action: str
+    type: Literal["log", "exec"] = "log"
+    argv: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _check(self) -> HandlerConfig:
+        if self.type == "exec" and not self.argv:
+            raise ValueError("an exec handler needs argv (the command to run)")
+        return self
+
+
+class SkillConfig(_Model):
+    name: Name
+    description: str = ""
+    input: dict[str, FieldSpec] = Field(min_length=1)
+    actions: list[str] = Field(min_length=1)
+    deadline_ms: float = Field(default=200.0, gt=0, le=600_000)
+    cascade: list[StageConfig] = Field(default_factory=list)
+    rules: list[RuleConfig] = Field(min_length=1)
+    guards: list[GuardConfig] = Field(default_factory=list)
+    approval: ApprovalConfig = ApprovalConfig()
+    handlers: list[HandlerConfig] = Field(default_factory=list)
+    max_event_bytes: int = Field(default=65536, ge=64, le=16 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _check(self) -> SkillConfig:
+        actions = set(self.actions)
+        if len(actions) != len(self.actions):
+            raise ValueError("actions must be unique")
+        for field_name in self.input:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", field_name):
+                raise ValueError(f"input field {field_name!r} is not a valid identifier")
+            if field_name in ("action", "skill", "node", "event_id"):
+                raise ValueError(f"input field {field_name!r} is a reserved name")
+
+        def need(value: str | None, where: str) -> None:
+            if value is not None and value not in actions:
+                raise ValueError(f"{where}: unknown action {value!r} (known: {', '.join(self.actions)})")
+
+        for i, stage in enumerate(self.cascade):
+            for label, action in stage.map.items():
+                need(action, f"cascade[{i}].map.{label}")
+        defaults = [i for i, r in enumerate(self.rules) if r.default]
+        if not defaults:
+            raise ValueError("rules need a default rule (the last rule, with `default: true`)")
+        if defaults != [len(self.rules) - 1]:
+            raise ValueError("exactly one rule may be the default, and it must be the last rule")
+        for i, rule in enumerate(self.rules):
+            need(rule.action, f"rules[{i}].action")
+        for i, guard in enumerate(self.guards):
+            need(guard.action, f"guards[{i}].action")
+        for a in self.approval.actions:
+            need(a, "approval.actions")
+        if self.approval.actions and self.approval.interim is None:
+            raise ValueError("approval.interim is required when approval.actions is set")
+        for key in ("interim", "on_timeout", "on_reject"):
+            need(getattr(self.approval, key), f"approval.{key}")
+        for i, handler in enumerate(self.handlers):
+            need(handler.action, f"handlers[{i}].action")
+        return self
+
+
+class MetricsConfig(_Model):
+    enabled: bool = False
+    port: int = Field(default=9464, ge=1, le=65535)
+
+
+class Config(_Model):
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    lifecycle: LifecycleConfig = LifecycleConfig()
+    mqtt: MqttConfig = MqttConfig()
+    trust: TrustConfig = TrustConfig()
+    state: StateConfig = StateConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    models: list[ModelConfig] = Field(default_factory=list)
+    skills: list[SkillConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        names = [m.name for m in self.models]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate model names: {', '.join(sorted(dup))}")
+        skills = [s.name for s in self.skills]
+        dup = {n for n in skills if skills.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate skill names: {', '.join(sorted(dup))}")
+        for skill in self.skills:
+            for stage in skill.cascade:
+                if stage.model not in names:
+                    raise ValueError(
+                        f"skill {skill.name!r}: cascade model {stage.model!r} is not declared under models"
+                        f" (declared: {', '.join(names) or 'none'})"
+                    )
+        sim = self.daemon.simulator
+        if sim.enabled and sim.skill is not None and sim.skill not in skills:
+            raise ValueError(f"daemon.simulator.skill {sim.skill!r} is not a skill")
+        return self
+
+    def skill(self, name: str) -> SkillConfig:
+        """The skill called ``name``; ConfigError naming the known ones otherwise."""
+        for s in self.skills:
+            if s.name == name:
+                return s
+        raise ConfigError(f"unknown skill {name!r} (known: {', '.join(s.name for s in self.skills)})")
+
+    def model(self, name: str) -> OnnxModelConfig | DelayModelConfig | LlamaModelConfig:
+        """The model called ``name``."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError(f"unknown model {name!r}")
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir)
+
+    @property
+    def socket_path(self) -> Path:
+        if self.daemon.socket:
+            return Path(self.daemon.socket)
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        return Path(runtime) / "agentd.sock" if runtime else self.data_dir / "agentd.sock"
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config with where it came from."""
+
+    config: Config
+    path: Path
+    sha256: str
+    doc: YamlDoc
+
+    def where(self, *loc: str | int) -> str:
+        """``file:line`` of a key path, for error messages."""
+        return self.doc.where(tuple(loc))
+
+
+def find_config(path: str | os.PathLike[str] | None) -> Path:
+    """The config to use: the given path, $AGENTD_CONFIG, /etc/agentd/agentd.yaml, ./config/agentd.yaml."""
+    if path:
+        return Path(path)
+    env = os.environ.get("AGENTD_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        "no config file: pass --config PATH, set AGENTD_CONFIG, or create /etc/agentd/agentd.yaml"
+    )
+
+
+def load_config(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> LoadedConfig:
+    """Read, parse and validate a config file; ConfigError with file:line and key on any problem."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
+    return parse_config(raw, source=str(p), base=p.resolve().parent, max_bytes=max_bytes)
+
+
+def parse_config(
+    raw: bytes | str, *, source: str = "<string>", base: Path | None = None, max_bytes: int = MAX_BYTES
+) -> LoadedConfig:
+    """Validate config text; ``base`` is where relative paths resolve."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    doc = load_yaml(data, source=source, max_bytes=max_bytes)
+    if not isinstance(doc.data, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping at the top level")
+    try:
+        config = Config.model_validate(doc.data, context={"base": base or Path.cwd()})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, doc)) from exc
+    return LoadedConfig(config=config, path=Path(source), sha256=hashlib.sha256(data).hexdigest(), doc=doc)
+
+
+def format_validation_error(exc: ValidationError, doc: YamlDoc) -> str:
+    """One line per pydantic error: ``file:line key.path: message``."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        key = _dotted(loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            known = _known_keys(loc[:-1])
+            if known:
+                msg += f" (known: {', '.join(known)})"
+        out.append(f"{doc.where(loc)} {key}: {msg}")
+    return "\n".join(out)
+
+
+_UNION_TAGS = {"onnx", "delay", "llama_cpp"}
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    s = ""
+    for part in loc:
+        s += f"[{part}]" if isinstance(part, int) else (f".{part}" if s else str(part))
+    return s
+
+
+def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
+    model: type[BaseModel] | None = Config
+    for part in parent:
+        if model is None or isinstance(part, int):
+            continue
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return []
+        model = _model_of(info.annotation)
+    return list(model.model_fields) if model else []
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found:
+            return found
+    return None

@@ -1,0 +1,498 @@
+"""The decision engine: runs the pipeline of DESIGN section 3 around the store and stages.
+
+``async with Engine(...) as engine: record = await engine.decide("freezer_health", data)``.
+One deadline per decision, a cascade of model stages with confidence gates, the rules
+floor, guards, approvals, modes, exactly one decision per event id, late answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import time
+from collections import Counter, OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from agentd import queries
+from agentd.envelope import envelope, topic
+from agentd.errors import AgentdError, InputError, ModelError, NotFound
+from agentd.hlc import Clock
+from agentd.pipeline import (
+    ACCEPTED,
+    CircuitBreaker,
+    StageTrace,
+    check_event_id,
+    gate,
+    interim_action,
+    needs_approval,
+    new_id,
+    validate_event,
+)
+from agentd.rules import FleetView, SkillRules, compile_skill, evaluate, first_match, make_context
+from agentd.stages.base import Cancelled, CallHandle, ModelStage
+from agentd.stages.registry import MissingStage, build_stage
+from agentd.store import DecisionWrite, DuplicateEvent, Store
+
+if TYPE_CHECKING:
+    from agentd.config import LoadedConfig, SkillConfig
+    from agentd.signing import NodeKey
+
+log = logging.getLogger("agentd")
+RECENT_IDS = 100_000
+MODES = ("auto", "rules_only", "observe", "manual")
+
+
+class Engine:
+    """Owns the store, the model stages and the compiled rules of one node."""
+
+    def __init__(self, *, loaded: LoadedConfig, key: NodeKey, run_handlers: bool = True) -> None:
+        self.loaded = loaded
+        self.cfg = loaded.config
+        self.key = key
+        self.node = self.cfg.node.id
+        self._run_handlers = run_handlers
+        self.store = Store(
+            data_dir=self.cfg.data_dir,
+            key=key,
+            node=self.node,
+            synchronous=self.cfg.state.synchronous,
+            checkpoint_every=self.cfg.state.checkpoint_every,
+        )
+        self.clock = Clock()
+        self.fleet = FleetView()
+        self.stages: dict[str, ModelStage] = {}
+        self.circuits: dict[str, CircuitBreaker] = {}
+        self.rules: dict[str, SkillRules] = {}
+        self.mode = self.cfg.daemon.mode
+        self.counters: Counter[str] = Counter()
+        self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._expiry_wake = asyncio.Event()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        for skill in self.cfg.skills:
+            self.rules[skill.name] = compile_skill(skill, where=lambda *loc, s=skill: self._where(s, *loc))
+        await self.store.__aenter__()
+        try:
+            await self._load_state()
+            await self._load_models()
+            self._tasks = asyncio.TaskGroup()
+            await self._tasks.__aenter__()
+            self._expiry_task = self._tasks.create_task(self._expiry_loop(), name="approval-expiry")
+        except BaseException:
+            await self.store.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._expiry_task is not None:
+                self._expiry_task.cancel()
+            pending = [t for t in self._background if not t.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=self.cfg.daemon.drain_timeout_s)
+                for t in pending:
+                    t.cancel()
+            if self._tasks is not None:
+                await self._tasks.__aexit__(None, None, None)
+        finally:
+            for stage in self.stages.values():
+                await stage.close()
+            await self.store.__aexit__(None, None, None)
+
+    def _where(self, skill: SkillConfig, *loc: str | int) -> str:
+        index = self.cfg.skills.index(skill)
+        return self.loaded.where("skills", index, *loc)
+
+    async def _load_state(self) -> None:
+        def load(conn: Any) -> tuple[list[tuple[str, float]], str | None, str | None, list[tuple[str, str, str]]]:
+            cutoff = time.time() - 24 * 3600
+            rows = conn.execute("SELECT action, ts FROM fleet_decisions WHERE ts >= ? ORDER BY ts", (cutoff,)).fetchall()
+            values = conn.execute("SELECT key, value, node FROM fleet_state").fetchall()
+            return rows, queries.get_setting(conn, "mode"), queries.get_setting(conn, "mode_config"), values
+
+        rows, mode, mode_config, values = await self.store.read(load)
+        for action, ts in rows:
+            self.fleet.add_decision(action, ts)
+        for k, v, _node in values:
+            self.fleet.set_value(k, json.loads(v))
+        # A mode set at run time (CLI, fleet command) holds until the config's own mode changes.
+        if mode in MODES and mode_config == self.cfg.daemon.mode:
+            self.mode = mode
+        pending = await self.store.read(queries.pending_approvals)
+        for p in pending:
+            heapq.heappush(self._expiry_heap, (p["expires_at"], p["decision_id"]))
+
+    async def _load_models(self) -> None:
+        used = {stage.model for skill in self.cfg.skills for stage in skill.cascade}
+        for m in self.cfg.models:
+            if m.name not in used:
+                continue
+            try:
+                stage = await asyncio.to_thread(build_stage, m)
+                await self.store.audit("model_load", {"model": m.name, "version": m.version, "backend": m.backend, "sha256": getattr(m, "sha256", None)})
+                log.info("model %s loaded (%s, version %s)", m.name, m.backend, m.version)
+            except ModelError as exc:
+                stage = MissingStage(m.name, m.version, str(exc))
+                await self.store.audit("model_refused", {"model": m.name, "version": m.version, "reason": str(exc)})
+                log.error("model %s not loaded: %s", m.name, exc)
+            self.stages[m.name] = stage
+            self.circuits[m.name] = CircuitBreaker(m.circuit_failures, m.circuit_cooldown_s)
+
+    # -- deciding ------------------------------------------------------------
+
+    async def decide(
+        self,
+        skill_name: str,
+        data: Any,
+        *,
+        event_id: str | None = None,
+        received: float | None = None,
+        origin: str = "local",
+    ) -> dict[str, Any]:
+        """Decide one event; returns the decision record (the existing one for a repeated id).
+
+        ``received`` is the ``time.monotonic()`` at which the event arrived; the deadline
+        counts from it.
+        """
+        t0 = received if received is not None else time.monotonic()
+        wall0 = time.time() - (time.monotonic() - t0)
+        skill = self.cfg.skill(skill_name)
+        fields = validate_event(skill, data)
+        eid = check_event_id(event_id) if event_id is not None else new_id()
+        if event_id is not None:
+            existing = await self._existing(eid)
+            if existing is not None:
+                self.counters["duplicates"] += 1
+                return existing
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved" noise
+        self._inflight[eid] = fut
+        try:
+            record = await self._decide(skill, fields, eid, t0, wall0, origin)
+            fut.set_result(record)
+            return record
+        except Exception as exc:
+            fut.set_exception(exc)
+            raise
+        finally:
+            self._inflight.pop(eid, None)
+            if not fut.done():
+                fut.cancel()
+
+    async def _existing(self, eid: str) -> dict[str, Any] | None:
+        """The decision already made (or being made) for a repeated event id.
+
+        The in-memory LRU saves a database read for ids it has not seen; ids it has
+        forgotten are still caught by the store, which refuses a second decision.
+        """
+        inflight = self._inflight.get(eid)
+        if inflight is not None:
+            return await asyncio.shield(inflight)
+        if eid in self._recent:
+            return await self.store.read(lambda c: queries.find_by_event(c, eid))
+        return None
+
+    async def _decide(self, skill: SkillConfig, fields: dict[str, Any], eid: str, t0: float, wall0: float, origin: str) -> dict[str, Any]:
+        deadline = t0 + skill.deadline_ms / 1000
+        reserve = self.cfg.daemon.deadline_reserve_ms / 1000
+        traces: list[StageTrace] = []
+        late: list[tuple[StageTrace, CallHandle]] = []
+        action: str | None = None
+        source, fallback, model_info, confidence = "rules", None, None, None
+        mode = self.mode
+
+        if mode == "rules_only":
+            fallback = "mode_rules_only"
+        elif not skill.cascade:
+            fallback = "model_missing"
+        else:
+            for stage_cfg in skill.cascade:
+                trace = StageTrace(model=stage_cfg.model)
+                traces.append(trace)
+                outcome, answer_action = await self._run_stage(skill, stage_cfg, fields, deadline - reserve, trace, late)
+                trace.outcome = outcome
+                if outcome == ACCEPTED:
+                    action = answer_action
+                    source, confidence = "model", trace.confidence
+                    stage = self.stages[stage_cfg.model]
+                    model_info = {"name": stage.name, "version": stage.version, "sha256": stage.sha256}
+                    break
+                fallback = outcome
+
+        rules = self.rules[skill.name]
+        variables = {**fields, "skill": skill.name, "node": self.node, "action": action or ""}
+        rule_name = None
+        rule_errors: list[str] = []
+        if action is None:
+            rule, rule_errors = first_match(rules.rules, make_context(variables, self.fleet))
+            action, rule_name = rule.action, rule.name
+        else:
+            fallback = None
+
+        guard_name = None
+        for g in rules.guards:
+            variables["action"] = action
+            try:
+                if evaluate(g, make_context(variables, self.fleet)) and g.action != action:
+                    action, guard_name = g.action, g.name
+            except AgentdError as exc:
+                rule_errors.append(str(exc))
+
+        status, approval, expires_at = "decided", None, None
+        if needs_approval(skill, mode, action):
+            interim = interim_action(skill)
+            expires_at = round(wall0 + skill.approval.timeout_s, 6)
+            approval = {"requested_action": action, "interim_action": interim, "status": "pending", "expires_at": expires_at}
+            status, action = "pending_approval", interim
+
+        latency_ms = round((time.monotonic() - t0) * 1000, 3)
+        hlc = self.clock.now()
+        record: dict[str, Any] = {
+            "id": new_id(),
+            "event_id": eid,
+            "node": self.node,
+            "skill": skill.name,
+            "action": action,
+            "status": status,
+            "source": source,
+            "model": model_info,
+            "confidence": None if confidence is None else round(confidence, 6),
+            "fallback_reason": fallback,
+            "rule": rule_name,
+            "guard": guard_name,
+            "latency_ms": latency_ms,
+            "stages": [t.as_dict() for t in traces],
+            "late_answer": None,
+            "hlc": hlc,
+            "created_at": round(time.time(), 6),
+            "lifecycle": {
+                "stage": self.cfg.lifecycle.stage,
+                "release": self.cfg.lifecycle.release,
+                "config_sha256": self.loaded.sha256,
+                "models": {n: s.version for n, s in self.stages.items()},
+            },
+            "mode": mode,
+            "origin": origin,
+            "inputs": fields,
+        }
+        if approval is not None:
+            record["approval"] = approval
+        if rule_errors:
+            record["rule_errors"] = rule_errors[:5]
+        outbox = []
+        if self.cfg.mqtt.enabled:
+            payload = envelope("decision", node=self.node, hlc=hlc, body=record, key=self.key, ident=record["id"])
+            outbox.append((topic(self.cfg.node.fleet, "nodes", self.node, "decisions"), payload, 1, False))
+            if approval is not None:
+                outbox.append((topic(self.cfg.node.fleet, "nodes", self.node, "approvals"), payload, 1, False))
+        write = DecisionWrite(eid, skill.name, wall0, fields, record, self.node, outbox, expires_at)
+        try:
+            await self.store.record_decision(write)
+        except DuplicateEvent:
+            self.counters["duplicates"] += 1
+            return await self.store.read(lambda c: queries.find_by_event(c, eid) or record)
+        self._remember(eid)
+        self.fleet.add_decision(record["action"], record["created_at"])
+        self.counters[f"source:{source}"] += 1
+        if fallback:
+            self.counters[f"fallback:{fallback}"] += 1
+        for trace, handle in late:
+            self._spawn(self._late_answer(record["id"], trace, handle), name=f"late-{record['id'][:8]}")
+        if expires_at is not None:
+            heapq.heappush(self._expiry_heap, (expires_at, record["id"]))
+            self._expiry_wake.set()
+        if status == "decided" and mode != "observe":
+            self._run_handlers_for(skill, record)
+        return record
+
+    async def _run_stage(
+        self,
+        skill: SkillConfig,
+        stage_cfg: Any,
+        fields: dict[str, Any],
+        stop_at: float,
+        trace: StageTrace,
+        late: list[tuple[StageTrace, CallHandle]],
+    ) -> tuple[str, str | None]:
+        stage = self.stages.get(stage_cfg.model)
+        trace.version = stage.version if stage else None
+        if stage is None or not stage.available:
+            return "model_missing", None
+        breaker = self.circuits[stage.name]
+        now = time.monotonic()
+        budget = stop_at - now
+        if stage_cfg.timeout_ms is not None:
+            budget = min(budget, stage_cfg.timeout_ms / 1000)
+        if budget <= 0:
+            return "timeout", None
+        if stage.expected_wait_s() > budget:
+            return "overloaded", None
+        if not breaker.allow(now):
+            return "circuit_open", None
+        t = time.monotonic()
+        try:
+            handle = stage.call(fields, now + budget)
+        except ModelError:
+            breaker.failure(time.monotonic())
+            return "model_error", None
+        try:
+            async with asyncio.timeout(budget):
+                answer = await asyncio.shield(handle.future)
+        except TimeoutError:
+            handle.cancel()
+            breaker.failure(time.monotonic())
+            trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
+            late.append((trace, handle))
+            return "timeout", None
+        except (ModelError, Cancelled) as exc:
+            breaker.failure(time.monotonic())
+            trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
+            log.warning("model %s failed: %s", stage.name, exc)
+            return "model_error", None
+        breaker.success()
+        trace.answer, trace.confidence, trace.scores = answer.label, answer.confidence, answer.scores
+        trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
+        action, outcome = gate(answer, stage_cfg, skill.actions)
+        return outcome, action
+
+    async def _late_answer(self, decision_id: str, trace: StageTrace, handle: CallHandle) -> None:
+        try:
+            answer = await handle.future
+        except (Cancelled, ModelError, asyncio.CancelledError):
+            return
+        late = {"model": trace.model, "answer": answer.label, "confidence": round(answer.confidence, 6), "latency_ms": answer.latency_ms}
+        await self.store.set_late_answer(decision_id, late)
+        self.counters["late_answers"] += 1
+
+    def _remember(self, eid: str) -> None:
+        self._recent[eid] = None
+        if len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+
+    def _spawn(self, coro: Any, *, name: str) -> None:
+        assert self._tasks is not None
+        task = self._tasks.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- approvals -----------------------------------------------------------
+
+    async def approve(self, decision_id: str, *, by: str) -> dict[str, Any]:
+        """Approve a pending decision: its requested action applies and its handlers run."""
+        current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
+        requested = current.get("approval", {}).get("requested_action")
+        if requested is None:
+            raise NotFound(f"decision {decision_id!r} never needed approval")
+        record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by)
+        if self.mode != "observe":
+            self._run_handlers_for(self.cfg.skill(record["skill"]), record)
+        return record
+
+    async def reject(self, decision_id: str, *, by: str, reason: str = "") -> dict[str, Any]:
+        """Reject a pending decision: ``approval.on_reject`` (else the interim action) stays in force."""
+        current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
+        skill = self.cfg.skill(current["skill"])
+        applied = skill.approval.on_reject or current.get("approval", {}).get("interim_action") or current["action"]
+        return await self.store.resolve_approval(current["id"], status="rejected", applied_action=applied, by=by, reason=reason)
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            self._expiry_wake.clear()
+            now = time.time()
+            while self._expiry_heap and self._expiry_heap[0][0] <= now:
+                _, decision_id = heapq.heappop(self._expiry_heap)
+                await self._expire(decision_id)
+            delay = self._expiry_heap[0][0] - now if self._expiry_heap else 3600.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, 3600.0)):
+                    await self._expiry_wake.wait()
+
+    async def _expire(self, decision_id: str) -> None:
+        try:
+            current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
+            skill = self.cfg.skill(current["skill"])
+            applied = skill.approval.on_timeout or current.get("approval", {}).get("interim_action") or current["action"]
+            record = await self.store.resolve_approval(decision_id, status="expired", applied_action=applied, by="timeout")
+        except NotFound:
+            return  # approved or rejected meanwhile
+        except AgentdError as exc:
+            log.error("approval expiry for %s failed: %s", decision_id, exc)
+            return
+        if self.mode != "observe":
+            self._run_handlers_for(skill, record)
+
+    # -- handlers, modes, status --------------------------------------------
+
+    def _run_handlers_for(self, skill: SkillConfig, record: dict[str, Any]) -> None:
+        if not self._run_handlers:
+            return
+        for h in skill.handlers:
+            if h.action != record["action"]:
+                continue
+            if h.type == "log":
+                log.info("action %s for event %s (decision %s)", record["action"], record["event_id"], record["id"])
+            else:
+                self._spawn(_exec_handler(h.argv, h.timeout_s, record), name=f"handler-{record['id'][:8]}")
+
+    async def set_mode(self, mode: str, *, by: str) -> None:
+        """Change and persist the mode; audited."""
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+        old, self.mode = self.mode, mode
+        await self.store.set_setting("mode", mode)
+        await self.store.set_setting("mode_config", self.cfg.daemon.mode)
+        await self.store.audit("mode", {"from": old, "to": mode, "by": by})
+
+    async def status(self) -> dict[str, Any]:
+        """What `agentd status` shows."""
+        totals = await self.store.read(queries.counts)
+        models = []
+        for name, stage in self.stages.items():
+            models.append({
+                **stage.info(),
+                "available": stage.available,
+                "missing_reason": stage.missing_reason,
+                "circuit": self.circuits[name].state,
+            })
+        return {
+            "node": self.node,
+            "fleet": self.cfg.node.fleet,
+            "mode": self.mode,
+            "lifecycle": {"stage": self.cfg.lifecycle.stage, "release": self.cfg.lifecycle.release, "config_sha256": self.loaded.sha256},
+            "models": models,
+            "skills": [s.name for s in self.cfg.skills],
+            "counters": dict(self.counters),
+            "broker": {"enabled": self.cfg.mqtt.enabled, "connected": False, "note": "the MQTT link arrives with the mesh"},
+            **totals,
+        }
+
+
+async def _exec_handler(argv: list[str], timeout_s: float, record: dict[str, Any]) -> None:
+    """Run an exec handler with the decision JSON on stdin, bounded by ``timeout_s``."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+    except OSError as exc:
+        log.error("handler %s could not start: %s", argv[0], exc)
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, err = await proc.communicate(json.dumps(record).encode())
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        log.error("handler %s timed out after %.1f s (killed)", argv[0], timeout_s)
+        return
+    if proc.returncode:
+        log.error("handler %s exited %s: %s", argv[0], proc.returncode, err[-300:].decode(errors="replace"))

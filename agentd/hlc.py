@@ -1,0 +1,63 @@
+"""Hybrid logical clock (Kulkarni et al. 2014), as plain functions over plain data.
+
+A timestamp is ``(wall_ms, counter)``; its string form ``"<wall_ms:013d>-<counter:04d>"``
+sorts the same as the tuple. Ties between nodes are broken by node id by the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+Hlc = tuple[int, int]
+
+
+def encode(ts: Hlc) -> str:
+    return f"{ts[0]:013d}-{ts[1]:04d}"
+
+
+def decode(text: str) -> Hlc:
+    """Parse an encoded HLC; ValueError if malformed."""
+    wall, _, counter = text.partition("-")
+    if len(wall) != 13 or not wall.isdigit() or not counter.isdigit() or len(counter) > 9:
+        raise ValueError(f"malformed HLC {text[:40]!r}")
+    return int(wall), int(counter)
+
+
+def tick(last: Hlc, now_ms: int) -> Hlc:
+    """The HLC for a local event or send."""
+    if now_ms > last[0]:
+        return (now_ms, 0)
+    return (last[0], last[1] + 1)
+
+
+def merge(last: Hlc, remote: Hlc, now_ms: int) -> Hlc:
+    """The HLC after receiving a message stamped ``remote``."""
+    wall = max(last[0], remote[0], now_ms)
+    if wall == last[0] == remote[0]:
+        return (wall, max(last[1], remote[1]) + 1)
+    if wall == last[0]:
+        return (wall, last[1] + 1)
+    if wall == remote[0]:
+        return (wall, remote[1] + 1)
+    return (wall, 0)
+
+
+class Clock:
+    """A thread-safe HLC for one node."""
+
+    def __init__(self, *, now_ms: Callable[[], int] | None = None, start: Hlc = (0, 0)) -> None:
+        self._now = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self._last = start
+        self._lock = threading.Lock()
+
+    def now(self) -> str:
+        with self._lock:
+            self._last = tick(self._last, self._now())
+            return encode(self._last)
+
+    def observe(self, remote: str) -> str:
+        with self._lock:
+            self._last = merge(self._last, decode(remote), self._now())
+            return encode(self._last)

@@ -1,0 +1,157 @@
+"""Rules and guards as CEL expressions, compiled once at load.
+
+Expressions see the event's fields by name, ``action`` (the chosen action, for guards),
+``skill`` and ``node``, and two functions over the local fleet-state view:
+
+- ``fleet_count(action, window_s)``: decisions with that action by any node of the fleet
+  in the last ``window_s`` seconds;
+- ``fleet_value(key)``: a value of the replicated fleet-state map, or ``null``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agentd.errors import RuleError
+
+if TYPE_CHECKING:
+    from agentd.config import SkillConfig
+
+FUNCTIONS = ("fleet_count", "fleet_value")
+BUILTIN_VARS = ("action", "skill", "node")
+FLEET_WINDOW_S = 24 * 3600.0
+FLEET_MAX_PER_ACTION = 100_000
+
+
+class FleetView:
+    """An in-memory read model of recent fleet decisions and the fleet-state map.
+
+    Filled from SQLite at start-up and by every decision (this node's, and peers' once the
+    mesh gossips them); rules read it without touching the database.
+    """
+
+    def __init__(self) -> None:
+        self._times: dict[str, deque[float]] = defaultdict(deque)
+        self._values: dict[str, Any] = {}
+
+    def add_decision(self, action: str, ts: float) -> None:
+        times = self._times[action]
+        if times and ts < times[-1]:
+            bisect.insort(times, ts)
+        else:
+            times.append(ts)
+        cutoff = time.time() - FLEET_WINDOW_S
+        while times and (times[0] < cutoff or len(times) > FLEET_MAX_PER_ACTION):
+            times.popleft()
+
+    def count(self, action: str, window_s: float, now: float | None = None) -> int:
+        times = self._times.get(action)
+        if not times:
+            return 0
+        since = (now if now is not None else time.time()) - float(window_s)
+        return len(times) - bisect.bisect_left(times, since)
+
+    def set_value(self, key: str, value: Any) -> None:
+        self._values[key] = value
+
+    def value(self, key: str) -> Any:
+        return self._values.get(key)
+
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        return {"fleet_count": lambda action, window_s: self.count(str(action), float(window_s)), "fleet_value": self.value}
+
+
+@dataclass(frozen=True)
+class Compiled:
+    name: str
+    source: str
+    program: Any
+    action: str
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class SkillRules:
+    """A skill's compiled rules (in order, default last) and guards."""
+
+    rules: tuple[Compiled, ...]
+    guards: tuple[Compiled, ...]
+
+
+def compile_skill(skill: SkillConfig, *, where: Callable[..., str] | None = None) -> SkillRules:
+    """Compile every rule and guard; RuleError naming file:line, key and the unknown names."""
+    import cel  # heavy-ish import, on first use
+
+    known = set(skill.input) | set(BUILTIN_VARS)
+
+    def one(kind: str, i: int, name: str, expr: str, action: str, default: bool = False) -> Compiled:
+        loc = where(kind, i, "when") if where else f"{kind}[{i}]"
+        try:
+            program = cel.compile(expr)
+        except ValueError as exc:
+            raise RuleError(f"{loc} {skill.name}.{kind}[{i}] ({name}): {_first_line(exc)}") from exc
+        unknown = set(program.variables()) - known - _bound_names(expr)
+        if unknown:
+            raise RuleError(
+                f"{loc} {skill.name}.{kind}[{i}] ({name}).when: unknown field {', '.join(sorted(map(repr, unknown)))}"
+                f" (known: {', '.join(sorted(known))})"
+            )
+        bad = set(program.functions()) & {"fleet"}
+        if bad:
+            raise RuleError(f"{loc}: unknown function(s) {bad}")
+        return Compiled(name=name, source=expr, program=program, action=action, default=default)
+
+    rules = tuple(one("rules", i, r.name, r.when, r.action, r.default) for i, r in enumerate(skill.rules))
+    guards = tuple(one("guards", i, g.name, g.when, g.action) for i, g in enumerate(skill.guards))
+    return SkillRules(rules=rules, guards=guards)
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split("\n")[:2])
+
+
+def _bound_names(expr: str) -> set[str]:
+    """Names bound by comprehension macros (``x`` in ``list.exists(x, ...)``)."""
+    import re
+
+    return set(re.findall(r"\.(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_]\w*)\s*,", expr))
+
+
+def make_context(variables: dict[str, Any], fleet: FleetView) -> Any:
+    import cel
+
+    return cel.Context(variables=variables, functions=fleet.functions())
+
+
+def evaluate(c: Compiled, context: Any) -> bool:
+    """Evaluate one compiled expression to a boolean; RuleError if it errs or is not boolean."""
+    try:
+        result = c.program.execute(context)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise RuleError(f"rule {c.name!r} failed: {_first_line(exc)}") from exc
+    if not isinstance(result, bool):
+        raise RuleError(f"rule {c.name!r} returned {type(result).__name__}, not a boolean")
+    return result
+
+
+def first_match(rules: Iterable[Compiled], context: Any) -> tuple[Compiled, list[str]]:
+    """The first rule whose ``when`` holds (the default always does). Rules that err are skipped
+    and named in the second element, so a broken rule never stops a decision."""
+    errors: list[str] = []
+    last: Compiled | None = None
+    for rule in rules:
+        last = rule
+        if rule.default:
+            return rule, errors
+        try:
+            if evaluate(rule, context):
+                return rule, errors
+        except RuleError as exc:
+            errors.append(str(exc))
+    assert last is not None, "a skill always has a default rule"
+    return last, errors

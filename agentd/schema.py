@@ -1,0 +1,107 @@
+"""Versioned schema migrations, applied at start-up (PRAGMA user_version)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from agentd.errors import StateError
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        skill TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE decisions (
+        id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE REFERENCES events(id),
+        skill TEXT NOT NULL,
+        action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        source TEXT NOT NULL,
+        fallback_reason TEXT,
+        guard TEXT,
+        stage TEXT NOT NULL,
+        release TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        record TEXT NOT NULL,
+        late_answer TEXT
+    );
+    CREATE INDEX decisions_created ON decisions(created_at);
+    CREATE INDEX decisions_skill ON decisions(skill, created_at);
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        ref TEXT,
+        body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_ref ON audit(ref);
+    CREATE TABLE checkpoints (
+        seq INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL,
+        ts REAL NOT NULL,
+        node TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        sig TEXT NOT NULL
+    );
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        qos INTEGER NOT NULL,
+        retain INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE approvals (
+        decision_id TEXT PRIMARY KEY REFERENCES decisions(id),
+        skill TEXT NOT NULL,
+        requested_action TEXT NOT NULL,
+        interim_action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        resolved_at REAL,
+        resolved_by TEXT,
+        applied_action TEXT
+    );
+    CREATE INDEX approvals_status ON approvals(status, expires_at);
+    CREATE TABLE fleet_decisions (
+        node TEXT NOT NULL,
+        decision_id TEXT NOT NULL,
+        skill TEXT NOT NULL,
+        action TEXT NOT NULL,
+        ts REAL NOT NULL,
+        hlc TEXT NOT NULL,
+        PRIMARY KEY (node, decision_id)
+    );
+    CREATE INDEX fleet_decisions_ts ON fleet_decisions(ts);
+    CREATE TABLE fleet_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        hlc TEXT NOT NULL,
+        node TEXT NOT NULL
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns the version."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise StateError(
+            f"database schema version {current} is newer than this agentd ({len(MIGRATIONS)}); upgrade agentd"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[version - 1]}\nPRAGMA user_version = {version};\nCOMMIT;")
+    return len(MIGRATIONS)

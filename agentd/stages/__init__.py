@@ -1,0 +1,1 @@
+"""Model stages: one module per backend, each owning its runtime."""

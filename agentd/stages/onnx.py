@@ -1,0 +1,94 @@
+"""The ONNX Runtime stage: one InferenceSession per model, SHA-256 verified at load."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentd.errors import ModelError
+from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage, softmax_top
+from agentd.stages.loading import check_memory, verify_file
+
+if TYPE_CHECKING:
+    from agentd.config import OnnxModelConfig
+
+
+class OnnxStage(ThreadedStage):
+    """Builds the input row from named event fields in the declared order; answers the label distribution."""
+
+    def __init__(self, cfg: OnnxModelConfig) -> None:
+        path = Path(cfg.path)
+        verify_file(path, cfg.sha256, what=f"model {cfg.name!r}")
+        size = path.stat().st_size
+        check_memory(cfg.name, size, working_bytes=3 * size + 16 * 2**20, headroom_mb=cfg.memory_headroom_mb)
+        try:
+            import numpy as np
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelError(f"model {cfg.name!r}: onnxruntime is not installed ({exc})") from exc
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.threads
+        opts.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"model {cfg.name!r}: onnxruntime cannot load {path}: {exc}") from exc
+        super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
+        self._np = np
+        self._ort = ort
+        self._fields = tuple(cfg.inputs)
+        self.input_name = cfg.input_name or self._session.get_inputs()[0].name
+        self.output_name = cfg.output_name or self._find_prob_output(len(cfg.labels))
+        self._running: Any = None
+
+    def _find_prob_output(self, n: int) -> str:
+        for out in self._session.get_outputs():
+            shape = out.shape
+            if "float" in out.type and len(shape) == 2 and shape[1] == n:
+                return str(out.name)
+        raise ModelError(f"model {self.name!r}: no output of shape [N, {n}] (one score per label); set output_name")
+
+    def features(self, inputs: Mapping[str, Any]) -> Any:
+        """The model's input row, in the declared field order."""
+        try:
+            row = [float(inputs[f]) for f in self._fields]
+        except KeyError as exc:
+            raise ModelError(f"model {self.name!r}: event has no field {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"model {self.name!r}: non-numeric input: {exc}") from exc
+        return self._np.asarray([row], dtype=self._np.float32)
+
+    def run_raw(self, x: Any) -> Any:
+        """One plain ``InferenceSession.run`` (the bench's baseline)."""
+        return self._session.run([self.output_name], {self.input_name: x})[0]
+
+    def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
+        x = self.features(inputs)
+        if cancel.is_set():
+            raise Cancelled("cancelled before run")
+        options = self._ort.RunOptions()
+        self._running = options
+        try:
+            probs = self._session.run([self.output_name], {self.input_name: x}, options)[0]
+        except Exception as exc:
+            if cancel.is_set():
+                raise Cancelled("terminated at deadline") from exc
+            raise ModelError(f"model {self.name!r}: run failed: {exc}") from exc
+        finally:
+            self._running = None
+        return softmax_top(self.labels, [float(p) for p in probs[0]])
+
+    def call(self, inputs: Mapping[str, Any], deadline: float) -> Any:
+        handle = super().call(inputs, deadline)
+        original = handle.cancel
+
+        def cancel() -> None:
+            original()
+            running = self._running
+            if running is not None:
+                running.terminate = True  # onnxruntime stops the run at its next check
+
+        handle.cancel = cancel  # type: ignore[method-assign]
+        return handle

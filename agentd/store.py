@@ -1,0 +1,408 @@
+"""The SQLite store: one connection, one writer thread, group commit.
+
+Every write is an operation queued to the writer thread. The writer takes whatever is
+queued, runs each operation inside its own SAVEPOINT of one transaction, commits with
+``synchronous=FULL`` and only then resolves the callers' futures. So a decision (event +
+decision + audit + outbox rows) is all-or-nothing, and a caller never sees a decision
+that a power cut could take back. Under load, decisions that arrive while a commit is in
+progress share the next commit (group commit); at low load each commit holds one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agentd import queries
+from agentd.audit import GENESIS, checkpoint_payload, record_hash
+from agentd.errors import NotFound, StateError
+from agentd.schema import migrate
+from agentd.signing import NodeKey, canonical
+
+T = TypeVar("T")
+MAX_BATCH = 512
+
+
+@dataclass
+class DecisionWrite:
+    """Everything one decision writes, committed together."""
+
+    event_id: str
+    skill: str
+    received_at: float
+    data: dict[str, Any]
+    record: dict[str, Any]
+    node: str
+    outbox: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
+    approval_expires_at: float | None = None
+
+
+class DuplicateEvent(StateError):
+    """The event id already has a decision; nothing was written."""
+
+
+class Store:
+    """Owns the node's SQLite database. Use as ``async with Store(...) as store``."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        key: NodeKey,
+        node: str,
+        synchronous: str = "full",
+        checkpoint_every: int = 1000,
+    ) -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError("synchronous must be 'full' or 'normal'")
+        self.path = queries.db_path(data_dir)
+        self._data_dir = data_dir
+        self._key = key
+        self._node = node
+        self._sync = synchronous.upper()
+        self._checkpoint_every = checkpoint_every
+        self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-store")
+        self._conn: sqlite3.Connection | None = None
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._lock = threading.Lock()
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._head: tuple[int, str] = (0, GENESIS)
+        self._since_checkpoint = 0
+        self.commits = 0
+
+    async def __aenter__(self) -> Store:
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(self._exec, self._open)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.flush()
+        assert self._loop is not None
+        await self._loop.run_in_executor(self._exec, self._close)
+        self._exec.shutdown(wait=True)
+
+    # -- writer thread -------------------------------------------------------
+
+    def _open(self) -> None:
+        self._data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._sync}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+            migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: cannot open database: {exc}; run `agentd doctor`") from exc
+        row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            base = queries.get_setting(conn, "audit_base")
+            self._head = (json.loads(base)["seq"], json.loads(base)["hash"]) if base else (0, GENESIS)
+        else:
+            self._head = (int(row[0]), str(row[1]))
+        last_cp = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()[0]
+        self._since_checkpoint = self._head[0] - last_cp
+        self._conn = conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        assert conn is not None
+        results: list[tuple[bool, Any]] = []
+        head_before = self._head
+        since_before = self._since_checkpoint
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, _ in batch:
+                head, since = self._head, self._since_checkpoint
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((True, op(conn)))
+                    conn.execute("RELEASE op")
+                except Exception as exc:  # one bad operation must not sink the batch
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    self._head, self._since_checkpoint = head, since
+                    results.append((False, exc))
+            if self._since_checkpoint >= self._checkpoint_every:
+                self._write_checkpoint(conn)
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._head, self._since_checkpoint = head_before, since_before
+            err = StateError(f"{self.path}: write failed: {exc}")
+            return [(False, err) for _ in batch]
+        return results
+
+    def _append_audit(self, conn: sqlite3.Connection, kind: str, ref: str | None, body: dict[str, Any], ts: float | None = None) -> int:
+        seq, prev = self._head[0] + 1, self._head[1]
+        ts = round(ts if ts is not None else time.time(), 6)
+        text = canonical(body).decode()
+        h = record_hash(prev, seq, ts, kind, ref, text)
+        conn.execute(
+            "INSERT INTO audit(seq, ts, kind, ref, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?)",
+            (seq, ts, kind, ref, text, prev, h),
+        )
+        self._head = (seq, h)
+        self._since_checkpoint += 1
+        return seq
+
+    def _write_checkpoint(self, conn: sqlite3.Connection) -> None:
+        seq, h = self._head
+        if seq == 0:
+            return
+        ts = round(time.time(), 6)
+        sig = self._key.sign(checkpoint_payload(self._node, seq, h, ts))
+        conn.execute(
+            "INSERT OR REPLACE INTO checkpoints(seq, hash, ts, node, public_key, sig) VALUES (?,?,?,?,?,?)",
+            (seq, h, ts, self._node, self._key.public_b64, sig),
+        )
+        self._since_checkpoint = 0
+
+    # -- queueing ------------------------------------------------------------
+
+    async def _submit(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._loop is not None, "store is not open"
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._queue.append((op, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._start_flush)
+        return await fut
+
+    def _start_flush(self) -> None:
+        assert self._loop is not None
+        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        cfut = self._loop.run_in_executor(self._exec, self._run_batch, batch)
+        cfut.add_done_callback(lambda f: self._finish(batch, f))
+
+    def _finish(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]], done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+        exc = done.exception()
+        results = [(False, exc)] * len(batch) if exc else done.result()
+        for (_, fut), (ok, value) in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        if self._queue:
+            self._start_flush()
+        else:
+            self._flush_scheduled = False
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        if self._loop is not None and (self._queue or self._flush_scheduled):
+            await self._submit(lambda conn: None)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a query function (see ``agentd.queries``) on the store's connection."""
+        assert self._loop is not None, "store is not open"
+
+        def run() -> T:
+            assert self._conn is not None
+            return fn(self._conn)
+
+        return await self._loop.run_in_executor(self._exec, run)
+
+    # -- operations ----------------------------------------------------------
+
+    async def record_decision(self, w: DecisionWrite) -> None:
+        """Commit event, decision, audit record, outbox rows (and approval, fleet row) together."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            r = w.record
+            if conn.execute("SELECT 1 FROM events WHERE id = ?", (w.event_id,)).fetchone():
+                raise DuplicateEvent(f"event {w.event_id!r} already has a decision")
+            conn.execute(
+                "INSERT INTO events(id, skill, received_at, data) VALUES (?,?,?,?)",
+                (w.event_id, w.skill, w.received_at, json.dumps(w.data, separators=(",", ":"))),
+            )
+            conn.execute(
+                "INSERT INTO decisions(id, event_id, skill, action, status, source, fallback_reason, guard,"
+                " stage, release, created_at, record) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    r["id"], w.event_id, w.skill, r["action"], r["status"], r["source"], r["fallback_reason"],
+                    r["guard"], r["lifecycle"]["stage"], r["lifecycle"]["release"], r["created_at"],
+                    json.dumps(r, separators=(",", ":")),
+                ),
+            )
+            self._append_audit(conn, "decision", r["id"], _audit_body(r))
+            for topic, payload, qos, retain in w.outbox:
+                conn.execute(
+                    "INSERT INTO outbox(topic, payload, qos, retain, created_at) VALUES (?,?,?,?,?)",
+                    (topic, payload, qos, int(retain), r["created_at"]),
+                )
+            if w.approval_expires_at is not None:
+                a = r["approval"]
+                conn.execute(
+                    "INSERT INTO approvals(decision_id, skill, requested_action, interim_action, status,"
+                    " created_at, expires_at) VALUES (?,?,?,?,?,?,?)",
+                    (r["id"], w.skill, a["requested_action"], a["interim_action"], "pending", r["created_at"], w.approval_expires_at),
+                )
+            conn.execute(
+                "INSERT OR IGNORE INTO fleet_decisions(node, decision_id, skill, action, ts, hlc) VALUES (?,?,?,?,?,?)",
+                (w.node, r["id"], w.skill, r["action"], r["created_at"], r["hlc"]),
+            )
+
+        await self._submit(op)
+
+    async def resolve_approval(
+        self,
+        decision_id: str,
+        *,
+        status: str,
+        applied_action: str,
+        by: str,
+        reason: str = "",
+        only_pending: bool = True,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """Move a pending approval to approved/rejected/expired; audited; returns the updated record."""
+        when = now if now is not None else time.time()
+
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            row = conn.execute("SELECT status FROM approvals WHERE decision_id = ?", (decision_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no approval for decision {decision_id!r}")
+            if only_pending and row[0] != "pending":
+                raise NotFound(f"decision {decision_id!r} is not pending (it is {row[0]})")
+            conn.execute(
+                "UPDATE approvals SET status = ?, resolved_at = ?, resolved_by = ?, applied_action = ? WHERE decision_id = ?",
+                (status, when, by, applied_action, decision_id),
+            )
+            record = queries.get_decision(conn, decision_id)
+            record.pop("late_answer", None)
+            record["status"] = status
+            record["action"] = applied_action
+            record["approval"] = {**record.get("approval", {}), "status": status, "resolved_by": by, "resolved_at": when, "reason": reason}
+            if status == "approved":
+                record["source"] = "human"
+            conn.execute(
+                "UPDATE decisions SET status = ?, action = ?, source = ?, record = ? WHERE id = ?",
+                (status, applied_action, record["source"], json.dumps(record, separators=(",", ":")), decision_id),
+            )
+            self._append_audit(conn, "approval", decision_id, {**_audit_body(record), "by": by, "reason": reason})
+            return record
+
+        return await self._submit(op)
+
+    async def set_late_answer(self, decision_id: str, late: dict[str, Any]) -> None:
+        """Attach a model's late answer to a decision (never acted on) and audit it."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE decisions SET late_answer = ? WHERE id = ?", (json.dumps(late, separators=(",", ":")), decision_id)
+            )
+            self._append_audit(conn, "late_answer", decision_id, late)
+
+        await self._submit(op)
+
+    async def audit(self, kind: str, body: dict[str, Any], ref: str | None = None) -> int:
+        """Append one audit record (start, stop, config, key, model load...)."""
+        return await self._submit(lambda conn: self._append_audit(conn, kind, ref, body))
+
+    async def checkpoint(self) -> None:
+        """Sign a checkpoint over the newest audit record, if any came since the last one."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            if self._since_checkpoint:
+                self._write_checkpoint(conn)
+
+        await self._submit(op)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        await self._submit(
+            lambda conn: conn.execute("INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", (key, value))
+        )
+
+    async def prune(self, *, max_age_s: float, max_db_bytes: int, outbox_max_rows: int, now: float | None = None) -> dict[str, int]:
+        """Apply retention: age, then size (oldest decisions first), then the outbox cap.
+
+        Pending approvals are kept. The audit trail is pruned only up to the newest signed
+        checkpoint that an export has covered (``settings.audit_exported_seq``).
+        """
+        cutoff = (now if now is not None else time.time()) - max_age_s
+
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            keep = "id NOT IN (SELECT decision_id FROM approvals WHERE status = 'pending')"
+            removed = _delete_decisions(conn, f"created_at < ? AND {keep}", (cutoff,))
+            size = _db_bytes(conn)
+            while size > max_db_bytes:
+                n = _delete_decisions(
+                    conn, f"{keep} AND id IN (SELECT id FROM decisions ORDER BY created_at LIMIT 500)", ()
+                )
+                if n == 0:
+                    break
+                removed += n
+                size = _db_bytes(conn)
+            conn.execute("DELETE FROM fleet_decisions WHERE ts < ?", (cutoff,))
+            depth = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            dropped = 0
+            if depth > outbox_max_rows:
+                dropped = depth - outbox_max_rows
+                conn.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (dropped,))
+            audit_pruned = _prune_audit(conn)
+            if removed or dropped or audit_pruned:
+                self._append_audit(conn, "retention", None, {"decisions": removed, "outbox_dropped": dropped, "audit_pruned": audit_pruned})
+            return {"decisions": removed, "outbox_dropped": dropped, "audit_pruned": audit_pruned}
+
+        return await self._submit(op)
+
+
+def _audit_body(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "decision_id": record["id"],
+        "event_id": record["event_id"],
+        "skill": record["skill"],
+        "action": record["action"],
+        "status": record["status"],
+        "source": record["source"],
+        "record_sha256": queries.record_digest(record),
+    }
+
+
+def _delete_decisions(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
+    ids = [r[0] for r in conn.execute(f"SELECT id, event_id FROM decisions WHERE {where}", args)]
+    if not ids:
+        return 0
+    conn.executemany("DELETE FROM approvals WHERE decision_id = ?", [(i,) for i in ids])
+    conn.executemany("DELETE FROM events WHERE id = (SELECT event_id FROM decisions WHERE id = ?)", [(i,) for i in ids])
+    conn.executemany("DELETE FROM decisions WHERE id = ?", [(i,) for i in ids])
+    return len(ids)
+
+
+def _db_bytes(conn: sqlite3.Connection) -> int:
+    pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])
+
+
+def _prune_audit(conn: sqlite3.Connection) -> int:
+    exported = int(queries.get_setting(conn, "audit_exported_seq") or 0)
+    row = conn.execute("SELECT seq, hash FROM checkpoints WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (exported,)).fetchone()
+    if row is None:
+        return 0
+    seq, h = row
+    n = conn.execute("DELETE FROM audit WHERE seq <= ?", (seq,)).rowcount
+    if n:
+        conn.execute(
+            "INSERT OR REPLACE INTO settings(key, value) VALUES ('audit_base', ?)", (json.dumps({"seq": seq, "hash": h}),)
+        )
+        conn.execute("DELETE FROM checkpoints WHERE seq < ?", (seq,))
+    return int(n)
