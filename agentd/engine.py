@@ -17,7 +17,8 @@ from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from agentd import queries
-from agentd.envelope import envelope, topic
+from agentd.envelope import envelope_raw, topic
+from agentd.signing import canonical
 from agentd.errors import AgentdError, InputError, ModelError, NotFound
 from agentd.hlc import Clock
 from agentd.pipeline import (
@@ -31,7 +32,7 @@ from agentd.pipeline import (
     new_id,
     validate_event,
 )
-from agentd.rules import FleetView, SkillRules, compile_skill, evaluate, first_match, make_context
+from agentd.rules import FleetView, SkillRules, compile_all, evaluate, first_match, make_context
 from agentd.stages.base import Cancelled, CallHandle, ModelStage
 from agentd.stages.registry import MissingStage, build_stage
 from agentd.store import DecisionWrite, DuplicateEvent, Store
@@ -79,8 +80,7 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------
 
     async def __aenter__(self) -> Engine:
-        for skill in self.cfg.skills:
-            self.rules[skill.name] = compile_skill(skill, where=lambda *loc, s=skill: self._where(s, *loc))
+        self.rules = compile_all(self.loaded)
         await self.store.__aenter__()
         try:
             await self._load_state()
@@ -108,10 +108,6 @@ class Engine:
             for stage in self.stages.values():
                 await stage.close()
             await self.store.__aexit__(None, None, None)
-
-    def _where(self, skill: SkillConfig, *loc: str | int) -> str:
-        index = self.cfg.skills.index(skill)
-        return self.loaded.where("skills", index, *loc)
 
     async def _load_state(self) -> None:
         def load(conn: Any) -> tuple[list[tuple[str, float]], str | None, str | None, list[tuple[str, str, str]]]:
@@ -266,7 +262,7 @@ class Engine:
             "status": status,
             "source": source,
             "model": model_info,
-            "confidence": None if confidence is None else round(confidence, 6),
+            "confidence": None if confidence is None else round(confidence, 4),
             "fallback_reason": fallback,
             "rule": rule_name,
             "guard": guard_name,
@@ -289,13 +285,14 @@ class Engine:
             record["approval"] = approval
         if rule_errors:
             record["rule_errors"] = rule_errors[:5]
+        record_bytes = canonical(record)
         outbox = []
         if self.cfg.mqtt.enabled:
-            payload = envelope("decision", node=self.node, hlc=hlc, body=record, key=self.key, ident=record["id"])
+            payload = envelope_raw("decision", node=self.node, hlc=hlc, body_canonical=record_bytes, key=self.key, ident=record["id"])
             outbox.append((topic(self.cfg.node.fleet, "nodes", self.node, "decisions"), payload, 1, False))
             if approval is not None:
                 outbox.append((topic(self.cfg.node.fleet, "nodes", self.node, "approvals"), payload, 1, False))
-        write = DecisionWrite(eid, skill.name, wall0, fields, record, self.node, outbox, expires_at)
+        write = DecisionWrite(eid, skill.name, wall0, fields, record, self.node, outbox, expires_at, record_bytes)
         try:
             await self.store.record_decision(write)
         except DuplicateEvent:
@@ -370,7 +367,7 @@ class Engine:
             answer = await handle.future
         except (Cancelled, ModelError, asyncio.CancelledError):
             return
-        late = {"model": trace.model, "answer": answer.label, "confidence": round(answer.confidence, 6), "latency_ms": answer.latency_ms}
+        late = {"model": trace.model, "answer": answer.label, "confidence": round(answer.confidence, 4), "latency_ms": answer.latency_ms}
         await self.store.set_late_answer(decision_id, late)
         self.counters["late_answers"] += 1
 

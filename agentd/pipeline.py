@@ -162,10 +162,10 @@ class StageTrace:
         d: dict[str, Any] = {
             "model": self.model,
             "answer": self.answer,
-            "confidence": None if self.confidence is None else round(self.confidence, 6),
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
             "latency_ms": self.latency_ms,
             "outcome": self.outcome,
         }
         if self.scores:
-            d["scores"] = {k: round(v, 6) for k, v in self.scores.items()}
+            d["scores"] = {k: round(v, 4) for k, v in self.scores.items()}
         return d

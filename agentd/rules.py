@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agentd.errors import RuleError
 
 if TYPE_CHECKING:
-    from agentd.config import SkillConfig
+    from agentd.config import LoadedConfig, SkillConfig
 
 FUNCTIONS = ("fleet_count", "fleet_value")
 BUILTIN_VARS = ("action", "skill", "node")
@@ -109,6 +109,14 @@ def compile_skill(skill: SkillConfig, *, where: Callable[..., str] | None = None
     rules = tuple(one("rules", i, r.name, r.when, r.action, r.default) for i, r in enumerate(skill.rules))
     guards = tuple(one("guards", i, g.name, g.when, g.action) for i, g in enumerate(skill.guards))
     return SkillRules(rules=rules, guards=guards)
+
+
+def compile_all(loaded: LoadedConfig) -> dict[str, SkillRules]:
+    """Compile every skill's rules and guards, with errors located in the config file."""
+    skills = loaded.config.skills
+    return {
+        s.name: compile_skill(s, where=lambda *loc, i=i: loaded.where("skills", i, *loc)) for i, s in enumerate(skills)
+    }
 
 
 def _first_line(exc: Exception) -> str:

@@ -25,7 +25,7 @@ from agentd import queries
 from agentd.audit import GENESIS, checkpoint_payload, record_hash
 from agentd.errors import NotFound, StateError
 from agentd.schema import migrate
-from agentd.signing import NodeKey, canonical
+from agentd.signing import NodeKey, canonical, sha256_hex
 
 T = TypeVar("T")
 MAX_BATCH = 512
@@ -43,6 +43,7 @@ class DecisionWrite:
     node: str
     outbox: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
     approval_expires_at: float | None = None
+    record_canonical: bytes | None = None
 
 
 class DuplicateEvent(StateError):
@@ -228,6 +229,7 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> None:
             r = w.record
+            text = w.record_canonical if w.record_canonical is not None else canonical(r)
             if conn.execute("SELECT 1 FROM events WHERE id = ?", (w.event_id,)).fetchone():
                 raise DuplicateEvent(f"event {w.event_id!r} already has a decision")
             conn.execute(
@@ -240,10 +242,10 @@ class Store:
                 (
                     r["id"], w.event_id, w.skill, r["action"], r["status"], r["source"], r["fallback_reason"],
                     r["guard"], r["lifecycle"]["stage"], r["lifecycle"]["release"], r["created_at"],
-                    json.dumps(r, separators=(",", ":")),
+                    text.decode(),
                 ),
             )
-            self._append_audit(conn, "decision", r["id"], _audit_body(r))
+            self._append_audit(conn, "decision", r["id"], _audit_body(r, sha256_hex(text)))
             for topic, payload, qos, retain in w.outbox:
                 conn.execute(
                     "INSERT INTO outbox(topic, payload, qos, retain, created_at) VALUES (?,?,?,?,?)",
@@ -366,7 +368,7 @@ class Store:
         return await self._submit(op)
 
 
-def _audit_body(record: dict[str, Any]) -> dict[str, Any]:
+def _audit_body(record: dict[str, Any], digest: str | None = None) -> dict[str, Any]:
     return {
         "decision_id": record["id"],
         "event_id": record["event_id"],
@@ -374,7 +376,7 @@ def _audit_body(record: dict[str, Any]) -> dict[str, Any]:
         "action": record["action"],
         "status": record["status"],
         "source": record["source"],
-        "record_sha256": queries.record_digest(record),
+        "record_sha256": digest or queries.record_digest(record),
     }
 
 

@@ -53,12 +53,11 @@ class OnnxStage(ThreadedStage):
     def features(self, inputs: Mapping[str, Any]) -> Any:
         """The model's input row, in the declared field order."""
         try:
-            row = [float(inputs[f]) for f in self._fields]
+            return self._np.array([[inputs[f] for f in self._fields]], dtype=self._np.float32)
         except KeyError as exc:
             raise ModelError(f"model {self.name!r}: event has no field {exc.args[0]!r}") from exc
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model {self.name!r}: non-numeric input: {exc}") from exc
-        return self._np.asarray([row], dtype=self._np.float32)
 
     def run_raw(self, x: Any) -> Any:
         """One plain ``InferenceSession.run`` (the bench's baseline)."""
@@ -78,7 +77,7 @@ class OnnxStage(ThreadedStage):
             raise ModelError(f"model {self.name!r}: run failed: {exc}") from exc
         finally:
             self._running = None
-        return softmax_top(self.labels, [float(p) for p in probs[0]])
+        return softmax_top(self.labels, probs[0].tolist())
 
     def call(self, inputs: Mapping[str, Any], deadline: float) -> Any:
         handle = super().call(inputs, deadline)

@@ -1,0 +1,247 @@
+"""`agentd bench`: figures for each decision path, with baselines measured in the same run.
+
+Everything runs against a temporary data folder, never the node's own database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentd.config import DelayModelConfig, OnnxModelConfig, StageConfig
+
+if TYPE_CHECKING:
+    from agentd.config import Config, LoadedConfig, SkillConfig
+
+PARTS = ("rules", "onnx", "deadline", "throughput", "footprint")
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of ``values``."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
+
+
+def run_bench(loaded: LoadedConfig, *, only: str | None = None, samples: int = 2000) -> dict[str, Any]:
+    """Run the bench parts (or just ``only``) and return one flat dict of figures."""
+    out: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    tmp = Path(tempfile.mkdtemp(prefix="agentd-bench-"))
+    try:
+        for part in PARTS:
+            if only in (None, part):
+                out.update(_PARTS[part](loaded, tmp / part, samples))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _bench_config(loaded: LoadedConfig, data_dir: Path, **skill_update: Any) -> LoadedConfig:
+    cfg = loaded.config
+    skill = _skill(cfg).model_copy(update=skill_update)
+    node = cfg.node.model_copy(update={"data_dir": str(data_dir)})
+    daemon = cfg.daemon.model_copy(update={"socket": str(data_dir / "agentd.sock"), "log_level": "error"})
+    new = cfg.model_copy(update={"node": node, "skills": [skill], "daemon": daemon})
+    return replace(loaded, config=new)
+
+
+def _skill(cfg: Config) -> SkillConfig:
+    for s in cfg.skills:
+        if any(isinstance(cfg.model(st.model), OnnxModelConfig) for st in s.cascade):
+            return s
+    return cfg.skills[0]
+
+
+def _events(skill: SkillConfig, n: int) -> list[dict[str, Any]]:
+    import random
+
+    from agentd.simulator import event_for
+
+    rng = random.Random(42)
+    return [event_for(skill, rng) for _ in range(n)]
+
+
+async def _with_engine(loaded: LoadedConfig, fn: Any) -> Any:
+    from agentd.engine import Engine
+    from agentd.signing import create_key
+
+    key, _ = create_key(loaded.config.data_dir)
+    async with Engine(loaded=loaded, key=key, run_handlers=False) as engine:
+        return await fn(engine)
+
+
+def _rules(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
+    bl = _bench_config(loaded, data_dir, cascade=[])
+    skill = bl.config.skills[0]
+    events = _events(skill, samples)
+
+    async def go(engine: Any) -> tuple[list[float], list[float]]:
+        decided, persisted = [], []
+        for e in events:
+            t = time.perf_counter()
+            r = await engine.decide(skill.name, e)
+            persisted.append((time.perf_counter() - t) * 1000)
+            decided.append(r["latency_ms"])
+        return decided, persisted
+
+    decided, persisted = asyncio.run(_with_engine(bl, go))
+    return {
+        "rules_p50_ms": round(pct(decided, 50), 4),
+        "rules_p99_ms": round(pct(decided, 99), 4),
+        "rules_persisted_p50_ms": round(pct(persisted, 50), 3),
+        "rules_persisted_p99_ms": round(pct(persisted, 99), 3),
+    }
+
+
+def _onnx(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
+    cfg = loaded.config
+    skill = _skill(cfg)
+    stage_cfg = next((s for s in skill.cascade if isinstance(cfg.model(s.model), OnnxModelConfig)), None)
+    if stage_cfg is None:
+        return {"onnx_note": "no ONNX stage in the config"}
+    model_cfg = cfg.model(stage_cfg.model)
+    assert isinstance(model_cfg, OnnxModelConfig)
+    from agentd.stages.onnx import OnnxStage
+
+    stage = OnnxStage(model_cfg)
+    events = _events(skill, samples)
+    rows = [stage.features(e) for e in events]
+    import threading
+
+    never = threading.Event()
+    for x, e in zip(rows[:50], events[:50], strict=True):  # warm-up
+        stage.run_raw(x)
+        stage.predict(e, never)
+    raw, inproc = [], []
+    for x, e in zip(rows, events, strict=True):  # interleaved, so both see the same machine noise
+        t = time.perf_counter()
+        stage.run_raw(x)
+        raw.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        stage.predict(e, never)
+        inproc.append((time.perf_counter() - t) * 1000)
+
+    async def via_worker() -> list[float]:
+        out = []
+        for e in events:
+            t = time.perf_counter()
+            await stage.call(e, time.monotonic() + 1).future
+            out.append((time.perf_counter() - t) * 1000)
+        await stage.close()
+        return out
+
+    called = asyncio.run(via_worker())
+    raw50, st50, call50 = statistics.median(raw), statistics.median(inproc), statistics.median(called)
+    return {
+        "onnx_raw_p50_ms": round(raw50, 4),
+        "onnx_p50_ms": round(st50, 4),
+        "onnx_overhead_ratio": round(st50 / raw50, 3),
+        "onnx_call_p50_ms": round(call50, 4),
+        "onnx_call_ratio": round(call50 / raw50, 3),
+    }
+
+
+def _deadline(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
+    deadline_ms = 20.0
+    slow = DelayModelConfig(name="bench_slow", backend="delay", delay_ms=deadline_ms * 5, label="none", circuit_failures=1000)  # keep the slow stage in play for every sample
+    bl = _bench_config(loaded, data_dir, cascade=[StageConfig(model="bench_slow")], deadline_ms=deadline_ms)
+    bl = replace(bl, config=bl.config.model_copy(update={"models": [*bl.config.models, slow]}))
+    skill = bl.config.skills[0]
+    n = max(50, min(samples // 10, 300))
+    events = _events(skill, n)
+
+    async def go(engine: Any) -> list[float]:
+        out = []
+        for e in events:
+            t = time.monotonic()
+            await engine.decide(skill.name, e, received=t)
+            out.append((time.monotonic() - t) * 1000)
+        return out
+
+    total = asyncio.run(_with_engine(bl, go))
+    over = [t - deadline_ms for t in total]
+    return {
+        "deadline_ms": deadline_ms,
+        "deadline_samples": n,
+        "deadline_total_p50_ms": round(pct(total, 50), 3),
+        "deadline_overshoot_p99_ms": round(pct(over, 99), 3),
+        "deadline_overshoot_max_ms": round(max(over), 3),
+        "deadline_adherence": round(sum(1 for t in total if t <= deadline_ms + 10) / n, 4),
+    }
+
+
+def _throughput(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
+    bl = _bench_config(loaded, data_dir)
+    skill = bl.config.skills[0]
+    n = max(2000, samples * 5)
+    events = _events(skill, n)
+
+    async def go(engine: Any) -> tuple[float, int, int]:
+        sem = asyncio.Semaphore(256)
+
+        async def one(i: int, e: dict[str, Any]) -> None:
+            async with sem:
+                await engine.decide(skill.name, e, event_id=f"bench-{i}")
+
+        commits0 = engine.store.commits
+        t = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            for i, e in enumerate(events):
+                tg.create_task(one(i, e))
+        elapsed = time.perf_counter() - t
+        stored = await engine.store.read(lambda c: c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+        return elapsed, stored, engine.store.commits - commits0
+
+    elapsed, stored, commits = asyncio.run(_with_engine(bl, go))
+    return {
+        "decisions_per_s": round(n / elapsed, 1),
+        "throughput_events": n,
+        "throughput_stored": stored,
+        "throughput_commits": commits,
+        "throughput_lost": n - stored,
+    }
+
+
+def _footprint(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
+    """Start `agentd run` as a child with our own NOTIFY_SOCKET: time to READY=1 and RSS."""
+    import yaml
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    bl = _bench_config(loaded, data_dir)
+    raw = bl.config.model_dump(mode="json", exclude_none=True)
+    cfg_path = data_dir / "bench.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    # warm the key and database so start-up measures a restart, as on a box
+    subprocess.run([sys.executable, "-m", "agentd.cli", "keys", "init", "--config", str(cfg_path)], check=True, capture_output=True)
+    notify_path = data_dir / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "agentd.cli", "run", "--config", str(cfg_path)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            msg = sock.recv(4096).decode()
+            if "READY=1" in msg:
+                break
+        startup = time.monotonic() - t0
+        time.sleep(1.0)
+        rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        sock.close()
+    return {"startup_s": round(startup, 3), "rss_mb": round(rss_kb / 1024, 1)}
+
+
+_PARTS = {"rules": _rules, "onnx": _onnx, "deadline": _deadline, "throughput": _throughput, "footprint": _footprint}

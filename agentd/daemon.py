@@ -1,0 +1,322 @@
+"""The daemon: event loop, named tasks in one TaskGroup, signals, systemd notify, local socket API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from agentd import __version__, logs, queries
+from agentd.config import LoadedConfig, load_config
+from agentd.engine import Engine
+from agentd.errors import AgentdError, ConfigError, InputError
+from agentd.notify import Notifier
+from agentd.rules import compile_all
+from agentd.signing import create_key
+from agentd.simulator import event_for
+
+log = logging.getLogger("agentd")
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+class Daemon:
+    """Runs one node until SIGTERM/SIGINT; SIGHUP reloads the config."""
+
+    def __init__(self, *, config_path: Path, loaded: LoadedConfig) -> None:
+        self.config_path = config_path
+        self.loaded = loaded
+        self.notifier = Notifier()
+        self.engine: Engine | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._gate = asyncio.Event()  # set while the engine accepts events
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.started_at = time.time()
+        self._tg: asyncio.TaskGroup | None = None
+
+    # -- main ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        t0 = time.monotonic()
+        cfg = self.loaded.config
+        self._setup_logging()
+        key, created = await asyncio.to_thread(create_key, cfg.data_dir)
+        self.engine = await self._open_engine(self.loaded, key)
+        if created:
+            await self.engine.store.audit("key_created", {"public_key": key.public_b64})
+        await self.engine.store.audit("start", {"version": __version__, "config_sha256": self.loaded.sha256, "pid": os.getpid()})
+        loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGTERM, self._stop.set), (signal.SIGINT, self._stop.set), (signal.SIGHUP, self._reload.set)):
+            loop.add_signal_handler(sig, handler)
+        server = await self._start_socket(cfg.socket_path)
+        self._gate.set()
+        startup = time.monotonic() - t0
+        self.notifier.send("READY=1", f"STATUS=deciding; mode {self.engine.mode}; {len(cfg.skills)} skill(s)")
+        log.info("ready in %.3f s; socket %s", startup, cfg.socket_path, extra={"fields": {"startup_s": round(startup, 3)}})
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._watchdog(), name="watchdog")
+                tg.create_task(self._housekeeping(), name="housekeeping")
+                tg.create_task(self._reloader(), name="reloader")
+                tg.create_task(self._simulator(), name="simulator")
+                await self._stop.wait()
+                self.notifier.send("STOPPING=1", "STATUS=draining")
+                log.info("stopping: draining in-flight decisions")
+                raise _Shutdown
+        except* _Shutdown:
+            pass
+        finally:
+            server.close()
+            self._gate.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.loaded.config.daemon.drain_timeout_s):
+                    await self._idle.wait()
+                    await self.engine.store.flush()
+            with contextlib.suppress(Exception):
+                await self.engine.store.audit("stop", {"reason": "signal", "inflight": self._inflight})
+            await self.engine.__aexit__(None, None, None)
+            with contextlib.suppress(OSError):
+                cfg.socket_path.unlink()
+            self.notifier.close()
+            log.info("stopped")
+
+    def _setup_logging(self) -> None:
+        cfg = self.loaded.config
+        logs.setup(
+            cfg.daemon.log_level,
+            node=cfg.node.id,
+            stage=cfg.lifecycle.stage,
+            release=cfg.lifecycle.release,
+            config_sha256=self.loaded.sha256[:12],
+        )
+
+    async def _open_engine(self, loaded: LoadedConfig, key: Any) -> Engine:
+        engine = Engine(loaded=loaded, key=key)
+        await engine.__aenter__()
+        return engine
+
+    # -- background tasks -----------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        interval = self.loaded.config.daemon.watchdog_interval_s
+        if self.notifier.watchdog_s:
+            interval = min(interval, self.notifier.watchdog_s / 2)
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(interval)
+            lag = time.monotonic() - t - interval
+            # Only a loop that keeps turning pets the watchdog; a blocked loop lets systemd restart us.
+            if lag < interval:
+                self.notifier.send("WATCHDOG=1")
+            else:
+                log.warning("event loop lagged %.3f s", lag)
+
+    async def _housekeeping(self) -> None:
+        st = self.loaded.config.state
+        next_prune = time.monotonic() + 5.0
+        while True:
+            await asyncio.sleep(min(st.checkpoint_interval_s, 5.0))
+            engine = self.engine
+            if engine is None:
+                continue
+            try:
+                await engine.store.checkpoint()
+                if time.monotonic() >= next_prune:
+                    r = st.retention
+                    result = await engine.store.prune(
+                        max_age_s=r.max_age_days * 86400, max_db_bytes=int(r.max_db_mb * 2**20), outbox_max_rows=r.outbox_max_rows
+                    )
+                    if any(result.values()):
+                        log.info("retention: %s", result)
+                    next_prune = time.monotonic() + r.interval_s
+                self.notifier.send(f"STATUS=deciding; mode {engine.mode}; {sum(v for k, v in engine.counters.items() if k.startswith('source:'))} decisions")
+            except AgentdError as exc:
+                log.error("housekeeping failed: %s", exc)
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload()
+
+    async def reload(self) -> dict[str, Any]:
+        """Validate the config file; if good, swap the engine; if not, keep the old one."""
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        old = self.loaded
+        assert self.engine is not None
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+            compile_all(new)
+            if new.config.node.data_dir != old.config.node.data_dir:
+                raise ConfigError("node.data_dir cannot change on reload; restart the daemon instead")
+        except AgentdError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            await self.engine.store.audit("config_reload_failed", {"error": str(exc)[:2000]})
+            self.notifier.send("READY=1", "STATUS=reload refused; old config kept")
+            return {"reloaded": False, "error": str(exc)}
+        self._gate.clear()
+        await self._idle.wait()
+        key = self.engine.key
+        await self.engine.__aexit__(None, None, None)
+        try:
+            self.engine = await self._open_engine(new, key)
+            self.loaded = new
+        except AgentdError as exc:
+            log.error("new config failed to start, rolling back: %s", exc)
+            self.engine = await self._open_engine(old, key)
+            await self.engine.store.audit("config_reload_failed", {"error": str(exc)[:2000]})
+            self._gate.set()
+            return {"reloaded": False, "error": str(exc)}
+        self._setup_logging()
+        await self.engine.store.audit("config_reload", {"from": old.sha256, "to": new.sha256})
+        self._gate.set()
+        self.notifier.send("READY=1", "STATUS=config reloaded")
+        log.info("config reloaded (%s)", new.sha256[:12])
+        return {"reloaded": True, "config_sha256": new.sha256}
+
+    async def _simulator(self) -> None:
+        sim = self.loaded.config.daemon.simulator
+        if not sim.enabled:
+            return
+        rng = random.Random(sim.seed)
+        skill = self.loaded.config.skill(sim.skill) if sim.skill else self.loaded.config.skills[0]
+        period = 1.0 / sim.rate_per_s
+        next_at = time.monotonic()
+        while True:
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            if self._inflight >= self.loaded.config.daemon.max_pending:
+                continue
+            self._spawn_decide(skill.name, event_for(skill, rng), origin="simulator")
+
+    def _spawn_decide(self, skill: str, data: dict[str, Any], *, origin: str) -> None:
+        assert self._tg is not None
+        self._tg.create_task(self._decide_logged(skill, data, origin), name="simulated-event")
+
+    async def _decide_logged(self, skill: str, data: dict[str, Any], origin: str) -> None:
+        try:
+            await self.submit(skill, data, None, origin=origin)
+        except AgentdError as exc:
+            log.error("%s event refused: %s", origin, exc)
+
+    # -- decisions through the gate ------------------------------------------
+
+    async def submit(self, skill: str, data: Any, event_id: str | None, *, origin: str, received: float | None = None) -> dict[str, Any]:
+        """Decide an event through the current engine, counting it as in flight."""
+        received = received if received is not None else time.monotonic()
+        if self._inflight >= self.loaded.config.daemon.max_pending:
+            raise InputError(f"daemon busy: {self._inflight} events in flight (daemon.max_pending); retry later")
+        await self._gate.wait()
+        assert self.engine is not None
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            return await self.engine.decide(skill, data, event_id=event_id, received=received, origin=origin)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    # -- local socket API ----------------------------------------------------
+
+    async def _start_socket(self, path: Path) -> asyncio.AbstractServer:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_REQUEST_BYTES)
+        os.chmod(path, 0o660)
+        return server
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await _reply(writer, {"ok": False, "code": 2, "error": f"request over {MAX_REQUEST_BYTES} bytes"})
+                    return
+                if not line:
+                    return
+                received = time.monotonic()
+                await _reply(writer, await self._handle(line, received))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def _handle(self, line: bytes, received: float) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+                raise InputError('a request is a JSON object with an "op" field')
+            result = await self._dispatch(req, received)
+            return {"ok": True, "result": result}
+        except json.JSONDecodeError as exc:
+            return {"ok": False, "code": 2, "error": f"request is not JSON: {exc.msg} at {exc.pos}"}
+        except AgentdError as exc:
+            return {"ok": False, "code": exc.exit_code, "error": str(exc)}
+        except Exception as exc:  # a bug must not take the daemon down; log it with its traceback
+            log.exception("request failed")
+            return {"ok": False, "code": 1, "error": f"internal error: {type(exc).__name__}: {exc}"}
+
+    async def _dispatch(self, req: dict[str, Any], received: float) -> Any:
+        op = req["op"]
+        engine = self.engine
+        assert engine is not None
+        if op == "submit":
+            skill, data, eid = req.get("skill"), req.get("data"), req.get("id")
+            if not isinstance(skill, str):
+                raise InputError('submit needs "skill" (a string)')
+            if eid is not None and not isinstance(eid, str):
+                raise InputError('"id" must be a string')
+            return await self.submit(skill, data, eid, origin="socket", received=received)
+        if op == "status":
+            status = await engine.status()
+            status.update({"pid": os.getpid(), "uptime_s": round(time.time() - self.started_at, 1), "inflight": self._inflight, "daemon": "running"})
+            return status
+        if op in ("approve", "reject"):
+            did, by = req.get("id"), req.get("by") or "local-cli"
+            if not isinstance(did, str) or not isinstance(by, str):
+                raise InputError(f'{op} needs "id" (a decision id)')
+            if op == "approve":
+                return await engine.approve(did, by=by)
+            return await engine.reject(did, by=by, reason=str(req.get("reason") or "")[:500])
+        if op == "set_mode":
+            mode = req.get("mode")
+            if not isinstance(mode, str):
+                raise InputError('set_mode needs "mode"')
+            await engine.set_mode(mode, by=str(req.get("by") or "local-cli"))
+            return {"mode": engine.mode}
+        if op == "reload":
+            return await self.reload()
+        if op == "ping":
+            return {"pong": True}
+        if op == "approvals":
+            return await engine.store.read(queries.pending_approvals)
+        raise InputError(f"unknown op {op!r} (known: submit, status, approve, reject, set_mode, reload, approvals, ping)")
+
+
+class _Shutdown(Exception):
+    pass
+
+
+async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
+    await writer.drain()
+
+
+def run_daemon(config_path: Path) -> None:
+    """`agentd run`: load and validate the config, then run until stopped."""
+    loaded = load_config(config_path)
+    compile_all(loaded)
+    asyncio.run(Daemon(config_path=config_path, loaded=loaded).run())
