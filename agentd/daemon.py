@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -319,4 +320,5 @@ def run_daemon(config_path: Path) -> None:
     """`agentd run`: load and validate the config, then run until stopped."""
     loaded = load_config(config_path)
     compile_all(loaded)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack to the journal
     asyncio.run(Daemon(config_path=config_path, loaded=loaded).run())

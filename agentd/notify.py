@@ -16,6 +16,8 @@ class Notifier:
         if addr:
             self._addr = "\0" + addr[1:] if addr.startswith("@") else addr
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block the event loop on a receiver that stopped reading; drop the message instead.
+            self._sock.setblocking(False)
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         self.watchdog_s: float | None = (
@@ -32,7 +34,7 @@ class Notifier:
             return False
         try:
             self._sock.sendto("\n".join(lines).encode(), self._addr)
-        except OSError:
+        except OSError:  # includes BlockingIOError when the receiver's buffer is full
             return False
         return True
 
