@@ -28,7 +28,7 @@ from pydantic import (
 from agentd.errors import ConfigError
 from agentd.yamlsafe import MAX_BYTES, YamlDoc, load_yaml
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 FALLBACK_REASONS = (
     "timeout",
     "low_confidence",
@@ -44,7 +44,7 @@ DEFAULT_CONFIG_PATHS = (Path("/etc/agentd/agentd.yaml"), Path("config/agentd.yam
 
 
 def _name(value: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(f"{value!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
     return value
 
@@ -267,7 +267,7 @@ class SkillConfig(_Model):
         if len(actions) != len(self.actions):
             raise ValueError("actions must be unique")
         for field_name in self.input:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", field_name):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", field_name):
                 raise ValueError(f"input field {field_name!r} is not a valid identifier")
             if field_name in ("action", "skill", "node", "event_id"):
                 raise ValueError(f"input field {field_name!r} is a reserved name")
@@ -422,19 +422,27 @@ def format_validation_error(exc: ValidationError, doc: YamlDoc) -> str:
     """One line per pydantic error: ``file:line key.path: message``."""
     out = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        raw = tuple(err["loc"])
+        loc = tuple(p for i, p in enumerate(raw) if not _is_union_tag(raw, i))
         key = _dotted(loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-            known = _known_keys(loc[:-1])
+            known = _known_keys(raw[:-1])
             if known:
                 msg += f" (known: {', '.join(known)})"
         out.append(f"{doc.where(loc)} {key}: {msg}")
     return "\n".join(out)
 
 
-_UNION_TAGS = {"onnx", "delay", "llama_cpp"}
+_MODEL_BY_TAG: dict[str, type[BaseModel]] = {
+    "onnx": OnnxModelConfig, "delay": DelayModelConfig, "llama_cpp": LlamaModelConfig,
+}
+
+
+def _is_union_tag(loc: tuple[str | int, ...], i: int) -> bool:
+    """pydantic puts the discriminator value after ``models[i]``; it is not a key of the file."""
+    return i >= 2 and loc[i - 2] == "models" and isinstance(loc[i - 1], int) and loc[i] in _MODEL_BY_TAG
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:
@@ -446,8 +454,11 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
 
 def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
     model: type[BaseModel] | None = Config
-    for part in parent:
+    for i, part in enumerate(parent):
         if model is None or isinstance(part, int):
+            continue
+        if _is_union_tag(parent, i):
+            model = _MODEL_BY_TAG[str(part)]
             continue
         info = model.model_fields.get(str(part))
         if info is None:

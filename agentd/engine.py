@@ -391,6 +391,7 @@ class Engine:
         if requested is None:
             raise NotFound(f"decision {decision_id!r} never needed approval")
         record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by)
+        self.fleet.add_decision(requested, time.time())
         if self.mode != "observe":
             self._run_handlers_for(self.cfg.skill(record["skill"]), record)
         return record
@@ -420,6 +421,7 @@ class Engine:
             skill = self.cfg.skill(current["skill"])
             applied = skill.approval.on_timeout or current.get("approval", {}).get("interim_action") or current["action"]
             record = await self.store.resolve_approval(decision_id, status="expired", applied_action=applied, by="timeout")
+            self.fleet.add_decision(applied, time.time())
         except NotFound:
             return  # approved or rejected meanwhile
         except AgentdError as exc:

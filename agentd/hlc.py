@@ -20,27 +20,36 @@ def encode(ts: Hlc) -> str:
 def decode(text: str) -> Hlc:
     """Parse an encoded HLC; ValueError if malformed."""
     wall, _, counter = text.partition("-")
-    if len(wall) != 13 or not wall.isdigit() or not counter.isdigit() or len(counter) > 9:
+    if len(wall) != 13 or not wall.isdigit() or not counter.isdigit() or len(counter) != 4:
         raise ValueError(f"malformed HLC {text[:40]!r}")
     return int(wall), int(counter)
+
+
+MAX_COUNTER = 9999
+
+
+def _norm(ts: Hlc) -> Hlc:
+    # Keep the counter within its 4 digits so the string form sorts like the tuple:
+    # past 9999 (a clock stuck or jumped back under load) logical time moves 1 ms ahead.
+    return (ts[0] + 1, 0) if ts[1] > MAX_COUNTER else ts
 
 
 def tick(last: Hlc, now_ms: int) -> Hlc:
     """The HLC for a local event or send."""
     if now_ms > last[0]:
         return (now_ms, 0)
-    return (last[0], last[1] + 1)
+    return _norm((last[0], last[1] + 1))
 
 
 def merge(last: Hlc, remote: Hlc, now_ms: int) -> Hlc:
     """The HLC after receiving a message stamped ``remote``."""
     wall = max(last[0], remote[0], now_ms)
     if wall == last[0] == remote[0]:
-        return (wall, max(last[1], remote[1]) + 1)
+        return _norm((wall, max(last[1], remote[1]) + 1))
     if wall == last[0]:
-        return (wall, last[1] + 1)
+        return _norm((wall, last[1] + 1))
     if wall == remote[0]:
-        return (wall, remote[1] + 1)
+        return _norm((wall, remote[1] + 1))
     return (wall, 0)
 
 

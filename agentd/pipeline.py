@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from agentd.errors import InputError
 
 if TYPE_CHECKING:
-    from agentd.config import SkillConfig, StageConfig
+    from agentd.config import FieldSpec, SkillConfig, StageConfig
     from agentd.stages.base import StageAnswer
 
-EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+EVENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 ACCEPTED = "accepted"
 
 
@@ -28,7 +28,7 @@ def new_id() -> str:
 
 def check_event_id(event_id: Any) -> str:
     """A caller-given event id, validated; InputError otherwise."""
-    if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
+    if not isinstance(event_id, str) or not EVENT_ID_RE.fullmatch(event_id):
         raise InputError(
             f"event id {str(event_id)[:40]!r} is invalid: use 1-128 characters of letters, digits and ._:@/- "
             "starting with a letter or digit"
@@ -49,40 +49,52 @@ def validate_event(skill: SkillConfig, data: Any) -> dict[str, Any]:
         names = ", ".join(sorted(repr(str(k))[:40] for k in unknown)[:5])
         raise InputError(f"{skill.name}: unknown field(s) {names} (known: {', '.join(skill.input)})")
     out: dict[str, Any] = {}
+    problems: list[str] = []
     for name, spec in skill.input.items():
-        if name not in data or data[name] is None:
-            if spec.required and spec.default is None:
-                raise InputError(f"{skill.name}: missing required field {name!r} ({spec.type})")
-            if spec.default is not None:
-                out[name] = spec.default
-            else:
-                out[name] = "" if spec.type == "string" else (False if spec.type == "boolean" else 0)
-            continue
-        value = data[name]
-        if spec.type in ("number", "integer"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InputError(f"{skill.name}.{name}: expected a number, got {type(value).__name__}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise InputError(f"{skill.name}.{name}: {value} is not a finite number")
-            if spec.type == "integer":
-                if isinstance(value, float) and not value.is_integer():
-                    raise InputError(f"{skill.name}.{name}: expected an integer, got {value}")
-                value = int(value)
-            else:
-                value = float(value)
-            if spec.min is not None and value < spec.min:
-                raise InputError(f"{skill.name}.{name}: {value} is below the minimum {spec.min}")
-            if spec.max is not None and value > spec.max:
-                raise InputError(f"{skill.name}.{name}: {value} is above the maximum {spec.max}")
-        elif spec.type == "string":
-            if not isinstance(value, str):
-                raise InputError(f"{skill.name}.{name}: expected a string, got {type(value).__name__}")
-            if len(value) > spec.max_length:
-                raise InputError(f"{skill.name}.{name}: {len(value)} characters, over the limit of {spec.max_length}")
-        elif not isinstance(value, bool):
-            raise InputError(f"{skill.name}.{name}: expected true or false, got {type(value).__name__}")
-        out[name] = value
+        try:
+            out[name] = _field(skill.name, name, spec, data)
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InputError("; ".join(problems))
     return out
+
+
+def _field(skill_name: str, name: str, spec: FieldSpec, data: dict[str, Any]) -> Any:
+    """One field, checked and normalised; InputError naming it otherwise."""
+    if name not in data or data[name] is None:
+        if spec.required and spec.default is None:
+            raise InputError(f"{skill_name}: missing required field {name!r} ({spec.type})")
+        if spec.default is not None:
+            return spec.default
+        return "" if spec.type == "string" else (False if spec.type == "boolean" else 0)
+    value = data[name]
+    if spec.type in ("number", "integer"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"{skill_name}.{name}: expected a number, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{skill_name}.{name}: {value} is not a finite number")
+        if spec.type == "integer":
+            if isinstance(value, float) and not value.is_integer():
+                raise InputError(f"{skill_name}.{name}: expected an integer, got {value}")
+            value = int(value)
+        else:
+            try:
+                value = float(value)
+            except OverflowError as exc:
+                raise InputError(f"{skill_name}.{name}: {str(value)[:30]}... is too large for a number") from exc
+        if spec.min is not None and value < spec.min:
+            raise InputError(f"{skill_name}.{name}: {value} is below the minimum {spec.min}")
+        if spec.max is not None and value > spec.max:
+            raise InputError(f"{skill_name}.{name}: {value} is above the maximum {spec.max}")
+    elif spec.type == "string":
+        if not isinstance(value, str):
+            raise InputError(f"{skill_name}.{name}: expected a string, got {type(value).__name__}")
+        if len(value) > spec.max_length:
+            raise InputError(f"{skill_name}.{name}: {len(value)} characters, over the limit of {spec.max_length}")
+    elif not isinstance(value, bool):
+        raise InputError(f"{skill_name}.{name}: expected true or false, got {type(value).__name__}")
+    return value
 
 
 def gate(answer: StageAnswer, stage: StageConfig, actions: list[str]) -> tuple[str | None, str]:

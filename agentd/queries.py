@@ -140,20 +140,34 @@ def verify_audit(conn: sqlite3.Connection, *, trusted_key: str | None = None) ->
         return result
     # The decisions table must match the digests the chain holds.
     latest: dict[str, tuple[int, str]] = {}
-    for seq, ref, body in conn.execute(
-        "SELECT seq, ref, body FROM audit WHERE kind IN ('decision', 'approval') ORDER BY seq"
+    pruned_through = 0
+    for seq, kind, ref, body in conn.execute(
+        "SELECT seq, kind, ref, body FROM audit WHERE kind IN ('decision', 'approval', 'retention') ORDER BY seq"
     ):
-        digest = json.loads(body).get("record_sha256")
+        parsed = json.loads(body)
+        if kind == "retention":
+            pruned_through = max(pruned_through, int(parsed.get("pruned_through_seq") or 0))
+            continue
+        digest = parsed.get("record_sha256")
         if ref and digest:
             latest[ref] = (seq, digest)
-    for decision_id, record in conn.execute("SELECT id, record FROM decisions"):
+    present = {i for (i,) in conn.execute("SELECT id FROM decisions")}
+    for ref, (seq, _) in latest.items():
+        if ref not in present and seq > pruned_through:
+            return VerifyResult(False, result.records, result.checkpoints, seq, f"decision {ref} (audit record {seq}) is missing from the decisions table (deleted?)")
+    columns = ("event_id", "skill", "action", "status", "source")
+    for decision_id, record, *cols in conn.execute(f"SELECT id, record, {', '.join(columns)} FROM decisions"):
         known = latest.get(decision_id)
         if known is None:
             if base_seq:  # its audit record may have been pruned under a checkpoint
                 continue
             return VerifyResult(False, result.records, result.checkpoints, None, f"decision {decision_id} has no audit record (inserted?)")
-        if record_digest(json.loads(record)) != known[1]:
+        parsed = json.loads(record)
+        if record_digest(parsed) != known[1]:
             return VerifyResult(False, result.records, result.checkpoints, known[0], f"decision {decision_id} was edited after audit record {known[0]}")
+        for name, value in zip(columns, cols, strict=True):
+            if parsed.get(name) != value:
+                return VerifyResult(False, result.records, result.checkpoints, known[0], f"decision {decision_id} was edited: its {name} column differs from the audited record")
     return result
 
 

@@ -23,6 +23,15 @@ if TYPE_CHECKING:
     from agentd.config import LoadedConfig, SkillConfig
 
 FUNCTIONS = ("fleet_count", "fleet_value")
+# CEL's standard library and common extensions (strings, math), plus ours; anything else is a typo.
+CEL_FUNCTIONS = frozenset({
+    *FUNCTIONS, "size", "contains", "startsWith", "endsWith", "matches", "int", "uint", "double", "string",
+    "bytes", "bool", "type", "dyn", "duration", "timestamp", "has", "all", "exists", "exists_one", "map",
+    "filter", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getFullYear", "getHours",
+    "getMilliseconds", "getMinutes", "getMonth", "getSeconds", "lowerAscii", "upperAscii", "trim", "replace",
+    "split", "join", "substring", "indexOf", "lastIndexOf", "charAt", "format", "greatest", "least", "abs",
+    "ceil", "floor", "round", "trunc", "sign", "isNaN", "isInf", "isFinite", "min", "max",
+})
 BUILTIN_VARS = ("action", "skill", "node")
 FLEET_WINDOW_S = 24 * 3600.0
 FLEET_MAX_PER_ACTION = 100_000
@@ -101,9 +110,14 @@ def compile_skill(skill: SkillConfig, *, where: Callable[..., str] | None = None
                 f"{loc} {skill.name}.{kind}[{i}] ({name}).when: unknown field {', '.join(sorted(map(repr, unknown)))}"
                 f" (known: {', '.join(sorted(known))})"
             )
-        bad = set(program.functions()) & {"fleet"}
-        if bad:
-            raise RuleError(f"{loc}: unknown function(s) {bad}")
+        # operators come back as overload ids like "_>_", "!_", "@in"; only named functions can be typos
+        named = {f for f in program.functions() if f.isidentifier()}
+        unknown_fns = named - CEL_FUNCTIONS
+        if unknown_fns:
+            raise RuleError(
+                f"{loc} {skill.name}.{kind}[{i}] ({name}).when: unknown function {', '.join(sorted(map(repr, unknown_fns)))}"
+                f" (agentd adds: {', '.join(FUNCTIONS)})"
+            )
         return Compiled(name=name, source=expr, program=program, action=action, default=default)
 
     rules = tuple(one("rules", i, r.name, r.when, r.action, r.default) for i, r in enumerate(skill.rules))
@@ -140,7 +154,7 @@ def evaluate(c: Compiled, context: Any) -> bool:
     """Evaluate one compiled expression to a boolean; RuleError if it errs or is not boolean."""
     try:
         result = c.program.execute(context)
-    except (RuntimeError, TypeError, ValueError) as exc:
+    except (RuntimeError, TypeError, ValueError, ArithmeticError) as exc:
         raise RuleError(f"rule {c.name!r} failed: {_first_line(exc)}") from exc
     if not isinstance(result, bool):
         raise RuleError(f"rule {c.name!r} returned {type(result).__name__}, not a boolean")

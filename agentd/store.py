@@ -289,18 +289,25 @@ class Store:
                 "UPDATE approvals SET status = ?, resolved_at = ?, resolved_by = ?, applied_action = ? WHERE decision_id = ?",
                 (status, when, by, applied_action, decision_id),
             )
-            record = queries.get_decision(conn, decision_id)
-            record.pop("late_answer", None)
+            row = conn.execute("SELECT record, late_answer FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+            record = json.loads(row[0])  # as stored and audited; a late answer lives in its own column
             record["status"] = status
             record["action"] = applied_action
             record["approval"] = {**record.get("approval", {}), "status": status, "resolved_by": by, "resolved_at": when, "reason": reason}
             if status == "approved":
                 record["source"] = "human"
+            text = canonical(record)
             conn.execute(
                 "UPDATE decisions SET status = ?, action = ?, source = ?, record = ? WHERE id = ?",
-                (status, applied_action, record["source"], json.dumps(record, separators=(",", ":")), decision_id),
+                (status, applied_action, record["source"], text.decode(), decision_id),
             )
-            self._append_audit(conn, "approval", decision_id, {**_audit_body(record), "by": by, "reason": reason})
+            conn.execute(
+                "UPDATE fleet_decisions SET action = ?, ts = ? WHERE node = ? AND decision_id = ?",
+                (applied_action, when, self._node, decision_id),
+            )
+            self._append_audit(conn, "approval", decision_id, {**_audit_body(record, sha256_hex(text)), "by": by, "reason": reason})
+            if row[1] is not None:
+                record["late_answer"] = json.loads(row[1])
             return record
 
         return await self._submit(op)
@@ -344,15 +351,15 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             keep = "id NOT IN (SELECT decision_id FROM approvals WHERE status = 'pending')"
-            removed = _delete_decisions(conn, f"created_at < ? AND {keep}", (cutoff,))
+            removed, pruned_seq = _delete_decisions(conn, f"created_at < ? AND {keep}", (cutoff,))
             size = _db_bytes(conn)
             while size > max_db_bytes:
-                n = _delete_decisions(
+                n, seq = _delete_decisions(
                     conn, f"{keep} AND id IN (SELECT id FROM decisions ORDER BY created_at LIMIT 500)", ()
                 )
                 if n == 0:
                     break
-                removed += n
+                removed, pruned_seq = removed + n, max(pruned_seq, seq)
                 size = _db_bytes(conn)
             conn.execute("DELETE FROM fleet_decisions WHERE ts < ?", (cutoff,))
             depth = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
@@ -362,7 +369,8 @@ class Store:
                 conn.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (dropped,))
             audit_pruned = _prune_audit(conn)
             if removed or dropped or audit_pruned:
-                self._append_audit(conn, "retention", None, {"decisions": removed, "outbox_dropped": dropped, "audit_pruned": audit_pruned})
+                body = {"decisions": removed, "outbox_dropped": dropped, "audit_pruned": audit_pruned, "pruned_through_seq": pruned_seq}
+                self._append_audit(conn, "retention", None, body)
             return {"decisions": removed, "outbox_dropped": dropped, "audit_pruned": audit_pruned}
 
         return await self._submit(op)
@@ -380,14 +388,19 @@ def _audit_body(record: dict[str, Any], digest: str | None = None) -> dict[str, 
     }
 
 
-def _delete_decisions(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
-    ids = [r[0] for r in conn.execute(f"SELECT id, event_id FROM decisions WHERE {where}", args)]
-    if not ids:
-        return 0
-    conn.executemany("DELETE FROM approvals WHERE decision_id = ?", [(i,) for i in ids])
-    conn.executemany("DELETE FROM events WHERE id = (SELECT event_id FROM decisions WHERE id = ?)", [(i,) for i in ids])
-    conn.executemany("DELETE FROM decisions WHERE id = ?", [(i,) for i in ids])
-    return len(ids)
+def _delete_decisions(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> tuple[int, int]:
+    """Delete decisions (with their events and approvals); returns (count, newest audit seq among them)."""
+    rows = conn.execute(f"SELECT id, event_id FROM decisions WHERE {where}", args).fetchall()
+    if not rows:
+        return 0, 0
+    seq = 0
+    for decision_id, _ in rows:
+        found = conn.execute("SELECT MAX(seq) FROM audit WHERE ref = ?", (decision_id,)).fetchone()[0]
+        seq = max(seq, found or 0)
+    conn.executemany("DELETE FROM approvals WHERE decision_id = ?", [(r[0],) for r in rows])
+    conn.executemany("DELETE FROM decisions WHERE id = ?", [(r[0],) for r in rows])
+    conn.executemany("DELETE FROM events WHERE id = ?", [(r[1],) for r in rows])
+    return len(rows), seq
 
 
 def _db_bytes(conn: sqlite3.Connection) -> int:

@@ -11,6 +11,7 @@ for llama.cpp) or the result is kept as a late answer.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -122,6 +123,8 @@ class ThreadedStage(ModelStage):
             except Exception as exc:  # a runtime error is a model_error, never a crash
                 raise ModelError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
             elapsed = time.perf_counter() - t0
+            if not math.isfinite(answer.confidence) or not all(math.isfinite(v) for v in answer.scores.values()):
+                raise ModelError(f"{self.name}: model returned a non-finite score")
             with self._lock:
                 self._ewma_s = elapsed if self._ewma_s == 0 else 0.8 * self._ewma_s + 0.2 * elapsed
             return StageAnswer(answer.label, answer.confidence, answer.scores, round(elapsed * 1000, 3), answer.extra)

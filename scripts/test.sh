@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set everything up, then run the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# pytest exits 5 when it collected no test: that is a failure for us, as is any other non-zero code.
+exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"
