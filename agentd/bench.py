@@ -212,11 +212,17 @@ def _throughput(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str,
 
 
 def _footprint(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
-    """Start `agentd run` as a child with our own NOTIFY_SOCKET: time to READY=1 and RSS."""
+    """Start `agentd run` as a child, as configured and rules-only: seconds to READY=1 and RSS."""
+    startup, rss = _start_child(_bench_config(loaded, data_dir / "as-configured"))
+    _, rss_rules = _start_child(_bench_config(loaded, data_dir / "rules-only", cascade=[]))
+    return {"startup_s": startup, "rss_mb": rss, "rss_rules_only_mb": rss_rules}
+
+
+def _start_child(bl: LoadedConfig) -> tuple[float, float]:
     import yaml
 
+    data_dir = bl.config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    bl = _bench_config(loaded, data_dir)
     raw = bl.config.model_dump(mode="json", exclude_none=True)
     cfg_path = data_dir / "bench.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
@@ -241,7 +247,7 @@ def _footprint(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, 
         proc.terminate()
         proc.wait(timeout=30)
         sock.close()
-    return {"startup_s": round(startup, 3), "rss_mb": round(rss_kb / 1024, 1)}
+    return round(startup, 3), round(rss_kb / 1024, 1)
 
 
 _PARTS = {"rules": _rules, "onnx": _onnx, "deadline": _deadline, "throughput": _throughput, "footprint": _footprint}

@@ -140,6 +140,7 @@ def verify_audit(conn: sqlite3.Connection, *, trusted_key: str | None = None) ->
         return result
     # The decisions table must match the digests the chain holds.
     latest: dict[str, tuple[int, str]] = {}
+    status: dict[str, str] = {}
     pruned_through = 0
     for seq, kind, ref, body in conn.execute(
         "SELECT seq, kind, ref, body FROM audit WHERE kind IN ('decision', 'approval', 'retention') ORDER BY seq"
@@ -151,9 +152,11 @@ def verify_audit(conn: sqlite3.Connection, *, trusted_key: str | None = None) ->
         digest = parsed.get("record_sha256")
         if ref and digest:
             latest[ref] = (seq, digest)
+            status[ref] = str(parsed.get("status"))
     present = {i for (i,) in conn.execute("SELECT id FROM decisions")}
     for ref, (seq, _) in latest.items():
-        if ref not in present and seq > pruned_through:
+        # retention never prunes a pending approval, nor anything newer than it pruned
+        if ref not in present and (seq > pruned_through or status.get(ref) == "pending_approval"):
             return VerifyResult(False, result.records, result.checkpoints, seq, f"decision {ref} (audit record {seq}) is missing from the decisions table (deleted?)")
     columns = ("event_id", "skill", "action", "status", "source")
     for decision_id, record, *cols in conn.execute(f"SELECT id, record, {', '.join(columns)} FROM decisions"):

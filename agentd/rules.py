@@ -23,15 +23,42 @@ if TYPE_CHECKING:
     from agentd.config import LoadedConfig, SkillConfig
 
 FUNCTIONS = ("fleet_count", "fleet_value")
-# CEL's standard library and common extensions (strings, math), plus ours; anything else is a typo.
+# CEL's core functions and macros, plus ours; anything else is a typo.
 CEL_FUNCTIONS = frozenset({
     *FUNCTIONS, "size", "contains", "startsWith", "endsWith", "matches", "int", "uint", "double", "string",
-    "bytes", "bool", "type", "dyn", "duration", "timestamp", "has", "all", "exists", "exists_one", "map",
-    "filter", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getFullYear", "getHours",
-    "getMilliseconds", "getMinutes", "getMonth", "getSeconds", "lowerAscii", "upperAscii", "trim", "replace",
-    "split", "join", "substring", "indexOf", "lastIndexOf", "charAt", "format", "greatest", "least", "abs",
-    "ceil", "floor", "round", "trunc", "sign", "isNaN", "isInf", "isFinite", "min", "max",
+    "bytes", "type", "dyn", "duration", "timestamp", "has", "all", "exists", "exists_one", "map", "filter",
+    "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getFullYear", "getHours", "getMilliseconds",
+    "getMinutes", "getMonth", "getSeconds",
 })
+_CEL: Any = None
+
+
+def cel_module() -> Any:
+    """The CEL extension module, loaded once.
+
+    The ``cel`` package's ``__init__`` also imports its interactive shell (typer,
+    prompt_toolkit, rich): about 25 MB of RSS on a Pi for nothing. So load the compiled
+    extension directly, and fall back to the package where that fails.
+    """
+    global _CEL
+    if _CEL is None:
+        import importlib.machinery
+        import importlib.util
+        from pathlib import Path
+
+        try:
+            spec = importlib.util.find_spec("cel")
+            assert spec is not None and spec.origin is not None
+            so = next(Path(spec.origin).parent.glob("cel.*.so"))
+            loader = importlib.machinery.ExtensionFileLoader("cel.cel", str(so))
+            module = importlib.util.module_from_spec(importlib.util.spec_from_file_location("cel.cel", so, loader=loader))  # type: ignore[arg-type]
+            loader.exec_module(module)
+            _CEL = module
+        except (AssertionError, StopIteration, ImportError, OSError):
+            import cel
+
+            _CEL = cel
+    return _CEL
 BUILTIN_VARS = ("action", "skill", "node")
 FLEET_WINDOW_S = 24 * 3600.0
 FLEET_MAX_PER_ACTION = 100_000
@@ -94,8 +121,7 @@ class SkillRules:
 
 def compile_skill(skill: SkillConfig, *, where: Callable[..., str] | None = None) -> SkillRules:
     """Compile every rule and guard; RuleError naming file:line, key and the unknown names."""
-    import cel  # heavy-ish import, on first use
-
+    cel = cel_module()
     known = set(skill.input) | set(BUILTIN_VARS)
 
     def one(kind: str, i: int, name: str, expr: str, action: str, default: bool = False) -> Compiled:
@@ -145,9 +171,7 @@ def _bound_names(expr: str) -> set[str]:
 
 
 def make_context(variables: dict[str, Any], fleet: FleetView) -> Any:
-    import cel
-
-    return cel.Context(variables=variables, functions=fleet.functions())
+    return cel_module().Context(variables=variables, functions=fleet.functions())
 
 
 def evaluate(c: Compiled, context: Any) -> bool:
