@@ -16,7 +16,12 @@ if TYPE_CHECKING:
 
 
 class OnnxStage(ThreadedStage):
-    """Builds the input row from named event fields in the declared order; answers the label distribution."""
+    """Builds the input row from named event fields in the declared order; answers the label distribution.
+
+    Calls queued together run as one batch tensor (one ``InferenceSession.run``).
+    """
+
+    max_batch = 64
 
     def __init__(self, cfg: OnnxModelConfig) -> None:
         path = Path(cfg.path)
@@ -41,6 +46,7 @@ class OnnxStage(ThreadedStage):
         self._fields = tuple(cfg.inputs)
         self.input_name = cfg.input_name or self._session.get_inputs()[0].name
         self.output_name = cfg.output_name or self._find_prob_output(len(cfg.labels))
+        self._options = ort.RunOptions()
         self._running: Any = None
 
     def _find_prob_output(self, n: int) -> str:
@@ -50,10 +56,10 @@ class OnnxStage(ThreadedStage):
                 return str(out.name)
         raise ModelError(f"model {self.name!r}: no output of shape [N, {n}] (one score per label); set output_name")
 
-    def features(self, inputs: Mapping[str, Any]) -> Any:
-        """The model's input row, in the declared field order."""
+    def features(self, inputs: Mapping[str, Any], *more: Mapping[str, Any]) -> Any:
+        """The model's input rows (one per event), in the declared field order."""
         try:
-            return self._np.array([[inputs[f] for f in self._fields]], dtype=self._np.float32)
+            return self._np.array([[e[f] for f in self._fields] for e in (inputs, *more)], dtype=self._np.float32)
         except KeyError as exc:
             raise ModelError(f"model {self.name!r}: event has no field {exc.args[0]!r}") from exc
         except (TypeError, ValueError) as exc:
@@ -64,20 +70,29 @@ class OnnxStage(ThreadedStage):
         return self._session.run([self.output_name], {self.input_name: x})[0]
 
     def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
-        x = self.features(inputs)
-        if cancel.is_set():
-            raise Cancelled("cancelled before run")
-        options = self._ort.RunOptions()
+        probs = self._run_rows(self.features(inputs), cancel)
+        return softmax_top(self.labels, probs[0].tolist())
+
+    def predict_batch(self, batch: list[Mapping[str, Any]]) -> list[StageAnswer]:
+        probs = self._run_rows(self.features(*batch), None)
+        return [softmax_top(self.labels, row) for row in probs.tolist()]
+
+    def _run_rows(self, x: Any, cancel: threading.Event | None) -> Any:
+        options = self._options
+        options.terminate = False
         self._running = options
         try:
-            probs = self._session.run([self.output_name], {self.input_name: x}, options)[0]
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled before run")
+            return self._session.run([self.output_name], {self.input_name: x}, options)[0]
+        except Cancelled:
+            raise
         except Exception as exc:
-            if cancel.is_set():
+            if options.terminate:
                 raise Cancelled("terminated at deadline") from exc
             raise ModelError(f"model {self.name!r}: run failed: {exc}") from exc
         finally:
             self._running = None
-        return softmax_top(self.labels, probs[0].tolist())
 
     def call(self, inputs: Mapping[str, Any], deadline: float) -> Any:
         handle = super().call(inputs, deadline)
@@ -85,8 +100,9 @@ class OnnxStage(ThreadedStage):
 
         def cancel() -> None:
             original()
-            running = self._running
-            if running is not None:
+            running, cancels = self._running, self.running_cancels
+            # Stop the run only when every call in it is cancelled: a batch may hold calls still in time.
+            if running is not None and cancels and all(c.is_set() for c in cancels):
                 running.terminate = True  # onnxruntime stops the run at its next check
 
         handle.cancel = cancel  # type: ignore[method-assign]
