@@ -186,7 +186,7 @@ def _throughput(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str,
     events = _events(skill, n)
 
     async def go(engine: Any) -> tuple[float, int, int]:
-        sem = asyncio.Semaphore(256)
+        sem = asyncio.Semaphore(1000)  # in flight at once, like the MQTT peer bench's 1000 unacked events
 
         async def one(i: int, e: dict[str, Any]) -> None:
             async with sem:

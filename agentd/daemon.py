@@ -233,7 +233,7 @@ class Daemon:
     async def _start_socket(self, path: Path) -> asyncio.AbstractServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            path.unlink()  # noqa: ASYNC240 - a stale socket from a crash, at start-up
         server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_REQUEST_BYTES)
         os.chmod(path, 0o660)
         return server

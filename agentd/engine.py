@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from agentd import queries
 from agentd.envelope import envelope_raw, topic
-from agentd.signing import canonical
 from agentd.errors import AgentdError, InputError, ModelError, NotFound
 from agentd.hlc import Clock
 from agentd.pipeline import (
@@ -33,7 +32,8 @@ from agentd.pipeline import (
     validate_event,
 )
 from agentd.rules import FleetView, SkillRules, compile_all, evaluate, first_match, make_context
-from agentd.stages.base import Cancelled, CallHandle, ModelStage
+from agentd.signing import canonical
+from agentd.stages.base import CallHandle, Cancelled, ModelStage
 from agentd.stages.registry import MissingStage, build_stage
 from agentd.store import DecisionWrite, DuplicateEvent, Store
 
@@ -67,7 +67,7 @@ class Engine:
         self.stages: dict[str, ModelStage] = {}
         self.circuits: dict[str, CircuitBreaker] = {}
         self.rules: dict[str, SkillRules] = {}
-        self.mode = self.cfg.daemon.mode
+        self.mode: str = self.cfg.daemon.mode
         self.counters: Counter[str] = Counter()
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -226,20 +226,20 @@ class Engine:
                 fallback = outcome
 
         rules = self.rules[skill.name]
-        variables = {**fields, "skill": skill.name, "node": self.node, "action": action or ""}
+        context = make_context({**fields, "skill": skill.name, "node": self.node, "action": action or ""}, self.fleet)
         rule_name = None
         rule_errors: list[str] = []
         if action is None:
-            rule, rule_errors = first_match(rules.rules, make_context(variables, self.fleet))
+            rule, rule_errors = first_match(rules.rules, context)
             action, rule_name = rule.action, rule.name
         else:
             fallback = None
 
         guard_name = None
         for g in rules.guards:
-            variables["action"] = action
+            context.add_variable("action", action)
             try:
-                if evaluate(g, make_context(variables, self.fleet)) and g.action != action:
+                if evaluate(g, context) and g.action != action:
                     action, guard_name = g.action, g.name
             except AgentdError as exc:
                 rule_errors.append(str(exc))

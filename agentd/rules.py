@@ -11,6 +11,7 @@ Expressions see the event's fields by name, ``action`` (the chosen action, for g
 from __future__ import annotations
 
 import bisect
+import functools
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
@@ -30,9 +31,7 @@ CEL_FUNCTIONS = frozenset({
     "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getFullYear", "getHours", "getMilliseconds",
     "getMinutes", "getMonth", "getSeconds",
 })
-_CEL: Any = None
-
-
+@functools.cache
 def cel_module() -> Any:
     """The CEL extension module, loaded once.
 
@@ -40,25 +39,24 @@ def cel_module() -> Any:
     prompt_toolkit, rich): about 25 MB of RSS on a Pi for nothing. So load the compiled
     extension directly, and fall back to the package where that fails.
     """
-    global _CEL
-    if _CEL is None:
-        import importlib.machinery
-        import importlib.util
-        from pathlib import Path
+    import importlib.machinery
+    import importlib.util
+    from pathlib import Path
 
-        try:
-            spec = importlib.util.find_spec("cel")
-            assert spec is not None and spec.origin is not None
-            so = next(Path(spec.origin).parent.glob("cel.*.so"))
-            loader = importlib.machinery.ExtensionFileLoader("cel.cel", str(so))
-            module = importlib.util.module_from_spec(importlib.util.spec_from_file_location("cel.cel", so, loader=loader))  # type: ignore[arg-type]
-            loader.exec_module(module)
-            _CEL = module
-        except (AssertionError, StopIteration, ImportError, OSError):
-            import cel
+    try:
+        spec = importlib.util.find_spec("cel")
+        assert spec is not None and spec.origin is not None
+        so = next(Path(spec.origin).parent.glob("cel.*.so"))
+        loader = importlib.machinery.ExtensionFileLoader("cel.cel", str(so))
+        module_spec = importlib.util.spec_from_file_location("cel.cel", so, loader=loader)
+        assert module_spec is not None
+        module = importlib.util.module_from_spec(module_spec)
+        loader.exec_module(module)
+        return module
+    except (AssertionError, StopIteration, ImportError, OSError):
+        import cel
 
-            _CEL = cel
-    return _CEL
+        return cel
 BUILTIN_VARS = ("action", "skill", "node")
 FLEET_WINDOW_S = 24 * 3600.0
 FLEET_MAX_PER_ACTION = 100_000
@@ -74,6 +72,10 @@ class FleetView:
     def __init__(self) -> None:
         self._times: dict[str, deque[float]] = defaultdict(deque)
         self._values: dict[str, Any] = {}
+        self._functions: dict[str, Callable[..., Any]] = {
+            "fleet_count": lambda action, window_s: self.count(str(action), float(window_s)),
+            "fleet_value": self.value,
+        }
 
     def add_decision(self, action: str, ts: float) -> None:
         times = self._times[action]
@@ -99,7 +101,7 @@ class FleetView:
         return self._values.get(key)
 
     def functions(self) -> dict[str, Callable[..., Any]]:
-        return {"fleet_count": lambda action, window_s: self.count(str(action), float(window_s)), "fleet_value": self.value}
+        return self._functions
 
 
 @dataclass(frozen=True)

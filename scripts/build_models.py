@@ -245,7 +245,7 @@ def main() -> None:
     print(f"held-out accuracy float={acc_float:.4f} int8={acc_int8:.4f}")
     print("int8 confusion matrix (rows=true, cols=predicted):")
     print(" " * 10 + "".join(f"{lab:>10}" for lab in LABELS))
-    for lab, row in zip(LABELS, confusion(y_te, pred)):
+    for lab, row in zip(LABELS, confusion(y_te, pred), strict=True):
         print(f"{lab:>10}" + "".join(f"{v:>10d}" for v in row))
     print(f"outputs: {[o.name for o in sess.get_outputs()]} (probabilities: {out_name})")
     print(f"model: {int8_path} {int8_path.stat().st_size} bytes sha256={digest}")

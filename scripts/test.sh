@@ -3,5 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo "test: ruff"
+.venv/bin/ruff check agentd tests scripts
+echo "test: mypy"
+.venv/bin/mypy agentd --ignore-missing-imports --no-error-summary
 # pytest exits 5 when it collected no test: that is a failure for us, as is any other non-zero code.
 exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"

@@ -73,7 +73,7 @@ class ModelStage(ABC):
     def call(self, inputs: Mapping[str, Any], deadline: float) -> CallHandle:
         """Start a call; ``deadline`` is ``time.monotonic()`` by which the answer is useful."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - most stages have nothing to release
         """Release the runtime."""
 
     def info(self) -> dict[str, Any]:
@@ -184,13 +184,13 @@ class ThreadedStage(ModelStage):
             with self._lock:
                 self._ewma_s = per_call if self._ewma_s == 0 else 0.8 * self._ewma_s + 0.2 * per_call
         for j, a in zip(live, answers, strict=True):
-            if isinstance(a, StageAnswer):
-                if not math.isfinite(a.confidence) or not all(math.isfinite(v) for v in a.scores.values()):
-                    a = ModelError(f"{self.name}: model returned a non-finite score")
-                else:
-                    a = StageAnswer(a.label, a.confidence, a.scores, round(elapsed * 1000, 3), a.extra)
-            out[id(j)] = a
+            out[id(j)] = self._checked(a, elapsed) if isinstance(a, StageAnswer) else a
         return [out[id(j)] for j in batch]
+
+    def _checked(self, a: StageAnswer, elapsed: float) -> StageAnswer | ModelError:
+        if not math.isfinite(a.confidence) or not all(math.isfinite(v) for v in a.scores.values()):
+            return ModelError(f"{self.name}: model returned a non-finite score")
+        return StageAnswer(a.label, a.confidence, a.scores, round(elapsed * 1000, 3), a.extra)
 
     async def close(self) -> None:
         self._jobs.put(None)

@@ -120,10 +120,8 @@ class DaemonProc:
     def drain_notify(self) -> None:
         if self.notify is None:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             self.messages.append(self.notify.recv(4096).decode())
-        except TimeoutError:
-            pass
 
     def log(self) -> str:
         p = self.data_dir.parent / "daemon.log"
@@ -195,7 +193,7 @@ def cli(config: Path, *args: str, input_: str | None = None) -> subprocess.Compl
     """Run the real `agentd` CLI."""
     return subprocess.run(
         [sys.executable, "-m", "agentd.cli", *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=120, input=input_,
+        capture_output=True, text=True, timeout=120, input=input_, check=False,
     )
 
 

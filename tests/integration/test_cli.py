@@ -31,7 +31,7 @@ def _decide_all(config: Path) -> list[dict]:
 
 
 def test_help_is_fast_and_imports_no_runtime() -> None:
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentd.cli", "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentd.cli", "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0 and "decide" in r.stdout
     imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
     for heavy in ("onnxruntime", "cel", "rich", "llama_cpp", "numpy", "pydantic"):
@@ -39,18 +39,18 @@ def test_help_is_fast_and_imports_no_runtime() -> None:
 
 
 def test_config_validate_exit_codes(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "agentd.cli", "config", "validate", str(REPO / "config" / "agentd.yaml")], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "agentd.cli", "config", "validate", str(REPO / "config" / "agentd.yaml")], capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.yaml"
     text = (REPO / "config" / "agentd.yaml").read_text().replace("deadline_ms:", "deadline_msx:", 1)
     bad.write_text(text)
-    r = subprocess.run([sys.executable, "-m", "agentd.cli", "config", "validate", str(bad)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "agentd.cli", "config", "validate", str(bad)], capture_output=True, text=True, check=False)
     assert r.returncode == 1
     line = next(i for i, t in enumerate(text.splitlines(), 1) if "deadline_msx:" in t)
     assert f"{bad}:{line}" in r.stderr and "deadline_msx" in r.stderr and "unknown key" in r.stderr
     cel_bad = tmp_path / "cel.yaml"
     cel_bad.write_text(text.replace("deadline_msx:", "deadline_ms:").replace("temperature_c >", "temp_c >", 1))
-    r = subprocess.run([sys.executable, "-m", "agentd.cli", "config", "validate", str(cel_bad)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "agentd.cli", "config", "validate", str(cel_bad)], capture_output=True, text=True, check=False)
     assert r.returncode == 1 and "unknown field 'temp_c'" in r.stderr and "known:" in r.stderr
 
 
