@@ -23,7 +23,7 @@ from typing import Any
 from agentd.errors import ModelError
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StageAnswer:
     """A model's answer: the top label, its confidence, and the full distribution."""
 
@@ -211,6 +211,5 @@ def softmax_top(labels: tuple[str, ...], probs: list[float]) -> StageAnswer:
     """The answer for a probability vector over ``labels``."""
     if len(probs) != len(labels):
         raise ModelError(f"model returned {len(probs)} scores for {len(labels)} labels")
-    scores = {label: float(p) for label, p in zip(labels, probs, strict=True)}
-    top = max(scores, key=lambda k: scores[k])
-    return StageAnswer(label=top, confidence=scores[top], scores=scores)
+    top = max(range(len(probs)), key=probs.__getitem__)
+    return StageAnswer(labels[top], float(probs[top]), dict(zip(labels, map(float, probs), strict=True)))

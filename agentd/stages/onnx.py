@@ -47,6 +47,7 @@ class OnnxStage(ThreadedStage):
         self.input_name = cfg.input_name or self._session.get_inputs()[0].name
         self.output_name = cfg.output_name or self._find_prob_output(len(cfg.labels))
         self._options = ort.RunOptions()
+        self._row = np.zeros((1, len(self._fields)), dtype=np.float32)
         self._running: Any = None
 
     def _find_prob_output(self, n: int) -> str:
@@ -70,7 +71,15 @@ class OnnxStage(ThreadedStage):
         return self._session.run([self.output_name], {self.input_name: x})[0]
 
     def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
-        probs = self._run_rows(self.features(inputs), cancel)
+        row = self._row  # one reused buffer: only the worker thread runs predictions
+        try:
+            for i, f in enumerate(self._fields):
+                row[0, i] = inputs[f]
+        except KeyError as exc:
+            raise ModelError(f"model {self.name!r}: event has no field {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"model {self.name!r}: non-numeric input: {exc}") from exc
+        probs = self._run_rows(row, cancel)
         return softmax_top(self.labels, probs[0].tolist())
 
     def predict_batch(self, batch: list[Mapping[str, Any]]) -> list[StageAnswer]:
