@@ -171,6 +171,7 @@ def decisions(config_path: Path | None, as_json: bool, limit: int, **filters: st
     Example: agentd decisions --skill freezer_health --source rules --limit 50
     """
     from agentd import queries
+    from agentd.demo import action_label
 
     loaded = _load(config_path)
     conn = queries.open_readonly(loaded.config.data_dir)
@@ -182,7 +183,7 @@ def decisions(config_path: Path | None, as_json: bool, limit: int, **filters: st
         f"{len(rows)} decision(s)",
         ["time", "skill", "action", "status", "source", "conf", "fallback", "guard", "ms", "event", "id"],
         (
-            (_ts(d["created_at"]), d["skill"], d["action"], d["status"], d["source"],
+            (_ts(d["created_at"]), d["skill"], action_label(d), d["status"], d["source"],
              None if d["confidence"] is None else f"{d['confidence']:.2f}", d["fallback_reason"], d["guard"],
              d["latency_ms"], d["event_id"][:16], d["id"][:12])
             for d in rows
@@ -227,7 +228,7 @@ def explain(config_path: Path | None, as_json: bool, ident: str) -> None:
     for i, s in enumerate(d["stages"], 1):
         conf = "" if s["confidence"] is None else f" confidence {s['confidence']:.3f}"
         lines.append(f"  stage {i}   {s['model']}: {s['outcome']}  answer {s['answer']}{conf}  {s['latency_ms']} ms")
-    if d["source"] == "model" and d.get("model"):
+    if d.get("model"):
         lines.append(f"  model     {d['model']['name']} v{d['model']['version']} accepted")
     else:
         lines.append(f"  fallback  {d['fallback_reason']} -> rules decided (rule {d.get('rule')!r})")
@@ -441,8 +442,14 @@ def _resolve(op: str, config_path: Path | None, as_json: bool, decision_id: str,
 
     from agentd.client import request
 
+    from agentd import queries
+
     loaded = _load(config_path)
     who = by or f"local:{getpass.getuser()}"
+    try:  # accept the short ids `agentd decisions` shows
+        decision_id = _find(queries.open_readonly(loaded.config.data_dir), decision_id)["id"]
+    except AgentdError:
+        pass  # let the daemon say what is wrong
     d = request(loaded.config.socket_path, {"op": op, "id": decision_id, "by": who, "reason": reason})
     if as_json:
         _emit_json(d)

@@ -353,7 +353,7 @@ class Config(_Model):
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.node.data_dir)
+        return Path(os.path.normpath(self.node.data_dir))
 
     @property
     def socket_path(self) -> Path:

@@ -44,6 +44,14 @@ class Daemon:
         self.started_at = time.time()
         self._tg: asyncio.TaskGroup | None = None
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the daemon to drain and stop (as SIGTERM does)."""
+        self._stop.set()
+
     # -- main ----------------------------------------------------------------
 
     async def run(self) -> None:

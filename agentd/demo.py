@@ -44,14 +44,14 @@ async def _demo(loaded: LoadedConfig, seconds: float) -> None:
     started = time.monotonic()
     try:
         with Live(console=console, refresh_per_second=4) as live:
-            while not runner.done():
+            while not runner.done() and not daemon.stopping:
                 await asyncio.sleep(0.5)
-                if daemon.engine is not None:
-                    live.update(await _view(daemon))
                 if seconds and time.monotonic() - started >= seconds:
-                    daemon._stop.set()
+                    break
+                if daemon.engine is not None and not daemon.stopping:
+                    live.update(await _view(daemon))
     finally:
-        daemon._stop.set()
+        daemon.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
     console.print(
@@ -61,6 +61,7 @@ async def _demo(loaded: LoadedConfig, seconds: float) -> None:
 
 
 async def _view(daemon: Daemon) -> Any:
+    from rich import box
     from rich.table import Table
 
     engine = daemon.engine
@@ -69,20 +70,32 @@ async def _view(daemon: Daemon) -> Any:
     sources = Counter({k.split(":", 1)[1]: v for k, v in engine.counters.items() if k.startswith("source:")})
     fallbacks = Counter({k.split(":", 1)[1]: v for k, v in engine.counters.items() if k.startswith("fallback:")})
     table = Table(
-        title=f"mode {engine.mode} | decisions by source {dict(sources)} | fallback reasons {dict(fallbacks)}",
+        title=f"mode {engine.mode} | by source {dict(sources)} | fallbacks {dict(fallbacks)}",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
     )
-    for col in ("time", "temp °C", "door s", "comp A", "action", "status", "source", "conf", "fallback", "guard", "ms"):
-        table.add_column(col)
+    for col in ("time", "°C / door s / A", "action", "source", "conf", "why"):
+        table.add_column(col, no_wrap=True)
     for d in rows:
         i = d["inputs"]
+        reading = f"{_num(i.get('temperature_c'), 1)} / {_num(i.get('door_open_s'), 0)} / {_num(i.get('compressor_a'), 1)}"
+        why = d["fallback_reason"] or ""
+        if d.get("guard"):
+            why = f"guard {d['guard']}"
         table.add_row(
-            time.strftime("%H:%M:%S", time.localtime(d["created_at"])),
-            f"{i.get('temperature_c', ''):.1f}" if isinstance(i.get("temperature_c"), float) else "",
-            f"{i.get('door_open_s', ''):.0f}" if isinstance(i.get("door_open_s"), float) else "",
-            f"{i.get('compressor_a', ''):.1f}" if isinstance(i.get("compressor_a"), float) else "",
-            d["action"], d["status"], d["source"],
-            "" if d["confidence"] is None else f"{d['confidence']:.2f}",
-            d["fallback_reason"] or "", d["guard"] or "", f"{d['latency_ms']:.1f}",
+            time.strftime("%H:%M:%S", time.localtime(d["created_at"])), reading, action_label(d), d["source"],
+            "" if d["confidence"] is None else f"{d['confidence']:.2f}", why,
         )
     return table
+
+
+def _num(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else ""
+
+
+def action_label(d: dict[str, Any]) -> str:
+    """The action in force, and the one waiting for approval: ``alert (shutdown?)``."""
+    if d["status"] == "pending_approval" and d.get("approval"):
+        return f"{d['action']} ({d['approval']['requested_action']}?)"
+    return str(d["action"])

@@ -121,7 +121,7 @@ class SkillRules:
     guards: tuple[Compiled, ...]
 
 
-def compile_skill(skill: SkillConfig, *, where: Callable[..., str] | None = None) -> SkillRules:
+def compile_skill(skill: SkillConfig, *, index: int = 0, where: Callable[..., str] | None = None) -> SkillRules:
     """Compile every rule and guard; RuleError naming file:line, key and the unknown names."""
     cel = cel_module()
     known = set(skill.input) | set(BUILTIN_VARS)
@@ -131,11 +131,11 @@ def compile_skill(skill: SkillConfig, *, where: Callable[..., str] | None = None
         try:
             program = cel.compile(expr)
         except ValueError as exc:
-            raise RuleError(f"{loc} {skill.name}.{kind}[{i}] ({name}): {_first_line(exc)}") from exc
+            raise RuleError(f"{loc} skills[{index}].{kind}[{i}].when ({skill.name}/{name}): {_first_line(exc)}") from exc
         unknown = set(program.variables()) - known - _bound_names(expr)
         if unknown:
             raise RuleError(
-                f"{loc} {skill.name}.{kind}[{i}] ({name}).when: unknown field {', '.join(sorted(map(repr, unknown)))}"
+                f"{loc} skills[{index}].{kind}[{i}].when ({skill.name}/{name}): unknown field {', '.join(sorted(map(repr, unknown)))}"
                 f" (known: {', '.join(sorted(known))})"
             )
         # operators come back as overload ids like "_>_", "!_", "@in"; only named functions can be typos
@@ -143,7 +143,7 @@ def compile_skill(skill: SkillConfig, *, where: Callable[..., str] | None = None
         unknown_fns = named - CEL_FUNCTIONS
         if unknown_fns:
             raise RuleError(
-                f"{loc} {skill.name}.{kind}[{i}] ({name}).when: unknown function {', '.join(sorted(map(repr, unknown_fns)))}"
+                f"{loc} skills[{index}].{kind}[{i}].when ({skill.name}/{name}): unknown function {', '.join(sorted(map(repr, unknown_fns)))}"
                 f" (agentd adds: {', '.join(FUNCTIONS)})"
             )
         return Compiled(name=name, source=expr, program=program, action=action, default=default)
@@ -157,7 +157,8 @@ def compile_all(loaded: LoadedConfig) -> dict[str, SkillRules]:
     """Compile every skill's rules and guards, with errors located in the config file."""
     skills = loaded.config.skills
     return {
-        s.name: compile_skill(s, where=lambda *loc, i=i: loaded.where("skills", i, *loc)) for i, s in enumerate(skills)
+        s.name: compile_skill(s, index=i, where=lambda *loc, i=i: loaded.where("skills", i, *loc))
+        for i, s in enumerate(skills)
     }
 
 

@@ -59,17 +59,17 @@ def test_unknown_field_names_the_rule_the_field_and_the_known_fields() -> None:
         compile_all(parse_config(text, source="rules.yaml"))
     msg = str(err.value)
     line = next(i for i, t in enumerate(text.splitlines(), 1) if "temp_c" in t)
-    assert msg.startswith(f"rules.yaml:{line} s.rules[0] (hot).when: unknown field 'temp_c'")
+    assert msg.startswith(f"rules.yaml:{line} skills[0].rules[0].when (s/hot): unknown field 'temp_c'")
     assert "(known: action, count, node, note, skill, temperature_c)" in msg
 
 
 def test_unknown_field_in_a_guard_is_named_too() -> None:
-    with pytest.raises(RuleError, match=r"s\.guards\[0\] \(g\)\.when: unknown field 'door'"):
+    with pytest.raises(RuleError, match=r"skills\[0\]\.guards\[0\]\.when \(s/g\): unknown field 'door'"):
         compiled([DEFAULT], [{"name": "g", "when": "door > 1.0", "action": "alert"}])
 
 
 def test_syntax_error_names_the_rule() -> None:
-    with pytest.raises(RuleError, match=r"rules\.yaml:\d+ s\.rules\[0\] \(broken\): .*Syntax error"):
+    with pytest.raises(RuleError, match=r"rules\.yaml:\d+ skills\[0\]\.rules\[0\]\.when \(s/broken\): .*Syntax error"):
         compiled([{"name": "broken", "when": "temperature_c > ", "action": "alert"}, DEFAULT])
 
 
@@ -78,7 +78,7 @@ def test_compile_skill_without_where_names_the_rule_position() -> None:
     bad = skill.model_copy(
         update={"rules": [skill.rules[0].model_copy(update={"when": "nope == 1", "default": False}), *skill.rules]}
     )
-    with pytest.raises(RuleError, match=r"^rules\[0\] s\.rules\[0\] \(fallback\)\.when: unknown field 'nope'"):
+    with pytest.raises(RuleError, match=r"^rules\[0\] skills\[0\]\.rules\[0\]\.when \(s/fallback\): unknown field 'nope'"):
         compile_skill(bad)
 
 

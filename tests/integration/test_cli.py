@@ -127,3 +127,13 @@ def test_audit_verify_names_the_first_bad_record(tmp_path: Path, node_config: Pa
     r = cli(node_config, "audit", "export")
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["seq"] for x in lines] == seqs and all(x["hash"] for x in lines)
+
+
+def test_demo_runs_and_stops_cleanly(node_config: Path) -> None:
+    r = cli(node_config, "demo", "--seconds", "3", "--rate", "20")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert "Stopped." in r.stdout
+    rows = json.loads(cli(node_config, "decisions", "--json", "--limit", "1000").stdout)
+    assert len(rows) >= 10 and {d["origin"] for d in rows} == {"simulator"}
+    assert cli(node_config, "audit", "verify").returncode == 0
