@@ -13,14 +13,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from agentd.errors import TrustError
 from agentd.signing import canonical, sha256_hex, verify
 
 GENESIS = "0" * 64
 
 
 def record_hash(prev_hash: str, seq: int, ts: float, kind: str, ref: str | None, body: str) -> str:
-    """The chain hash of one audit record; ``body`` is its canonical JSON text."""
-    material = canonical({"seq": seq, "ts": ts, "kind": kind, "ref": ref, "body": json.loads(body)})
+    """The chain hash of one audit record: SHA-256 over the previous hash and the canonical JSON
+    of ``{body, kind, ref, seq, ts}``, where ``body`` is the record's stored canonical JSON text
+    (spliced in as is, so the hash covers exactly the bytes kept)."""
+    material = (
+        b'{"body":' + body.encode() + b',"kind":' + canonical(kind) + b',"ref":' + canonical(ref)
+        + b',"seq":' + canonical(seq) + b',"ts":' + canonical(ts) + b"}"
+    )
     return sha256_hex(prev_hash.encode("ascii") + material)
 
 
@@ -94,8 +100,9 @@ def verify_chain(
         if row.prev_hash != prev:
             return VerifyResult(False, count, len(cps), row.seq, f"record {row.seq} does not link to record {row.seq - 1} (inserted, deleted or reordered)")
         try:
+            json.loads(row.body)
             actual = record_hash(row.prev_hash, row.seq, row.ts, row.kind, row.ref, row.body)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, TrustError) as exc:
             return VerifyResult(False, count, len(cps), row.seq, f"record {row.seq} is unreadable: {exc}")
         if actual != row.hash:
             return VerifyResult(False, count, len(cps), row.seq, f"record {row.seq} was edited: its hash does not match its content")

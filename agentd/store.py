@@ -230,12 +230,13 @@ class Store:
         def op(conn: sqlite3.Connection) -> None:
             r = w.record
             text = w.record_canonical if w.record_canonical is not None else canonical(r)
-            if conn.execute("SELECT 1 FROM events WHERE id = ?", (w.event_id,)).fetchone():
-                raise DuplicateEvent(f"event {w.event_id!r} already has a decision")
-            conn.execute(
-                "INSERT INTO events(id, skill, received_at, data) VALUES (?,?,?,?)",
-                (w.event_id, w.skill, w.received_at, json.dumps(w.data, separators=(",", ":"))),
-            )
+            try:
+                conn.execute(
+                    "INSERT INTO events(id, skill, received_at, data) VALUES (?,?,?,?)",
+                    (w.event_id, w.skill, w.received_at, json.dumps(w.data, separators=(",", ":"))),
+                )
+            except sqlite3.IntegrityError as exc:  # the primary key: this event already has its decision
+                raise DuplicateEvent(f"event {w.event_id!r} already has a decision") from exc
             conn.execute(
                 "INSERT INTO decisions(id, event_id, skill, action, status, source, fallback_reason, guard,"
                 " stage, release, created_at, record) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
