@@ -11,11 +11,12 @@ progress share the next commit (group commit); at low load each commit holds one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,9 @@ class DecisionWrite:
     record_canonical: bytes | None = None
 
 
+Op = Callable[[sqlite3.Connection], Any] | DecisionWrite
+
+
 class DuplicateEvent(StateError):
     """The event id already has a decision; nothing was written."""
 
@@ -72,12 +76,13 @@ class Store:
         self._checkpoint_every = checkpoint_every
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-store")
         self._conn: sqlite3.Connection | None = None
-        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
         self._lock = threading.Lock()
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._head: tuple[int, str] = (0, GENESIS)
         self._since_checkpoint = 0
+        self._pending_audit: list[tuple[Any, ...]] | None = None
         self.commits = 0
 
     async def __aenter__(self) -> Store:
@@ -119,7 +124,7 @@ class Store:
             self._conn.close()
             self._conn = None
 
-    def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+    def _run_batch(self, batch: list[tuple[Op, asyncio.Future[Any]]], *, bulk: bool = True) -> list[tuple[bool, Any]]:
         conn = self._conn
         assert conn is not None
         results: list[tuple[bool, Any]] = []
@@ -127,11 +132,33 @@ class Store:
         since_before = self._since_checkpoint
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, _ in batch:
+            i = 0
+            while i < len(batch):
+                op = batch[i][0]
+                if isinstance(op, DecisionWrite) and bulk:  # a run of decisions: bulk statements, no savepoints
+                    j = i
+                    while j < len(batch) and isinstance(batch[j][0], DecisionWrite):
+                        j += 1
+                    try:
+                        with self._audit_rows(conn):
+                            results.extend(self._write_decisions(conn, [b[0] for b in batch[i:j]]))  # type: ignore[misc]
+                    except Exception:  # one bad write in the run: redo the batch one operation at a time
+                        conn.execute("ROLLBACK")
+                        self._head, self._since_checkpoint = head_before, since_before
+                        return self._run_batch(batch, bulk=False)
+                    i = j
+                    continue
+                i += 1
                 head, since = self._head, self._since_checkpoint
                 conn.execute("SAVEPOINT op")
                 try:
-                    results.append((True, op(conn)))
+                    if isinstance(op, DecisionWrite):
+                        ok, value = self._write_decisions(conn, [op])[0]
+                        if not ok:
+                            raise value
+                        results.append((True, None))
+                    else:
+                        results.append((True, op(conn)))
                     conn.execute("RELEASE op")
                 except Exception as exc:  # one bad operation must not sink the batch
                     conn.execute("ROLLBACK TO op")
@@ -150,15 +177,28 @@ class Store:
             return [(False, err) for _ in batch]
         return results
 
+    @contextlib.contextmanager
+    def _audit_rows(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Collect the audit rows appended inside the block and insert them with one statement."""
+        self._pending_audit = []
+        try:
+            yield
+            conn.executemany(
+                "INSERT INTO audit(seq, ts, kind, ref, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?)", self._pending_audit
+            )
+        finally:
+            self._pending_audit = None
+
     def _append_audit(self, conn: sqlite3.Connection, kind: str, ref: str | None, body: dict[str, Any], ts: float | None = None) -> int:
         seq, prev = self._head[0] + 1, self._head[1]
         ts = round(ts if ts is not None else time.time(), 6)
         text = canonical(body).decode()
         h = record_hash(prev, seq, ts, kind, ref, text)
-        conn.execute(
-            "INSERT INTO audit(seq, ts, kind, ref, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?)",
-            (seq, ts, kind, ref, text, prev, h),
-        )
+        row = (seq, ts, kind, ref, text, prev, h)
+        if self._pending_audit is not None:
+            self._pending_audit.append(row)
+        else:
+            conn.execute("INSERT INTO audit(seq, ts, kind, ref, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?)", row)
         self._head = (seq, h)
         self._since_checkpoint += 1
         return seq
@@ -177,7 +217,7 @@ class Store:
 
     # -- queueing ------------------------------------------------------------
 
-    async def _submit(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def _submit(self, op: Callable[[sqlite3.Connection], T] | DecisionWrite) -> T:
         assert self._loop is not None, "store is not open"
         fut: asyncio.Future[T] = self._loop.create_future()
         self._queue.append((op, fut))
@@ -192,7 +232,7 @@ class Store:
         cfut = self._loop.run_in_executor(self._exec, self._run_batch, batch)
         cfut.add_done_callback(lambda f: self._finish(batch, f))
 
-    def _finish(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]], done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+    def _finish(self, batch: list[tuple[Op, asyncio.Future[Any]]], done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
         exc = done.exception()
         results = [(False, exc)] * len(batch) if exc else done.result()
         for (_, fut), (ok, value) in zip(batch, results, strict=True):
@@ -225,46 +265,63 @@ class Store:
     # -- operations ----------------------------------------------------------
 
     async def record_decision(self, w: DecisionWrite) -> None:
-        """Commit event, decision, audit record, outbox rows (and approval, fleet row) together."""
+        """Commit event, decision, audit record, outbox rows (and approval, fleet row) together.
 
-        def op(conn: sqlite3.Connection) -> None:
+        DuplicateEvent if the event id already has a decision; nothing is written then.
+        """
+        await self._submit(w)
+
+    def _write_decisions(self, conn: sqlite3.Connection, writes: list[DecisionWrite]) -> list[tuple[bool, Any]]:
+        """Write a run of decisions with one statement per table (the hot path)."""
+        ids = [w.event_id for w in writes]
+        existing: set[str] = set()
+        for k in range(0, len(ids), 500):
+            chunk = ids[k : k + 500]
+            marks = ",".join("?" * len(chunk))
+            existing.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
+        results: list[tuple[bool, Any]] = []
+        events: list[tuple[Any, ...]] = []
+        decisions: list[tuple[Any, ...]] = []
+        outbox: list[tuple[Any, ...]] = []
+        approvals: list[tuple[Any, ...]] = []
+        fleet: list[tuple[Any, ...]] = []
+        for w in writes:
+            if w.event_id in existing:
+                results.append((False, DuplicateEvent(f"event {w.event_id!r} already has a decision")))
+                continue
+            existing.add(w.event_id)
+            results.append((True, None))
             r = w.record
             text = w.record_canonical if w.record_canonical is not None else canonical(r)
-            try:
-                conn.execute(
-                    "INSERT INTO events(id, skill, received_at, data) VALUES (?,?,?,?)",
-                    (w.event_id, w.skill, w.received_at, json.dumps(w.data, separators=(",", ":"))),
-                )
-            except sqlite3.IntegrityError as exc:  # the primary key: this event already has its decision
-                raise DuplicateEvent(f"event {w.event_id!r} already has a decision") from exc
-            conn.execute(
-                "INSERT INTO decisions(id, event_id, skill, action, status, source, fallback_reason, guard,"
-                " stage, release, created_at, record) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    r["id"], w.event_id, w.skill, r["action"], r["status"], r["source"], r["fallback_reason"],
-                    r["guard"], r["lifecycle"]["stage"], r["lifecycle"]["release"], r["created_at"],
-                    text.decode(),
-                ),
-            )
+            events.append((w.event_id, w.skill, w.received_at, json.dumps(w.data, separators=(",", ":"))))
+            decisions.append((
+                r["id"], w.event_id, w.skill, r["action"], r["status"], r["source"], r["fallback_reason"], r["guard"],
+                r["lifecycle"]["stage"], r["lifecycle"]["release"], r["created_at"], text.decode(),
+            ))
             self._append_audit(conn, "decision", r["id"], _audit_body(r, sha256_hex(text)))
-            for topic, payload, qos, retain in w.outbox:
-                conn.execute(
-                    "INSERT INTO outbox(topic, payload, qos, retain, created_at) VALUES (?,?,?,?,?)",
-                    (topic, payload, qos, int(retain), r["created_at"]),
-                )
+            outbox.extend((t, p, q, int(retain), r["created_at"]) for t, p, q, retain in w.outbox)
             if w.approval_expires_at is not None:
                 a = r["approval"]
-                conn.execute(
-                    "INSERT INTO approvals(decision_id, skill, requested_action, interim_action, status,"
-                    " created_at, expires_at) VALUES (?,?,?,?,?,?,?)",
-                    (r["id"], w.skill, a["requested_action"], a["interim_action"], "pending", r["created_at"], w.approval_expires_at),
-                )
-            conn.execute(
-                "INSERT OR IGNORE INTO fleet_decisions(node, decision_id, skill, action, ts, hlc) VALUES (?,?,?,?,?,?)",
-                (w.node, r["id"], w.skill, r["action"], r["created_at"], r["hlc"]),
+                approvals.append((r["id"], w.skill, a["requested_action"], a["interim_action"], "pending", r["created_at"], w.approval_expires_at))
+            fleet.append((w.node, r["id"], w.skill, r["action"], r["created_at"], r["hlc"]))
+        conn.executemany("INSERT INTO events(id, skill, received_at, data) VALUES (?,?,?,?)", events)
+        conn.executemany(
+            "INSERT INTO decisions(id, event_id, skill, action, status, source, fallback_reason, guard,"
+            " stage, release, created_at, record) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            decisions,
+        )
+        if outbox:
+            conn.executemany("INSERT INTO outbox(topic, payload, qos, retain, created_at) VALUES (?,?,?,?,?)", outbox)
+        if approvals:
+            conn.executemany(
+                "INSERT INTO approvals(decision_id, skill, requested_action, interim_action, status,"
+                " created_at, expires_at) VALUES (?,?,?,?,?,?,?)",
+                approvals,
             )
-
-        await self._submit(op)
+        conn.executemany(
+            "INSERT OR IGNORE INTO fleet_decisions(node, decision_id, skill, action, ts, hlc) VALUES (?,?,?,?,?,?)", fleet
+        )
+        return results
 
     async def resolve_approval(
         self,
