@@ -7,6 +7,7 @@ Heavy runtimes (onnxruntime, cel, rich) are imported only by the commands that u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -440,16 +441,13 @@ def reject(config_path: Path | None, as_json: bool, decision_id: str, by: str | 
 def _resolve(op: str, config_path: Path | None, as_json: bool, decision_id: str, by: str | None, reason: str) -> None:
     import getpass
 
-    from agentd.client import request
-
     from agentd import queries
+    from agentd.client import request
 
     loaded = _load(config_path)
     who = by or f"local:{getpass.getuser()}"
-    try:  # accept the short ids `agentd decisions` shows
+    with contextlib.suppress(AgentdError):  # accept the short ids `agentd decisions` shows; else the daemon says what is wrong
         decision_id = _find(queries.open_readonly(loaded.config.data_dir), decision_id)["id"]
-    except AgentdError:
-        pass  # let the daemon say what is wrong
     d = request(loaded.config.socket_path, {"op": op, "id": decision_id, "by": who, "reason": reason})
     if as_json:
         _emit_json(d)
