@@ -187,7 +187,9 @@ def _throughput(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str,
     """Three rounds on fresh databases (this machine's noise is large): median, min and max."""
     rounds = [_throughput_round(loaded, data_dir / f"round{i}", samples) for i in range(3)]
     rates = sorted(r["decisions_per_s"] for r in rounds)
+    rules_only = [_throughput_round(loaded, data_dir / f"rules{i}", samples, cascade=[]) for i in range(3)]
     return {
+        "decisions_per_s_rules_only": sorted(r["decisions_per_s"] for r in rules_only)[1],
         "decisions_per_s": rates[1],
         "decisions_per_s_min": rates[0],
         "decisions_per_s_max": rates[2],
@@ -198,8 +200,8 @@ def _throughput(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str,
     }
 
 
-def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
-    bl = _bench_config(loaded, data_dir)
+def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int, **skill_update: Any) -> dict[str, Any]:
+    bl = _bench_config(loaded, data_dir, **skill_update)
     skill = bl.config.skills[0]
     n = max(2000, samples * 2)
     events = _events(skill, n)
