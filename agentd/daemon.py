@@ -18,6 +18,8 @@ from agentd import __version__, logs, queries
 from agentd.config import LoadedConfig, load_config
 from agentd.engine import Engine
 from agentd.errors import AgentdError, ConfigError, InputError
+from agentd.hlc import Clock
+from agentd.mesh import MeshLink
 from agentd.notify import Notifier
 from agentd.rules import compile_all
 from agentd.signing import create_key
@@ -43,6 +45,9 @@ class Daemon:
         self._idle.set()
         self.started_at = time.time()
         self._tg: asyncio.TaskGroup | None = None
+        self.clock = Clock()
+        self.outbox_ready = asyncio.Event()
+        self.link: MeshLink | None = None
 
     @property
     def stopping(self) -> bool:
@@ -78,9 +83,16 @@ class Daemon:
                 tg.create_task(self._housekeeping(), name="housekeeping")
                 tg.create_task(self._reloader(), name="reloader")
                 tg.create_task(self._simulator(), name="simulator")
+                if cfg.mqtt.enabled:
+                    self.link = MeshLink(
+                        cfg=cfg, key=key, clock=self.clock, store=lambda: self._engine().store,
+                        submit=self._mqtt_submit, outbox_ready=self.outbox_ready,
+                    )
+                    tg.create_task(self.link.run(), name="mqtt-link")
                 await self._stop.wait()
                 self.notifier.send("STOPPING=1", "STATUS=draining")
-                log.info("stopping: draining in-flight decisions")
+                log.info("stopping: draining in-flight decisions and the outbox")
+                await self._drain()
                 raise _Shutdown
         except* _Shutdown:
             pass
@@ -94,10 +106,31 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self.engine.store.audit("stop", {"reason": "signal", "inflight": self._inflight})
             await self.engine.__aexit__(None, None, None)
+            if self.link is not None:
+                await self.link.close()
             with contextlib.suppress(OSError):
                 cfg.socket_path.unlink()
             self.notifier.close()
             log.info("stopped")
+
+    def _engine(self) -> Engine:
+        assert self.engine is not None
+        return self.engine
+
+    async def _mqtt_submit(self, skill: str, data: Any, event_id: str | None, received: float) -> dict[str, Any]:
+        return await self.submit(skill, data, event_id, origin="mqtt", received=received)
+
+    async def _drain(self) -> None:
+        """Let in-flight decisions finish and the outbox empty, for at most drain_timeout_s."""
+        self._gate.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.loaded.config.daemon.drain_timeout_s):
+                await self._idle.wait()
+                while self.link is not None and self.link.connected:
+                    depth = await self._engine().store.read(lambda c: c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+                    if depth == 0:
+                        break
+                    await asyncio.sleep(0.05)
 
     def _setup_logging(self) -> None:
         cfg = self.loaded.config
@@ -110,7 +143,7 @@ class Daemon:
         )
 
     async def _open_engine(self, loaded: LoadedConfig, key: Any) -> Engine:
-        engine = Engine(loaded=loaded, key=key)
+        engine = Engine(loaded=loaded, key=key, clock=self.clock, outbox_ready=self.outbox_ready)
         await engine.__aenter__()
         return engine
 
@@ -292,6 +325,10 @@ class Daemon:
         if op == "status":
             status = await engine.status()
             status.update({"pid": os.getpid(), "uptime_s": round(time.time() - self.started_at, 1), "inflight": self._inflight, "daemon": "running"})
+            m = self.loaded.config.mqtt
+            status["broker"] = {"enabled": m.enabled, "host": m.host, "port": m.port, "connected": bool(self.link and self.link.connected)}
+            if self.link is not None:
+                status["broker"].update(self.link.counters)
             return status
         if op in ("approve", "reject"):
             did, by = req.get("id"), req.get("by") or "local-cli"

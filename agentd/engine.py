@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd import queries
 from agentd.envelope import envelope_raw, topic
-from agentd.errors import AgentdError, InputError, ModelError, NotFound
+from agentd.errors import AgentdError, ConfigError, InputError, ModelError, NotFound
 from agentd.hlc import Clock
 from agentd.pipeline import (
     ACCEPTED,
@@ -49,7 +49,15 @@ MODES = ("auto", "rules_only", "observe", "manual")
 class Engine:
     """Owns the store, the model stages and the compiled rules of one node."""
 
-    def __init__(self, *, loaded: LoadedConfig, key: NodeKey, run_handlers: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        loaded: LoadedConfig,
+        key: NodeKey,
+        run_handlers: bool = True,
+        clock: Clock | None = None,
+        outbox_ready: asyncio.Event | None = None,
+    ) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
         self.key = key
@@ -62,7 +70,7 @@ class Engine:
             synchronous=self.cfg.state.synchronous,
             checkpoint_every=self.cfg.state.checkpoint_every,
         )
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self.fleet = FleetView()
         self.stages: dict[str, ModelStage] = {}
         self.circuits: dict[str, CircuitBreaker] = {}
@@ -76,6 +84,7 @@ class Engine:
         self._expiry_wake = asyncio.Event()
         self._expiry_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self.outbox_ready = outbox_ready or asyncio.Event()  # set when a commit added outbox rows (the MQTT link waits on it)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -162,7 +171,10 @@ class Engine:
         """
         t0 = received if received is not None else time.monotonic()
         wall0 = time.time() - (time.monotonic() - t0)
-        skill = self.cfg.skill(skill_name)
+        try:
+            skill = self.cfg.skill(skill_name)
+        except ConfigError as exc:  # for an event, an unknown skill is bad input
+            raise InputError(str(exc)) from exc
         fields = validate_event(skill, data)
         eid = check_event_id(event_id) if event_id is not None else new_id()
         if event_id is not None:
@@ -299,6 +311,8 @@ class Engine:
             self.counters["duplicates"] += 1
             return await self.store.read(lambda c: queries.find_by_event(c, eid) or record)
         self._remember(eid)
+        if outbox:
+            self.outbox_ready.set()
         self.fleet.add_decision(record["action"], record["created_at"])
         self.counters[f"source:{source}"] += 1
         if fallback:
@@ -471,7 +485,6 @@ class Engine:
             "models": models,
             "skills": [s.name for s in self.cfg.skills],
             "counters": dict(self.counters),
-            "broker": {"enabled": self.cfg.mqtt.enabled, "connected": False, "note": "the MQTT link arrives with the mesh"},
             **totals,
         }
 

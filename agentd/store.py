@@ -370,6 +370,10 @@ class Store:
 
         return await self._submit(op)
 
+    async def delete_outbox(self, seqs: list[int]) -> None:
+        """Forget outbox rows the broker acknowledged."""
+        await self._submit(lambda conn: conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]))
+
     async def set_late_answer(self, decision_id: str, late: dict[str, Any]) -> None:
         """Attach a model's late answer to a decision (never acted on) and audit it."""
 

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from agentd import queries
 from agentd.config import LoadedConfig
 from agentd.engine import Engine
-from agentd.errors import ConfigError, InputError, NotFound
+from agentd.errors import InputError, NotFound
 from agentd.signing import NodeKey
 
 SKILL = "freezer"
@@ -330,7 +330,7 @@ async def test_bad_input_is_refused_and_nothing_recorded(config_factory: Factory
             await eng.decide(SKILL, {"temperature_c": 1, "temp": 1})
         with pytest.raises(InputError, match="event id"):
             await eng.decide(SKILL, COLD, event_id="bad id")
-        with pytest.raises(ConfigError, match="unknown skill 'nope'"):
+        with pytest.raises(InputError, match="unknown skill 'nope'"):
             await eng.decide("nope", COLD)
         assert await decisions_count(eng) == 0
 

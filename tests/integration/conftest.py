@@ -22,16 +22,19 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.broker import Broker, free_port
+
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = json.loads((REPO / "models" / "freezer_anomaly.json").read_text())
 
 
-def freezer_config(data_dir: Path, **daemon: Any) -> dict[str, Any]:
-    """The example skill with the real ONNX model; MQTT off (the mesh is not under test here)."""
+def freezer_config(data_dir: Path, *, mqtt_port: int | None = None, **daemon: Any) -> dict[str, Any]:
+    """The example skill with the real ONNX model. MQTT points at ``mqtt_port``, by default a
+    free port where no broker listens (the node decides offline and queues its outbox)."""
     return {
         "node": {"id": "it-node", "fleet": "it", "data_dir": str(data_dir)},
         "lifecycle": {"stage": "canary", "release": "it-1"},
-        "mqtt": {"enabled": True},
+        "mqtt": {"enabled": True, "port": mqtt_port or free_port()},
         "daemon": {"drain_timeout_s": 5, "watchdog_interval_s": 0.2, **daemon},
         "models": [
             {
@@ -195,6 +198,14 @@ def cli(config: Path, *args: str, input_: str | None = None) -> subprocess.Compl
         [sys.executable, "-m", "agentd.cli", *args, "--config", str(config)],
         capture_output=True, text=True, timeout=120, input=input_, check=False,
     )
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(folder=tmp_path)
+    b.start()
+    yield b
+    b.stop()
 
 
 @pytest.fixture

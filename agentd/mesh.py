@@ -1,0 +1,267 @@
+"""The MQTT link of one node (DESIGN section 6): one session, events in, the outbox out.
+
+``MeshLink`` owns the aiomqtt client. It connects with jittered, capped back-off, publishes
+a retained signed birth status (the last will marks the node offline), subscribes to the
+node's event topics, and drains the outbox at QoS 1, deleting a row only once the broker
+acknowledged it. An event is acknowledged to the broker only after its decision is
+committed (paho's manual acks), so a crash between receipt and commit means the broker
+sends the event again, and the event id makes that a repeat, not a second decision.
+
+Only this module knows aiomqtt and paho; their errors become ``MeshError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentd import queries
+from agentd.backoff import backoff_delay
+from agentd.envelope import envelope, topic
+from agentd.errors import AgentdError, InputError, MeshError
+
+if TYPE_CHECKING:
+    from agentd.config import Config
+    from agentd.hlc import Clock
+    from agentd.signing import NodeKey
+    from agentd.store import Store
+
+log = logging.getLogger("agentd")
+Submit = Callable[[str, Any, "str | None", float], Awaitable[dict[str, Any]]]
+OUTBOX_BATCH = 500
+MAX_INFLIGHT = 200
+
+
+def aiomqtt_error(message: str) -> Exception:
+    """An aiomqtt.MqttError, so that the connection loop treats it as a lost connection."""
+    import aiomqtt
+
+    return aiomqtt.MqttError(message)
+
+
+def parse_event(payload: bytes, *, max_bytes: int) -> tuple[str | None, Any]:
+    """An event message: ``{"id": optional str, "ts": optional number, "data": {...}}``; InputError otherwise."""
+    if len(payload) > max_bytes:
+        raise InputError(f"event payload is {len(payload)} bytes, over the limit of {max_bytes}")
+    try:
+        msg = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"event payload is not JSON: {exc}") from exc
+    if not isinstance(msg, dict):
+        raise InputError("event payload must be a JSON object with a \"data\" object")
+    unknown = set(msg) - {"id", "ts", "data"}
+    if unknown:
+        raise InputError(f"unknown event key(s) {sorted(map(str, unknown))[:5]} (known: id, ts, data)")
+    eid = msg.get("id")
+    if eid is not None and not isinstance(eid, str):
+        raise InputError('"id" must be a string')
+    ts = msg.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+        raise InputError('"ts" must be a number (epoch seconds)')
+    return eid, msg.get("data")
+
+
+class MeshLink:
+    """One node's MQTT session. Run ``await link.run()`` in the daemon's TaskGroup."""
+
+    def __init__(
+        self,
+        *,
+        cfg: Config,
+        key: NodeKey,
+        clock: Clock,
+        store: Callable[[], Store],
+        submit: Submit,
+        outbox_ready: asyncio.Event,
+    ) -> None:
+        if not cfg.mqtt.enabled:
+            raise ValueError("MeshLink needs mqtt.enabled: true")
+        self.cfg = cfg
+        self.node, self.fleet = cfg.node.id, cfg.node.fleet
+        self._key, self._clock, self._store, self._submit = key, clock, store, submit
+        self._outbox_ready = outbox_ready
+        self.connected = False
+        self.counters: dict[str, int] = {"published": 0, "events_in": 0, "events_refused": 0, "reconnects": 0}
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-outbox")
+        self._read_conn: sqlite3.Connection | None = None
+        self._last_refusal_log = 0.0
+
+    # -- connection ----------------------------------------------------------
+
+    def _client(self) -> Any:
+        import aiomqtt
+
+        m = self.cfg.mqtt
+        password = None
+        if m.password_file:
+            try:
+                password = Path(m.password_file).read_text().strip()
+            except OSError as exc:
+                raise MeshError(f"{m.password_file}: cannot read the MQTT password file: {exc.strerror}") from exc
+        tls = None
+        if m.tls is not None:
+            ctx = ssl.create_default_context(cafile=m.tls.ca) if m.tls.ca else ssl.create_default_context()
+            if m.tls.cert:
+                ctx.load_cert_chain(m.tls.cert, m.tls.key)
+            tls = ctx
+        offline = envelope("status", node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
+        return aiomqtt.Client(
+            m.host,
+            m.port,
+            username=m.username,
+            password=password,
+            identifier=f"agentd-{self.fleet}-{self.node}",
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=False,  # the broker keeps our subscriptions and unacknowledged events
+            will=aiomqtt.Will(self._t("status"), offline, qos=1, retain=True),
+            keepalive=30,
+            timeout=10,
+            tls_context=tls,
+        )
+
+    def _t(self, *parts: str) -> str:
+        return topic(self.fleet, "nodes", self.node, *parts)
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with back-off; forever (cancel to stop)."""
+        import aiomqtt
+
+        attempt = 0
+        while True:
+            try:
+                client = self._client()
+                client._client.manual_ack_set(True)  # ack events only after their decision is committed
+                async with client:
+                    self.connected, attempt = True, 0
+                    log.info("mqtt connected to %s:%s", self.cfg.mqtt.host, self.cfg.mqtt.port)
+                    await self._online(client)
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            tg.create_task(self._receive(client, tg), name="mqtt-receive")
+                            tg.create_task(self._drain_outbox(client), name="mqtt-outbox")
+                    except asyncio.CancelledError:
+                        await self._offline(client)  # a clean stop sends no last will: say it ourselves
+                        raise
+            except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group:
+                exc = group.exceptions[0]
+                if self.connected:
+                    log.warning("mqtt connection lost: %s", exc)
+                else:
+                    log.warning("mqtt connect to %s:%s failed: %s", self.cfg.mqtt.host, self.cfg.mqtt.port, exc)
+            except* MeshError as group:
+                log.error("mqtt: %s", group.exceptions[0])
+            self.connected = False
+            delay = backoff_delay(attempt, cap_s=30.0)
+            attempt += 1
+            self.counters["reconnects"] += 1
+            await asyncio.sleep(delay)
+
+    async def _online(self, client: Any) -> None:
+        body = {"status": "online", "stage": self.cfg.lifecycle.stage, "release": self.cfg.lifecycle.release, "ts": time.time()}
+        payload = envelope("status", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
+        await client.publish(self._t("status"), payload, qos=1, retain=True)
+        await client.subscribe(self._t("events", "+"), qos=1)
+
+    async def _offline(self, client: Any) -> None:
+        payload = envelope("status", node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await client.publish(self._t("status"), payload, qos=1, retain=True)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._reader, self._close_reader)
+        self._reader.shutdown(wait=False)
+
+    def _close_reader(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+
+    # -- events in -----------------------------------------------------------
+
+    async def _receive(self, client: Any, tg: asyncio.TaskGroup) -> None:
+        prefix = self._t("events") + "/"
+        sem = asyncio.Semaphore(self.cfg.daemon.max_pending)
+        async for message in client.messages:
+            received = time.monotonic()
+            await sem.acquire()
+            tg.create_task(self._one_event(client, message, prefix, received, sem), name="mqtt-event")
+
+    async def _one_event(self, client: Any, message: Any, prefix: str, received: float, sem: asyncio.Semaphore) -> None:
+        try:
+            name = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            try:
+                if not name.startswith(prefix):
+                    raise InputError(f"unexpected topic {name[:120]!r}")
+                eid, data = parse_event(payload, max_bytes=self.cfg.mqtt.max_payload_bytes)
+                await self._submit(name[len(prefix):], data, eid, received)
+                self.counters["events_in"] += 1
+            except InputError as exc:
+                self.counters["events_refused"] += 1  # acknowledged: a resend would be refused again
+                now = time.monotonic()
+                if now - self._last_refusal_log > 60:
+                    self._last_refusal_log = now
+                    log.warning("mqtt event refused on %s: %s (further refusals this minute are only counted)", name[:120], exc)
+            except AgentdError as exc:
+                log.error("mqtt event on %s not decided, left unacknowledged for redelivery: %s", name[:120], exc)
+                return
+            if message.qos > 0:
+                client._client.ack(message.mid, message.qos)
+        finally:
+            sem.release()
+
+    # -- outbox out ----------------------------------------------------------
+
+    def _read_outbox(self, after: int) -> list[tuple[int, str, bytes, int, int]]:
+        if self._read_conn is None:
+            self._read_conn = sqlite3.connect(f"file:{queries.db_path(self.cfg.data_dir)}?mode=ro", uri=True, timeout=10)
+        rows = self._read_conn.execute(
+            "SELECT seq, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, OUTBOX_BATCH)
+        ).fetchall()
+        return [(int(s), str(t), bytes(p), int(q), int(r)) for s, t, p, q, r in rows]
+
+    async def _drain_outbox(self, client: Any) -> None:
+        loop = asyncio.get_running_loop()
+        inflight = asyncio.Semaphore(MAX_INFLIGHT)
+        acked: list[int] = []
+        after = 0  # rows at or below this were sent in this session; their deletes may be pending
+        failed: list[BaseException] = []
+
+        async def send(seq: int, name: str, payload: bytes, qos: int, retain: int) -> None:
+            try:
+                await client.publish(name, payload, qos=qos, retain=bool(retain), timeout=30)
+                acked.append(seq)
+                self.counters["published"] += 1
+            except Exception as exc:  # the connection is gone: the row stays and is sent again
+                failed.append(exc)
+            finally:
+                inflight.release()
+
+        async with asyncio.TaskGroup() as tg:
+            while not failed:
+                self._outbox_ready.clear()
+                rows = await loop.run_in_executor(self._reader, self._read_outbox, after)
+                for seq, name, payload, qos, retain in rows:
+                    await inflight.acquire()
+                    tg.create_task(send(seq, name, payload, qos, retain), name="mqtt-publish")
+                    after = seq
+                if acked:
+                    done, acked[:] = list(acked), []
+                    await self._store().delete_outbox(done)
+                if not rows:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._outbox_ready.wait()
+        if acked:
+            await self._store().delete_outbox(list(acked))
+        raise aiomqtt_error(f"publish failed: {failed[0]}")
