@@ -394,6 +394,8 @@ def audit_export(config_path: Path | None, after: int, output: Path | None, mark
     finally:
         if output:
             out.close()
+    if mark and after > int(queries.get_setting(conn, "audit_exported_seq") or 0):
+        raise InputError("--mark needs an export that starts at or before the last marked one (records would be skipped)")
     if mark and last > after:
         rw = sqlite3.connect(queries.db_path(loaded.config.data_dir), timeout=10)
         with rw:

@@ -118,6 +118,7 @@ class RetentionConfig(_Model):
     max_age_days: float = Field(default=30.0, gt=0)
     max_db_mb: float = Field(default=512.0, gt=1)
     outbox_max_rows: int = Field(default=100_000, ge=100)
+    min_keep_hours: float = Field(default=1.0, ge=0)
     interval_s: float = Field(default=600.0, gt=0)
 
 
@@ -332,6 +333,12 @@ class Config(_Model):
                         f"skill {skill.name!r}: cascade model {stage.model!r} is not declared under models"
                         f" (declared: {', '.join(names) or 'none'})"
                     )
+        for skill in self.skills:
+            if skill.deadline_ms <= self.daemon.deadline_reserve_ms:
+                raise ValueError(
+                    f"skill {skill.name!r}: deadline_ms ({skill.deadline_ms:g}) must exceed daemon.deadline_reserve_ms"
+                    f" ({self.daemon.deadline_reserve_ms:g}), or no model could ever answer"
+                )
         sim = self.daemon.simulator
         if sim.enabled and sim.skill is not None and sim.skill not in skills:
             raise ValueError(f"daemon.simulator.skill {sim.skill!r} is not a skill")

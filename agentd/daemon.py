@@ -45,6 +45,7 @@ class Daemon:
         self._idle.set()
         self.started_at = time.time()
         self._tg: asyncio.TaskGroup | None = None
+        self._reload_lock = asyncio.Lock()
         self.clock = Clock()
         self.outbox_ready = asyncio.Event()
         self.link: MeshLink | None = None
@@ -166,17 +167,22 @@ class Daemon:
     async def _housekeeping(self) -> None:
         st = self.loaded.config.state
         next_prune = time.monotonic() + 5.0
+        next_checkpoint = time.monotonic() + st.checkpoint_interval_s
         while True:
             await asyncio.sleep(min(st.checkpoint_interval_s, 5.0))
+            await self._gate.wait()  # not while a reload swaps the engine
             engine = self.engine
             if engine is None:
                 continue
             try:
-                await engine.store.checkpoint()
+                if time.monotonic() >= next_checkpoint:
+                    await engine.store.checkpoint()
+                    next_checkpoint = time.monotonic() + st.checkpoint_interval_s
                 if time.monotonic() >= next_prune:
                     r = st.retention
                     result = await engine.store.prune(
-                        max_age_s=r.max_age_days * 86400, max_db_bytes=int(r.max_db_mb * 2**20), outbox_max_rows=r.outbox_max_rows
+                        max_age_s=r.max_age_days * 86400, max_db_bytes=int(r.max_db_mb * 2**20),
+                        outbox_max_rows=r.outbox_max_rows, min_keep_s=r.min_keep_hours * 3600,
                     )
                     if any(result.values()):
                         log.info("retention: %s", result)
@@ -193,6 +199,10 @@ class Daemon:
 
     async def reload(self) -> dict[str, Any]:
         """Validate the config file; if good, swap the engine; if not, keep the old one."""
+        async with self._reload_lock:  # SIGHUP and the socket's reload must not overlap
+            return await self._reload_locked()
+
+    async def _reload_locked(self) -> dict[str, Any]:
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         old = self.loaded
         assert self.engine is not None
@@ -313,6 +323,11 @@ class Daemon:
 
     async def _dispatch(self, req: dict[str, Any], received: float) -> Any:
         op = req["op"]
+        if op == "ping":
+            return {"pong": True}
+        if op == "reload":
+            return await self.reload()
+        await self._gate.wait()  # not while a reload swaps the engine
         engine = self.engine
         assert engine is not None
         if op == "submit":
@@ -343,10 +358,6 @@ class Daemon:
                 raise InputError('set_mode needs "mode"')
             await engine.set_mode(mode, by=str(req.get("by") or "local-cli"))
             return {"mode": engine.mode}
-        if op == "reload":
-            return await self.reload()
-        if op == "ping":
-            return {"pong": True}
         if op == "approvals":
             return await engine.store.read(queries.pending_approvals)
         raise InputError(f"unknown op {op!r} (known: submit, status, approve, reject, set_mode, reload, approvals, ping)")

@@ -322,7 +322,7 @@ class Engine:
         if expires_at is not None:
             heapq.heappush(self._expiry_heap, (expires_at, record["id"]))
             self._expiry_wake.set()
-        if status == "decided" and mode != "observe":
+        if mode != "observe":  # while pending, the interim action is in force: its handlers run
             self._run_handlers_for(skill, record)
         return record
 
@@ -379,7 +379,7 @@ class Engine:
     async def _late_answer(self, decision_id: str, trace: StageTrace, handle: CallHandle) -> None:
         try:
             answer = await handle.future
-        except (Cancelled, ModelError, asyncio.CancelledError):
+        except (Cancelled, ModelError):
             return
         late = {"model": trace.model, "answer": answer.label, "confidence": round(answer.confidence, 4), "latency_ms": answer.latency_ms}
         await self.store.set_late_answer(decision_id, late)
@@ -392,11 +392,18 @@ class Engine:
 
     def _spawn(self, coro: Any, *, name: str) -> None:
         assert self._tasks is not None
-        task = self._tasks.create_task(coro, name=name)
+        task = self._tasks.create_task(_logged(coro, name), name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     # -- approvals -----------------------------------------------------------
+
+    def _skill_or_none(self, name: str) -> SkillConfig | None:
+        """The skill, or None when a reload removed it (its pending approvals must still resolve)."""
+        try:
+            return self.cfg.skill(name)
+        except ConfigError:
+            return None
 
     async def approve(self, decision_id: str, *, by: str) -> dict[str, Any]:
         """Approve a pending decision: its requested action applies and its handlers run."""
@@ -406,16 +413,25 @@ class Engine:
             raise NotFound(f"decision {decision_id!r} never needed approval")
         record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by)
         self.fleet.add_decision(requested, time.time())
-        if self.mode != "observe":
-            self._run_handlers_for(self.cfg.skill(record["skill"]), record)
+        self._after_resolution(record)
         return record
 
     async def reject(self, decision_id: str, *, by: str, reason: str = "") -> dict[str, Any]:
         """Reject a pending decision: ``approval.on_reject`` (else the interim action) stays in force."""
         current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
-        skill = self.cfg.skill(current["skill"])
-        applied = skill.approval.on_reject or current.get("approval", {}).get("interim_action") or current["action"]
-        return await self.store.resolve_approval(current["id"], status="rejected", applied_action=applied, by=by, reason=reason)
+        skill = self._skill_or_none(current["skill"])
+        interim = current.get("approval", {}).get("interim_action") or current["action"]
+        applied = (skill.approval.on_reject if skill else None) or interim
+        record = await self.store.resolve_approval(current["id"], status="rejected", applied_action=applied, by=by, reason=reason)
+        if applied != interim:
+            self.fleet.add_decision(applied, time.time())
+            self._after_resolution(record)
+        return record
+
+    def _after_resolution(self, record: dict[str, Any]) -> None:
+        skill = self._skill_or_none(record["skill"])
+        if skill is not None and self.mode != "observe":
+            self._run_handlers_for(skill, record)
 
     async def _expiry_loop(self) -> None:
         while True:
@@ -423,26 +439,32 @@ class Engine:
             now = time.time()
             while self._expiry_heap and self._expiry_heap[0][0] <= now:
                 _, decision_id = heapq.heappop(self._expiry_heap)
-                await self._expire(decision_id)
+                if not await self._expire(decision_id):
+                    # the store could not take it (disk full, reload): try again shortly
+                    heapq.heappush(self._expiry_heap, (now + 5.0, decision_id))
+                    break
             delay = self._expiry_heap[0][0] - now if self._expiry_heap else 3600.0
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(delay, 3600.0)):
+                async with asyncio.timeout(max(0.05, min(delay, 3600.0))):
                     await self._expiry_wake.wait()
 
-    async def _expire(self, decision_id: str) -> None:
+    async def _expire(self, decision_id: str) -> bool:
+        """Expire one approval; False if it should be retried."""
         try:
             current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
-            skill = self.cfg.skill(current["skill"])
-            applied = skill.approval.on_timeout or current.get("approval", {}).get("interim_action") or current["action"]
+            skill = self._skill_or_none(current["skill"])
+            interim = current.get("approval", {}).get("interim_action") or current["action"]
+            applied = (skill.approval.on_timeout if skill else None) or interim
             record = await self.store.resolve_approval(decision_id, status="expired", applied_action=applied, by="timeout")
-            self.fleet.add_decision(applied, time.time())
         except NotFound:
-            return  # approved or rejected meanwhile
-        except AgentdError as exc:
-            log.error("approval expiry for %s failed: %s", decision_id, exc)
-            return
-        if self.mode != "observe":
-            self._run_handlers_for(skill, record)
+            return True  # approved or rejected meanwhile
+        except Exception as exc:  # never let the expiry task die: the pending approval would be forgotten
+            log.error("approval expiry for %s failed, will retry: %s", decision_id, exc)
+            return False
+        if applied != interim:
+            self.fleet.add_decision(applied, time.time())
+            self._after_resolution(record)
+        return True
 
     # -- handlers, modes, status --------------------------------------------
 
@@ -489,6 +511,14 @@ class Engine:
         }
 
 
+async def _logged(coro: Any, name: str) -> None:
+    """Run a background job; log its failure instead of tearing down the engine's TaskGroup."""
+    try:
+        await coro
+    except Exception:
+        log.exception("background task %s failed", name)
+
+
 async def _exec_handler(argv: list[str], timeout_s: float, record: dict[str, Any]) -> None:
     """Run an exec handler with the decision JSON on stdin, bounded by ``timeout_s``."""
     try:
@@ -506,5 +536,9 @@ async def _exec_handler(argv: list[str], timeout_s: float, record: dict[str, Any
         await proc.wait()
         log.error("handler %s timed out after %.1f s (killed)", argv[0], timeout_s)
         return
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.kill()  # never leave an orphan behind on shutdown
+        raise
     if proc.returncode:
         log.error("handler %s exited %s: %s", argv[0], proc.returncode, err[-300:].decode(errors="replace"))

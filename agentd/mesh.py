@@ -157,7 +157,7 @@ class MeshLink:
                     log.warning("mqtt connection lost: %s", exc)
                 else:
                     log.warning("mqtt connect to %s:%s failed: %s", self.cfg.mqtt.host, self.cfg.mqtt.port, exc)
-            except* MeshError as group:
+            except* AgentdError as group:  # config (password file), or the store during a reload
                 log.error("mqtt: %s", group.exceptions[0])
             self.connected = False
             delay = backoff_delay(attempt, cap_s=30.0)

@@ -74,6 +74,8 @@ def _field(skill_name: str, name: str, spec: FieldSpec, data: dict[str, Any]) ->
             raise InputError(f"{skill_name}.{name}: expected a number, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"{skill_name}.{name}: {value} is not a finite number")
+        if isinstance(value, int) and abs(value) > 2**53:
+            raise InputError(f"{skill_name}.{name}: {str(value)[:30]} is beyond ±2^53, which JSON cannot carry exactly")
         if spec.type == "integer":
             if isinstance(value, float) and not value.is_integer():
                 raise InputError(f"{skill_name}.{name}: expected an integer, got {value}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -29,6 +30,7 @@ from agentd.schema import migrate
 from agentd.signing import NodeKey, canonical, sha256_hex
 
 T = TypeVar("T")
+log = logging.getLogger("agentd")
 MAX_BATCH = 512
 
 
@@ -83,6 +85,7 @@ class Store:
         self._head: tuple[int, str] = (0, GENESIS)
         self._since_checkpoint = 0
         self._pending_audit: list[tuple[Any, ...]] | None = None
+        self._closed = False
         self.commits = 0
 
     async def __aenter__(self) -> Store:
@@ -92,6 +95,7 @@ class Store:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.flush()
+        self._closed = True
         assert self._loop is not None
         await self._loop.run_in_executor(self._exec, self._close)
         self._exec.shutdown(wait=True)
@@ -109,6 +113,10 @@ class Store:
             migrate(conn)
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: cannot open database: {exc}; run `agentd doctor`") from exc
+        self._reload_head(conn)
+        self._conn = conn
+
+    def _reload_head(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         if row is None:
             base = queries.get_setting(conn, "audit_base")
@@ -117,7 +125,6 @@ class Store:
             self._head = (int(row[0]), str(row[1]))
         last_cp = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()[0]
         self._since_checkpoint = self._head[0] - last_cp
-        self._conn = conn
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -132,6 +139,8 @@ class Store:
         since_before = self._since_checkpoint
         try:
             conn.execute("BEGIN IMMEDIATE")
+            self._reload_head(conn)  # another writer (`agentd decide`, a restore) may have appended
+            head_before, since_before = self._head, self._since_checkpoint
             i = 0
             while i < len(batch):
                 op = batch[i][0]
@@ -164,6 +173,8 @@ class Store:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     self._head, self._since_checkpoint = head, since
+                    if isinstance(exc, sqlite3.Error):
+                        exc = StateError(f"{self.path}: write failed: {exc}")
                     results.append((False, exc))
             if self._since_checkpoint >= self._checkpoint_every:
                 self._write_checkpoint(conn)
@@ -218,7 +229,8 @@ class Store:
     # -- queueing ------------------------------------------------------------
 
     async def _submit(self, op: Callable[[sqlite3.Connection], T] | DecisionWrite) -> T:
-        assert self._loop is not None, "store is not open"
+        if self._loop is None or self._closed:
+            raise StateError(f"{self.path}: the store is closed (the daemon is reloading or stopping); retry")
         fut: asyncio.Future[T] = self._loop.create_future()
         self._queue.append((op, fut))
         if not self._flush_scheduled:
@@ -254,7 +266,8 @@ class Store:
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a query function (see ``agentd.queries``) on the store's connection."""
-        assert self._loop is not None, "store is not open"
+        if self._loop is None or self._closed:
+            raise StateError(f"{self.path}: the store is closed (the daemon is reloading or stopping); retry")
 
         def run() -> T:
             assert self._conn is not None
@@ -403,23 +416,34 @@ class Store:
             lambda conn: conn.execute("INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", (key, value))
         )
 
-    async def prune(self, *, max_age_s: float, max_db_bytes: int, outbox_max_rows: int, now: float | None = None) -> dict[str, int]:
+    async def prune(
+        self, *, max_age_s: float, max_db_bytes: int, outbox_max_rows: int, min_keep_s: float = 3600.0, now: float | None = None
+    ) -> dict[str, int]:
         """Apply retention: age, then size (oldest decisions first), then the outbox cap.
 
         Pending approvals are kept. The audit trail is pruned only up to the newest signed
         checkpoint that an export has covered (``settings.audit_exported_seq``).
         """
-        cutoff = (now if now is not None else time.time()) - max_age_s
+        now_ = now if now is not None else time.time()
+        cutoff = now_ - max_age_s
 
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             keep = "id NOT IN (SELECT decision_id FROM approvals WHERE status = 'pending')"
             removed, pruned_seq = _delete_decisions(conn, f"created_at < ? AND {keep}", (cutoff,))
             size = _db_bytes(conn)
             while size > max_db_bytes:
+                # never below min_keep_s: if the audit trail itself fills the cap, it needs exporting
                 n, seq = _delete_decisions(
-                    conn, f"{keep} AND id IN (SELECT id FROM decisions ORDER BY created_at LIMIT 500)", ()
+                    conn,
+                    f"{keep} AND id IN (SELECT id FROM decisions WHERE created_at < ? ORDER BY created_at LIMIT 500)",
+                    (now_ - min_keep_s,),
                 )
                 if n == 0:
+                    log.warning(
+                        "database is %.0f MB, over retention.max_db_mb, with only recent decisions left;"
+                        " export the audit trail (`agentd audit export --mark`) so retention can prune it",
+                        size / 2**20,
+                    )
                     break
                 removed, pruned_seq = removed + n, max(pruned_seq, seq)
                 size = _db_bytes(conn)

@@ -108,6 +108,9 @@ def test_unknown_field_names_are_truncated(skill: SkillConfig) -> None:
 def test_huge_integer_is_an_input_error(skill: SkillConfig) -> None:
     with pytest.raises(InputError):
         validate_event(skill, ok(temperature_c=10**400))
+    # Regression: an integer JSON cannot carry exactly used to pass and then fail the signature.
+    with pytest.raises(InputError, match="2\\^53"):
+        validate_event(skill, ok(temperature_c=2**53 + 1))
 
 
 _json = st.recursive(

@@ -131,7 +131,7 @@ async def test_a_failing_decision_write_leaves_nothing_behind(data_dir: Path, no
         # Fails on the outbox insert: a payload sqlite cannot store.
         bad_outbox = write_for(record("d3", "e3"))
         bad_outbox.outbox = [("t", {"not": "bytes"}, 1, False)]  # type: ignore[list-item]
-        with pytest.raises(sqlite3.Error):
+        with pytest.raises(StateError, match="write failed"):  # sqlite's error, wrapped at the store's boundary
             await store.record_decision(bad_outbox)
         await store.record_decision(write_for(record("d4", "e4")))
     assert count(data_dir, "events") == 2
@@ -500,3 +500,58 @@ async def test_deleting_a_decision_kept_by_retention_is_detected(data_dir: Path,
     tamper(data_dir, "DELETE FROM decisions WHERE id = 'kept'")
     result = verify(data_dir, node_key)
     assert not result.ok and result.first_bad_seq == 1
+
+
+# Regressions from the independent review of the store.
+
+
+async def test_a_second_writer_on_the_same_database_keeps_one_chain(data_dir: Path, node_key: NodeKey) -> None:
+    """`agentd decide` while the daemon runs: both append to the chain, neither breaks the other."""
+    async with open_store(data_dir, node_key) as daemon_store:
+        await daemon_store.record_decision(write_for(record("d1", "e1")))
+        async with open_store(data_dir, node_key) as cli_store:
+            await cli_store.audit("model_load", {"model": "m"})
+            await cli_store.record_decision(write_for(record("d2", "e2")))
+        await daemon_store.record_decision(write_for(record("d3", "e3")))
+    assert count(data_dir, "decisions") == 3
+    assert verify(data_dir, node_key).ok
+
+
+async def test_a_closed_store_refuses_work_instead_of_hanging(data_dir: Path, node_key: NodeKey) -> None:
+    store = open_store(data_dir, node_key)
+    async with store:
+        pass
+    with pytest.raises(StateError, match="closed"):
+        await store.audit("x", {})
+
+
+async def test_size_retention_keeps_recent_decisions_when_the_audit_fills_the_cap(data_dir: Path, node_key: NodeKey) -> None:
+    async with open_store(data_dir, node_key) as store:
+        for i in range(50):
+            await store.record_decision(write_for(record(f"d{i}", f"e{i}")))
+        removed = await store.prune(max_age_s=86400, max_db_bytes=1, outbox_max_rows=10_000, min_keep_s=3600)
+    assert removed["decisions"] == 0  # all younger than min_keep_s: the cap cannot be met by deleting them
+    assert count(data_dir, "decisions") == 50
+
+
+async def test_a_forged_audit_base_is_detected(data_dir: Path, node_key: NodeKey) -> None:
+    async with open_store(data_dir, node_key) as store:
+        for i in range(5):
+            await store.record_decision(write_for(record(f"d{i}", f"e{i}")))
+    with sqlite3.connect(queries.db_path(data_dir)) as conn:
+        seq, h = conn.execute("SELECT seq, hash FROM audit WHERE seq = 3").fetchone()
+        conn.execute("DELETE FROM audit WHERE seq <= 3")
+        conn.execute("INSERT INTO settings(key, value) VALUES ('audit_base', ?)", (json.dumps({"seq": seq, "hash": h}),))
+        conn.execute("DELETE FROM decisions WHERE id = 'd0'")
+    result = verify(data_dir, node_key)
+    assert not result.ok and "no signed checkpoint" in str(result.problem)
+
+
+async def test_an_edited_approval_expiry_is_detected(data_dir: Path, node_key: NodeKey) -> None:
+    async with open_store(data_dir, node_key) as store:
+        await store.record_decision(pending("p1", "e-p1", expires_at=time.time() + 60))
+    assert verify(data_dir, node_key).ok
+    with sqlite3.connect(queries.db_path(data_dir)) as conn:
+        conn.execute("UPDATE approvals SET expires_at = expires_at + 31536000")
+    result = verify(data_dir, node_key)
+    assert not result.ok and "approval" in str(result.problem)

@@ -46,7 +46,6 @@ class OnnxStage(ThreadedStage):
         self._fields = tuple(cfg.inputs)
         self.input_name = cfg.input_name or self._session.get_inputs()[0].name
         self.output_name = cfg.output_name or self._find_prob_output(len(cfg.labels))
-        self._options = ort.RunOptions()
         self._row = np.zeros((1, len(self._fields)), dtype=np.float32)
         self._running: Any = None
 
@@ -87,8 +86,7 @@ class OnnxStage(ThreadedStage):
         return [softmax_top(self.labels, row) for row in probs.tolist()]
 
     def _run_rows(self, x: Any, cancel: threading.Event | None) -> Any:
-        options = self._options
-        options.terminate = False
+        options = self._ort.RunOptions()  # fresh per run: a late cancel must not stop the next run
         self._running = options
         try:
             if cancel is not None and cancel.is_set():
