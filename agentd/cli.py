@@ -457,6 +457,43 @@ def _resolve(op: str, config_path: Path | None, as_json: bool, decision_id: str,
         click.echo(f"{d['id']}: {d['status']} by {who}; action now {d['action']}")
 
 
+@main.command()
+@config_option
+@json_option
+def peers(config_path: Path | None, as_json: bool) -> None:
+    """Peers this node has heard from over MQTT: presence, last seen, decisions received."""
+    import time
+
+    from agentd import queries
+
+    loaded = _load(config_path)
+    rows = queries.list_peers(queries.open_readonly(loaded.config.data_dir))
+    if as_json:
+        _emit_json(rows)
+        return
+    now = time.time()
+    _table(f"{len(rows)} peer(s)", ["node", "status", "last seen", "ago s", "decisions", "key"],
+           ((r["node"], r["status"], _ts(r["last_seen"]) if r["last_seen"] else "", f"{now - r['last_seen']:.0f}" if r["last_seen"] else "",
+             r["decisions"], ("learned " if r["learned"] else "configured ") + str(r["public_key"] or "")[:12]) for r in rows))
+
+
+@main.command("fleet-state")
+@config_option
+@json_option
+@click.option("--window", "window_s", type=click.FloatRange(1, 30 * 86400), default=600, show_default=True, help="Seconds back.")
+def fleet_state(config_path: Path | None, as_json: bool, window_s: float) -> None:
+    """What this node knows the fleet did: decisions per node and action in the window (what fleet_count() reads)."""
+    from agentd import queries
+
+    loaded = _load(config_path)
+    summary = queries.fleet_summary(queries.open_readonly(loaded.config.data_dir), window_s)
+    if as_json:
+        _emit_json(summary)
+        return
+    _table(f"fleet decisions in the last {window_s:g} s", ["node", "action", "count"],
+           ((node, action, n) for node, acts in summary["decisions"].items() for action, n in acts.items()))
+
+
 @main.group()
 def keys() -> None:
     """The node's Ed25519 identity."""

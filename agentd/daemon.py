@@ -85,9 +85,12 @@ class Daemon:
                 tg.create_task(self._reloader(), name="reloader")
                 tg.create_task(self._simulator(), name="simulator")
                 if cfg.mqtt.enabled:
+                    peers = await self._engine().store.read(queries.list_peers)
                     self.link = MeshLink(
                         cfg=cfg, key=key, clock=self.clock, store=lambda: self._engine().store,
                         submit=self._mqtt_submit, outbox_ready=self.outbox_ready,
+                        on_peer_decision=lambda node, body: self._engine().fleet.add_decision(body["action"], float(body["created_at"])),
+                        learned_keys={p["node"]: p["public_key"] for p in peers if p["learned"] and p["public_key"]},
                     )
                     tg.create_task(self.link.run(), name="mqtt-link")
                 await self._stop.wait()
@@ -344,6 +347,8 @@ class Daemon:
             status["broker"] = {"enabled": m.enabled, "host": m.host, "port": m.port, "connected": bool(self.link and self.link.connected)}
             if self.link is not None:
                 status["broker"].update(self.link.counters)
+                status["broker"]["rejected"] = dict(self.link.rejected)
+            status["peers"] = await engine.store.read(queries.list_peers)
             return status
         if op in ("approve", "reject"):
             did, by = req.get("id"), req.get("by") or "local-cli"

@@ -20,6 +20,7 @@ import socket
 import sqlite3
 import ssl
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd import queries
 from agentd.backoff import backoff_delay
-from agentd.envelope import envelope, topic
+from agentd.envelope import Rejected, check_envelope, envelope, topic
 from agentd.errors import AgentdError, InputError, MeshError
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd")
 Submit = Callable[[str, Any, "str | None", float], Awaitable[dict[str, Any]]]
 OUTBOX_BATCH = 500
+MAX_SKEW_MS = 5 * 60 * 1000  # an HLC further ahead of our clock than this is refused
 MAX_INFLIGHT = 200
 
 
@@ -83,6 +85,8 @@ class MeshLink:
         store: Callable[[], Store],
         submit: Submit,
         outbox_ready: asyncio.Event,
+        on_peer_decision: Callable[[str, dict[str, Any]], None] | None = None,
+        learned_keys: dict[str, str] | None = None,
     ) -> None:
         if not cfg.mqtt.enabled:
             raise ValueError("MeshLink needs mqtt.enabled: true")
@@ -95,6 +99,11 @@ class MeshLink:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-outbox")
         self._read_conn: sqlite3.Connection | None = None
         self._last_refusal_log = 0.0
+        self._on_peer_decision = on_peer_decision
+        self._keys: dict[str, str] = {**(learned_keys or {}), **cfg.trust.peers}  # configured keys win
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.rejected: Counter[str] = Counter()
+        self._reject_log: dict[str, float] = {}
 
     # -- connection ----------------------------------------------------------
 
@@ -169,10 +178,15 @@ class MeshLink:
             await asyncio.sleep(delay)
 
     async def _online(self, client: Any) -> None:
-        body = {"status": "online", "stage": self.cfg.lifecycle.stage, "release": self.cfg.lifecycle.release, "ts": time.time()}
+        body = {
+            "status": "online", "stage": self.cfg.lifecycle.stage, "release": self.cfg.lifecycle.release,
+            "ts": time.time(), "public_key": self._key.public_b64,
+        }
         payload = envelope("status", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
         await client.publish(self._t("status"), payload, qos=1, retain=True)
         await client.subscribe(self._t("events", "+"), qos=1)
+        await client.subscribe(topic(self.fleet, "nodes", "+", "decisions"), qos=1)
+        await client.subscribe(topic(self.fleet, "nodes", "+", "status"), qos=1)
 
     async def _offline(self, client: Any) -> None:
         payload = envelope("status", node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
@@ -193,11 +207,81 @@ class MeshLink:
 
     async def _receive(self, client: Any, tg: asyncio.TaskGroup) -> None:
         prefix = self._t("events") + "/"
+        peers = topic(self.fleet, "nodes") + "/"
         sem = asyncio.Semaphore(self.cfg.daemon.max_pending)
         async for message in client.messages:
             received = time.monotonic()
-            await sem.acquire()
-            tg.create_task(self._one_event(client, message, prefix, received, sem), name="mqtt-event")
+            name = str(message.topic)
+            if name.startswith(prefix):
+                await sem.acquire()
+                tg.create_task(self._one_event(client, message, prefix, received, sem), name="mqtt-event")
+                continue
+            parts = name[len(peers):].split("/") if name.startswith(peers) else []
+            if len(parts) == 2 and parts[0] != self.node and parts[1] in ("decisions", "status"):
+                await sem.acquire()
+                tg.create_task(self._peer_task(parts[0], parts[1], message.payload, sem), name="mqtt-peer")
+            if message.qos > 0:  # fleet state is soft state: anti-entropy repairs what a crash loses
+                client._client.ack(message.mid, message.qos)
+
+    async def _peer_task(self, node: str, kind: str, payload: Any, sem: asyncio.Semaphore) -> None:
+        try:
+            await self._peer_message(node, kind, payload)
+        except AgentdError as exc:
+            log.error("peer message from %s not stored: %s", node[:64], exc)
+        finally:
+            sem.release()
+
+    def _key_for(self, node: str, env: dict[str, Any]) -> str | None:
+        known = self._keys.get(node)
+        if known is not None:
+            return known
+        if self.cfg.trust.allow_unknown_peers and env.get("kind") == "status":
+            offered = env.get("body", {}).get("public_key")
+            return offered if isinstance(offered, str) else None  # trust on first use, if it verifies
+        return None
+
+    async def _peer_message(self, node: str, kind: str, raw: Any) -> None:
+        payload = raw if isinstance(raw, bytes) else str(raw).encode()
+        if not payload:  # a cleared retained status
+            return
+        try:
+            env = check_envelope(
+                payload, max_bytes=self.cfg.mqtt.max_payload_bytes, key_for=self._key_for,
+                now_ms=time.time_ns() // 1_000_000, max_skew_ms=MAX_SKEW_MS,
+            )
+            if env["node"] != node:
+                raise Rejected("malformed", f"envelope of {env['node'][:64]!r} on {node!r}'s topic")
+        except Rejected as exc:
+            self._reject(node, exc)
+            return
+        if env["id"] in self._seen:
+            self.rejected["duplicate"] += 1
+            return
+        self._seen[env["id"]] = None
+        if len(self._seen) > 100_000:
+            self._seen.popitem(last=False)
+        self._clock.observe(env["hlc"])
+        store = self._store()
+        body = env["body"]
+        if kind == "status":
+            learned = node not in self._keys
+            if learned:
+                self._keys[node] = str(body["public_key"])
+                log.warning("learned the key of peer %s on first use (trust.allow_unknown_peers)", node)
+            await store.upsert_peer(node, status=str(body.get("status", "unknown"))[:16], hlc=env["hlc"],
+                                    public_key=self._keys[node], learned=learned)
+        elif env["kind"] == "decision" and isinstance(body.get("action"), str) and isinstance(body.get("created_at"), int | float):
+            await store.record_peer_decision(node, body, env["hlc"])
+            if self._on_peer_decision is not None:
+                self._on_peer_decision(node, body)
+
+    def _reject(self, node: str, exc: Rejected) -> None:
+        self.rejected[exc.reason] += 1
+        key = f"{node}:{exc.reason}"
+        now = time.monotonic()
+        if now - self._reject_log.get(key, -1e9) > 60:  # once per sender, reason and minute
+            self._reject_log[key] = now
+            log.warning("dropped a message from %s: %s (%d dropped for this reason so far)", node[:64], exc, self.rejected[exc.reason])
 
     async def _one_event(self, client: Any, message: Any, prefix: str, received: float, sem: asyncio.Semaphore) -> None:
         try:

@@ -195,6 +195,27 @@ def verify_audit(conn: sqlite3.Connection, *, trusted_key: str | None = None) ->
     return result
 
 
+def list_peers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Peers this node has heard from: presence, last seen, decisions received."""
+    cols = ("node", "status", "last_seen", "last_hlc", "decisions", "learned", "public_key")
+    return [dict(zip(cols, r, strict=True)) for r in conn.execute(f"SELECT {', '.join(cols)} FROM peers ORDER BY node")]
+
+
+def fleet_summary(conn: sqlite3.Connection, window_s: float = 600.0, now: float | None = None) -> dict[str, Any]:
+    """Decisions per node and action in the last ``window_s`` seconds, and the fleet-state map."""
+    import time as _time
+
+    since = (now if now is not None else _time.time()) - window_s
+    rows = conn.execute(
+        "SELECT node, action, COUNT(*) FROM fleet_decisions WHERE ts >= ? GROUP BY node, action ORDER BY node, action", (since,)
+    ).fetchall()
+    by_node: dict[str, dict[str, int]] = {}
+    for node, action, n in rows:
+        by_node.setdefault(node, {})[action] = n
+    state = {k: {"value": json.loads(v), "hlc": h, "node": n} for k, v, h, n in conn.execute("SELECT key, value, hlc, node FROM fleet_state")}
+    return {"window_s": window_s, "decisions": by_node, "state": state}
+
+
 def export_audit(conn: sqlite3.Connection, after: int = 0) -> Iterator[dict[str, Any]]:
     """Audit records as dicts, for JSON lines export."""
     for row in iter_audit(conn, after):

@@ -92,6 +92,18 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: peers of the fleet (presence and keys learned on first use)
+    """
+    CREATE TABLE peers (
+        node TEXT PRIMARY KEY,
+        public_key TEXT,
+        learned INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'unknown',
+        last_seen REAL,
+        last_hlc TEXT,
+        decisions INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 

@@ -383,6 +383,39 @@ class Store:
 
         return await self._submit(op)
 
+    async def record_peer_decision(self, node: str, body: dict[str, Any], hlc: str) -> None:
+        """Keep a peer's decision in the fleet state (rules read it through ``fleet_count``)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO fleet_decisions(node, decision_id, skill, action, ts, hlc) VALUES (?,?,?,?,?,?)",
+                (node, str(body["id"]), str(body.get("skill", "")), str(body["action"]), float(body["created_at"]), hlc),
+            )
+            conn.execute(
+                "INSERT INTO peers(node, status, last_seen, last_hlc, decisions) VALUES (?, 'online', ?, ?, 1)"
+                " ON CONFLICT(node) DO UPDATE SET last_seen = excluded.last_seen, last_hlc = excluded.last_hlc,"
+                " decisions = decisions + 1",
+                (node, time.time(), hlc),
+            )
+
+        await self._submit(op)
+
+    async def upsert_peer(self, node: str, *, status: str, hlc: str, public_key: str | None = None, learned: bool = False) -> None:
+        """Record a peer's presence (and a key learned on first use)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO peers(node, public_key, learned, status, last_seen, last_hlc) VALUES (?,?,?,?,?,?)"
+                " ON CONFLICT(node) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen,"
+                " last_hlc = excluded.last_hlc, public_key = COALESCE(peers.public_key, excluded.public_key),"
+                " learned = MAX(peers.learned, excluded.learned)",
+                (node, public_key, int(learned), status, time.time(), hlc),
+            )
+            if learned:
+                self._append_audit(conn, "peer_learned", node, {"node": node, "public_key": public_key})
+
+        await self._submit(op)
+
     async def delete_outbox(self, seqs: list[int]) -> None:
         """Forget outbox rows the broker acknowledged."""
         await self._submit(lambda conn: conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]))

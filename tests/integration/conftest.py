@@ -28,11 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFEST = json.loads((REPO / "models" / "freezer_anomaly.json").read_text())
 
 
-def freezer_config(data_dir: Path, *, mqtt_port: int | None = None, **daemon: Any) -> dict[str, Any]:
+def freezer_config(data_dir: Path, *, mqtt_port: int | None = None, node_id: str = "it-node", **daemon: Any) -> dict[str, Any]:
     """The example skill with the real ONNX model. MQTT points at ``mqtt_port``, by default a
     free port where no broker listens (the node decides offline and queues its outbox)."""
     return {
-        "node": {"id": "it-node", "fleet": "it", "data_dir": str(data_dir)},
+        "node": {"id": node_id, "fleet": "it", "data_dir": str(data_dir)},
         "lifecycle": {"stage": "canary", "release": "it-1"},
         "mqtt": {"enabled": True, "port": mqtt_port or free_port()},
         "daemon": {"drain_timeout_s": 5, "watchdog_interval_s": 0.2, **daemon},
