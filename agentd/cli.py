@@ -548,13 +548,25 @@ def bench(config_path: Path | None, as_json: bool, only: str | None, samples: in
 
 @main.command()
 @config_option
+@click.option("--nodes", type=click.IntRange(1, 20), default=3, show_default=True, help="Nodes in the fleet; 1 runs a single node without a broker.")
 @click.option("--seconds", type=click.FloatRange(0, 86400), default=0, help="Stop after this long (default: until Ctrl-C).")
-@click.option("--rate", type=click.FloatRange(0.1, 1000), default=5.0, show_default=True, help="Simulated events per second.")
-def demo(config_path: Path | None, seconds: float, rate: float) -> None:
-    """A single node deciding simulated freezer telemetry, with a live view of its decisions."""
-    from agentd.demo import run_demo
+@click.option("--rate", type=click.FloatRange(0.1, 1000), default=5.0, show_default=True, help="Simulated events per second, per node.")
+def demo(config_path: Path | None, nodes: int, seconds: float, rate: float) -> None:
+    """A small fleet on this machine: a private Mosquitto, NODES nodes with their own keys and
+    data, simulated freezer telemetry, and a live view of decisions and gossip.
 
-    run_demo(_load(config_path), seconds=seconds, rate=rate)
+    The nodes are derived from the config (its skills and models); their data goes to
+    <data_dir>/demo. Example: agentd demo --nodes 3 --seconds 60
+    """
+    loaded = _load(config_path)
+    if nodes == 1:
+        from agentd.demo import run_demo
+
+        run_demo(loaded, seconds=seconds, rate=rate)
+        return
+    from agentd.fleet_demo import run_fleet_demo
+
+    run_fleet_demo(loaded, nodes=nodes, seconds=seconds, rate=rate)
 
 
 if __name__ == "__main__":

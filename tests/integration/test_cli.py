@@ -129,11 +129,26 @@ def test_audit_verify_names_the_first_bad_record(tmp_path: Path, node_config: Pa
     assert [x["seq"] for x in lines] == seqs and all(x["hash"] for x in lines)
 
 
-def test_demo_runs_and_stops_cleanly(node_config: Path) -> None:
-    r = cli(node_config, "demo", "--seconds", "3", "--rate", "20")
+def test_single_node_demo_runs_and_stops_cleanly(node_config: Path) -> None:
+    r = cli(node_config, "demo", "--nodes", "1", "--seconds", "3", "--rate", "20")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert "Stopped." in r.stdout
     rows = json.loads(cli(node_config, "decisions", "--json", "--limit", "1000").stdout)
     assert len(rows) >= 10 and {d["origin"] for d in rows} == {"simulator"}
     assert cli(node_config, "audit", "verify").returncode == 0
+
+
+def test_fleet_demo_gossips_between_three_nodes_and_stops_cleanly(node_config: Path) -> None:
+    r = cli(node_config, "demo", "--nodes", "3", "--seconds", "8", "--rate", "10")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "Stopped." in r.stdout
+    root = node_config.parent / "data" / "demo"
+    for name in ("node-a", "node-b", "node-c"):
+        cfg = root / name / "agentd.yaml"
+        mine = json.loads(cli(cfg, "decisions", "--json", "--limit", "1000").stdout)
+        assert len(mine) >= 10
+        peers = {p["node"]: p for p in json.loads(cli(cfg, "peers", "--json").stdout)}
+        assert set(peers) == {"node-a", "node-b", "node-c"} - {name}
+        assert all(p["decisions"] > 0 for p in peers.values())  # gossip arrived from both peers
+        assert cli(cfg, "audit", "verify").returncode == 0

@@ -1,0 +1,192 @@
+"""`agentd demo`: a small fleet on this machine (a private Mosquitto, N nodes, simulated events).
+
+Each node is a real `agentd run` child process with its own key, data folder and config
+derived from the given one; the nodes trust each other's keys and gossip their signed
+decisions through the broker. The live view reads each node's SQLite database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from agentd import queries
+from agentd.errors import AgentdError
+from agentd.signing import create_key
+
+if TYPE_CHECKING:
+    from agentd.config import LoadedConfig
+
+
+def mosquitto_binary() -> str | None:
+    """The mosquitto broker binary, if installed (Debian puts it in /usr/sbin)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DemoNode:
+    name: str
+    config: Path
+    data: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def _node_configs(loaded: LoadedConfig, root: Path, count: int, port: int, rate: float) -> list[DemoNode]:
+    base = loaded.config.model_dump(mode="json", exclude_none=True)
+    names = [f"node-{chr(ord('a') + i)}" if i < 26 else f"node-{i}" for i in range(count)]
+    nodes, keys = [], {}
+    for name in names:
+        data = root / name
+        key, _ = create_key(data)
+        keys[name] = key.public_b64
+        nodes.append(DemoNode(name=name, config=root / name / "agentd.yaml", data=data))
+    for i, node in enumerate(nodes):
+        cfg = json.loads(json.dumps(base))
+        cfg["node"] = {**cfg["node"], "id": node.name, "data_dir": str(node.data)}
+        cfg["mqtt"] = {"enabled": True, "host": "127.0.0.1", "port": port}
+        cfg["trust"] = {**cfg.get("trust", {}), "peers": {n: k for n, k in keys.items() if n != node.name}}
+        cfg["daemon"] = {
+            **cfg.get("daemon", {}), "log_level": "warning", "socket": str(node.data / "agentd.sock"),
+            "simulator": {"enabled": True, "rate_per_s": rate, "seed": i + 1},
+        }
+        cfg.get("metrics", {}).pop("port", None)
+        node.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return nodes
+
+
+@contextlib.contextmanager
+def _fleet(loaded: LoadedConfig, count: int, rate: float, root: Path) -> Iterator[tuple[list[DemoNode], int]]:
+    broker_bin = mosquitto_binary()
+    if broker_bin is None:
+        raise AgentdError(
+            "the fleet demo needs Mosquitto: `sudo apt-get install mosquitto` (scripts/demo.sh does it),"
+            " or run a single node with `agentd demo --nodes 1`"
+        )
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    port = _free_port()
+    conf = root / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n")
+    log = (root / "mosquitto.log").open("ab")
+    broker = subprocess.Popen([broker_bin, "-c", str(conf)], stdout=log, stderr=log)
+    nodes = _node_configs(loaded, root, count, port, rate)
+    try:
+        for node in nodes:
+            node_log = (node.data / "daemon.log").open("ab")
+            node.proc = subprocess.Popen(
+                [sys.executable, "-m", "agentd.cli", "run", "--config", str(node.config)],
+                stdout=subprocess.DEVNULL, stderr=node_log, start_new_session=True,  # Ctrl-C goes to the demo only
+            )
+        yield nodes, port
+    finally:
+        for node in nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in nodes:
+            if node.proc is not None:
+                try:
+                    node.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+        broker.terminate()
+        broker.wait(timeout=10)
+
+
+def _snapshot(node: DemoNode) -> dict[str, Any]:
+    try:
+        conn = queries.open_readonly(node.data)
+    except AgentdError:
+        return {"name": node.name, "up": False}
+    try:
+        counts = queries.counts(conn)
+        peers = queries.list_peers(conn)
+        fallbacks = dict(conn.execute(
+            "SELECT fallback_reason, COUNT(*) FROM decisions WHERE fallback_reason IS NOT NULL GROUP BY fallback_reason"
+        ).fetchall())
+        recent = queries.list_decisions(conn, limit=3)
+    except Exception:  # a node may be mid-migration at start-up
+        return {"name": node.name, "up": False}
+    finally:
+        conn.close()
+    return {
+        "name": node.name, "up": node.proc is not None and node.proc.poll() is None, **counts,
+        "fallbacks": fallbacks, "recent": recent,
+        "gossip_in": sum(p["decisions"] for p in peers),
+        "peers_online": sum(1 for p in peers if p["status"] == "online"),
+    }
+
+
+def _view(snaps: list[dict[str, Any]], port: int) -> Any:
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+
+    from agentd.demo import action_label
+
+    nodes = Table(title=f"fleet of {len(snaps)} on a private Mosquitto (127.0.0.1:{port})", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("node", "decided", "by source", "fallbacks", "pending", "gossip in", "peers"):
+        nodes.add_column(col, no_wrap=True)
+    feed = Table(title="latest decisions", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("node", "°C / door s / A", "action", "source", "why"):
+        feed.add_column(col, no_wrap=True)
+    for s in snaps:
+        if "decisions" not in s:
+            nodes.add_row(s["name"], "starting…", "", "", "", "", "")
+            continue
+        by = " ".join(f"{k}:{v}" for k, v in sorted(s["by_source"].items()))
+        fb = " ".join(f"{k}:{v}" for k, v in sorted(s["fallbacks"].items()))
+        nodes.add_row(s["name"], str(s["decisions"]), by, fb, str(s["pending_approvals"]), str(s["gossip_in"]), str(s["peers_online"]))
+        for d in s["recent"][:2]:
+            i = d["inputs"]
+            reading = " / ".join(f"{i.get(k, 0):.{p}f}" for k, p in (("temperature_c", 1), ("door_open_s", 0), ("compressor_a", 1)))
+            feed.add_row(s["name"], reading, action_label(d), d["source"], (d["guard"] and f"guard {d['guard']}") or d["fallback_reason"] or "")
+    return Group(nodes, feed)
+
+
+def run_fleet_demo(loaded: LoadedConfig, *, nodes: int, seconds: float, rate: float) -> None:
+    """Run the fleet until Ctrl-C or ``seconds``, drawing a live view; then stop everything."""
+    from rich.console import Console
+    from rich.live import Live
+
+    root = loaded.config.data_dir / "demo"
+    console = Console()
+    console.print(f"[bold]agentd demo[/]: {nodes} nodes gossiping signed decisions, {rate:g} simulated events/s each. Ctrl-C stops.")
+    interrupted = False
+    with _fleet(loaded, nodes, rate, root) as (fleet, port):
+        started = time.monotonic()
+        try:
+            with Live(console=console, refresh_per_second=2) as live:
+                while not seconds or time.monotonic() - started < seconds:
+                    live.update(_view([_snapshot(n) for n in fleet], port))
+                    if any(n.proc is not None and n.proc.poll() is not None for n in fleet):
+                        raise AgentdError(f"a node exited; see {root}/<node>/daemon.log")
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            interrupted = True
+    console.print(
+        ("Interrupted" if interrupted else "Stopped") + f". The fleet's data is in {root}; try for example:\n"
+        f"  agentd decisions --config {fleet[1].config}\n  agentd fleet-state --config {fleet[1].config}\n"
+        f"  agentd peers --config {fleet[1].config}\n  agentd audit verify --config {fleet[1].config}"
+    )
