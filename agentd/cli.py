@@ -501,10 +501,24 @@ def keys() -> None:
 
 @keys.command("init")
 @config_option
-def keys_init(config_path: Path | None) -> None:
-    """Create the node key (mode 0600) if it does not exist."""
-    from agentd.signing import create_key
+@click.option("--operator", "operator", default=None, help="Make an operator key pair with this name instead of the node key.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Folder for the operator key.")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), default="operator", show_default=True, help="Role for the printed trust entry.")
+def keys_init(config_path: Path | None, operator: str | None, out: Path, role: str) -> None:
+    """Create the node key (mode 0600) if it does not exist; or, with --operator, an operator key.
 
+    Example: agentd keys init --operator alice --out ~/.agentd --role admin
+    """
+    from agentd.signing import create_key, create_key_file
+
+    if operator is not None:
+        if not operator or len(operator) > 64 or "/" in operator:
+            raise InputError("--operator: 1-64 characters, no '/'")
+        key, created = create_key_file(out / f"{operator}.key")
+        click.echo(f"{'created' if created else 'exists'}: {key.path} (keep it private; mode 0600)")
+        click.echo("add this to trust.operators on every node that should obey it:")
+        click.echo(f"  - {{name: {operator}, key: \"{key.public_b64}\", role: {role}}}")
+        return
     loaded = _load(config_path)
     key, created = create_key(loaded.config.data_dir)
     click.echo(f"{'created' if created else 'exists'}: {key.path}")
@@ -524,6 +538,60 @@ def keys_show(config_path: Path | None, as_json: bool) -> None:
         _emit_json({"node": loaded.config.node.id, "public_key": key.public_b64})
     else:
         click.echo(f"node {loaded.config.node.id}\npublic key {key.public_b64}\nfile {key.path}")
+
+
+@main.group()
+def fleet() -> None:
+    """Steer the fleet with signed commands."""
+
+
+@fleet.command("send")
+@config_option
+@json_option
+@click.argument("cmd", type=click.Choice(["status", "reload", "set_mode", "quarantine", "approve", "reject", "set_config"]))
+@click.option("--target", default="all", show_default=True, help="A node id, or all.")
+@click.option("--args", "args_json", default="{}", help="The command's arguments as a JSON object.")
+@click.option("--config-file", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="For set_config: the YAML document to send.")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The operator's private key file.")
+@click.option("--operator", default=None, help="Operator name in trust.operators (default: the key file's name).")
+@click.option("--ttl", type=click.FloatRange(1, 86400), default=300, show_default=True, help="Seconds the command stays valid.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 600), default=5, show_default=True, help="Seconds to wait for replies.")
+def fleet_send(config_path: Path | None, as_json: bool, cmd: str, target: str, args_json: str, config_file: Path | None,
+               key_path: Path, operator: str | None, ttl: float, timeout_s: float) -> None:
+    """Sign a fleet command with an operator key, send it over MQTT, print the replies.
+
+    Uses the broker settings and fleet of --config. Exit 0 if every reply says ok, 1 otherwise
+    (or if none came). Example: agentd fleet send set_mode --target node-b --args '{"mode": "rules_only"}' --key alice.key
+    """
+    import time
+
+    from agentd.commands import new_command
+    from agentd.envelope import envelope
+    from agentd.hlc import Clock
+    from agentd.mesh import send_command
+    from agentd.pipeline import new_id
+    from agentd.signing import load_key_file
+
+    loaded = _load(config_path)
+    args = _parse_json_arg(args_json, "--args")
+    if not isinstance(args, dict):
+        raise InputError("--args must be a JSON object")
+    if config_file is not None:
+        args["config"] = config_file.read_text()
+    key = load_key_file(key_path)
+    name = operator or key_path.stem
+    ident = new_id()
+    payload = envelope("command", node=name, hlc=Clock().now(), body=new_command(cmd, target=target, args=args, ttl_s=ttl), key=key, ident=ident)
+    t0 = time.monotonic()
+    replies = send_command(loaded.config, payload, command_id=ident, target=target, timeout_s=timeout_s)
+    if as_json:
+        _emit_json(replies)
+    else:
+        for r in replies:
+            b = r["body"]
+            click.echo(f"{r['node']}: {'ok' if b['ok'] else 'REFUSED'}  {json.dumps(b.get('result', b.get('error')), default=str)[:300]}")
+        click.echo(f"{len(replies)} repl{'y' if len(replies) == 1 else 'ies'} in {time.monotonic() - t0:.1f} s")
+    sys.exit(0 if replies and all(r["body"]["ok"] for r in replies) else 1)
 
 
 @main.command()

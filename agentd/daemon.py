@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from agentd import __version__, logs, queries
-from agentd.config import LoadedConfig, load_config
+from agentd.commands import check_command
+from agentd.config import LoadedConfig, load_config, parse_config
 from agentd.engine import Engine
+from agentd.envelope import Rejected, envelope, topic
 from agentd.errors import AgentdError, ConfigError, InputError
 from agentd.hlc import Clock
 from agentd.mesh import MeshLink
@@ -91,6 +93,7 @@ class Daemon:
                         submit=self._mqtt_submit, outbox_ready=self.outbox_ready,
                         on_peer_decision=lambda node, body: self._engine().fleet.add_decision(body["action"], float(body["created_at"])),
                         learned_keys={p["node"]: p["public_key"] for p in peers if p["learned"] and p["public_key"]},
+                        on_command=self.handle_command,
                     )
                     tg.create_task(self.link.run(), name="mqtt-link")
                 await self._stop.wait()
@@ -116,6 +119,83 @@ class Daemon:
                 cfg.socket_path.unlink()
             self.notifier.close()
             log.info("stopped")
+
+    async def handle_command(self, payload: bytes) -> None:
+        """A signed fleet command from MQTT: check, use its nonce, apply, audit, reply (signed)."""
+        await self._gate.wait()
+        engine = self._engine()
+        cfg = self.loaded.config
+        try:
+            env = check_command(payload, cfg=cfg, now=time.time())
+        except Rejected as exc:
+            ident = _loose_id(payload)
+            await self._command_done(ident, None, False, {"error": str(exc), "reason": exc.reason})
+            log.warning("fleet command %s refused: %s", ident[:40], exc)
+            return
+        body, operator = env["body"], env["node"]
+        if not await engine.store.claim_nonce(env["id"], float(body["expires_at"])):
+            await self._command_done(env["id"], env, False, {"error": "replayed: this command id was already used", "reason": "replayed"})
+            return
+        try:
+            result = await self._apply_command(body["cmd"], body.get("args", {}), operator)
+            await self._command_done(env["id"], env, True, {"result": result})
+            log.info("fleet command %s (%s) by %s applied", body["cmd"], env["id"][:12], operator)
+        except AgentdError as exc:
+            await self._command_done(env["id"], env, False, {"error": str(exc), "reason": "failed"})
+
+    async def _command_done(self, ident: str, env: dict[str, Any] | None, ok: bool, outcome: dict[str, Any]) -> None:
+        engine = self._engine()
+        cfg = self.loaded.config
+        body = env["body"] if env else {}
+        audit = {"command_id": ident, "cmd": body.get("cmd"), "operator": env["node"] if env else None, "accepted": ok,
+                 "target": body.get("target"), **{k: v for k, v in outcome.items() if k != "result"}}
+        reply_body = {"command_id": ident, "cmd": body.get("cmd"), "ok": ok, **outcome}
+        payload = envelope("reply", node=cfg.node.id, hlc=self.clock.now(), body=reply_body, key=engine.key)
+        await engine.store.command_outcome(ident, audit, (topic(cfg.node.fleet, "nodes", cfg.node.id, "reply"), payload))
+        self.outbox_ready.set()
+
+    async def _apply_command(self, cmd: str, args: dict[str, Any], operator: str) -> Any:
+        engine = self._engine()
+        by = f"operator:{operator}"
+        if cmd == "status":
+            st = await engine.status()
+            return {k: st[k] for k in ("node", "mode", "lifecycle", "models", "decisions", "fallback_rate", "outbox_depth", "pending_approvals")}
+        if cmd in ("set_mode", "quarantine"):
+            mode = "observe" if cmd == "quarantine" else args.get("mode")
+            if not isinstance(mode, str):
+                raise InputError('set_mode needs args {"mode": "auto|rules_only|observe|manual"}')
+            await engine.set_mode(mode, by=by)
+            return {"mode": engine.mode}
+        if cmd in ("approve", "reject"):
+            did = args.get("id")
+            if not isinstance(did, str):
+                raise InputError(f'{cmd} needs args {{"id": "<decision id>"}}')
+            rec = await (engine.approve(did, by=by) if cmd == "approve" else engine.reject(did, by=by, reason=str(args.get("reason", ""))[:500]))
+            return {"id": rec["id"], "status": rec["status"], "action": rec["action"]}
+        if cmd == "reload":
+            return await self.reload()
+        if cmd == "set_config":
+            return await self._set_config(args.get("config"), by)
+        raise InputError(f"unknown command {cmd!r}")
+
+    async def _set_config(self, text: Any, by: str) -> dict[str, Any]:
+        """Validate a whole config document, write it atomically, reload; roll back if it fails to load."""
+        if not isinstance(text, str):
+            raise InputError('set_config needs args {"config": "<the whole YAML document>"}')
+        path = self.config_path
+        new = parse_config(text.encode(), source=f"{path} (set_config)", base=path.resolve().parent)
+        compile_all(new)
+        if new.config.node.id != self.loaded.config.node.id:
+            raise ConfigError("set_config may not change node.id")
+        old_text = path.read_bytes()
+        _atomic_write(path, text.encode())
+        result = await self.reload()
+        if not result.get("reloaded"):
+            _atomic_write(path, old_text)
+            await self.reload()
+            raise ConfigError(f"the new config failed to load and was rolled back: {result.get('error')}")
+        await self._engine().store.audit("config_set", {"by": by, "config_sha256": new.sha256})
+        return result
 
     def _engine(self) -> Engine:
         assert self.engine is not None
@@ -370,6 +450,26 @@ class Daemon:
 
 class _Shutdown(Exception):
     pass
+
+
+def _loose_id(payload: bytes) -> str:
+    """The id of a refused command if one can be read, for its reply and audit record."""
+    try:
+        ident = json.loads(payload).get("id")
+    except (ValueError, AttributeError):
+        return "unreadable"
+    return ident[:128] if isinstance(ident, str) and ident else "unreadable"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:

@@ -44,6 +44,55 @@ MAX_SKEW_MS = 5 * 60 * 1000  # an HLC further ahead of our clock than this is re
 MAX_INFLIGHT = 200
 
 
+def send_command(cfg: Config, payload: bytes, *, command_id: str, target: str, timeout_s: float) -> list[dict[str, Any]]:
+    """Publish a signed command and collect the replies to it (all of them until ``timeout_s``,
+    or the first one for a single target). Used by `agentd fleet send`."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    replies: list[dict[str, Any]] = []
+    done = threading.Event()
+    fleet = cfg.node.fleet
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        try:
+            env = json.loads(msg.payload)
+            body = env.get("body", {})
+        except (ValueError, AttributeError):
+            return
+        if isinstance(body, dict) and body.get("command_id") == command_id:
+            replies.append(env)
+            if target != "all":
+                done.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"agentd-fleet-send-{command_id[:12]}")
+    m = cfg.mqtt
+    if m.username:
+        client.username_pw_set(m.username, Path(m.password_file).read_text().strip() if m.password_file else None)
+    if m.tls is not None:
+        client.tls_set(ca_certs=m.tls.ca, certfile=m.tls.cert, keyfile=m.tls.key)
+    client.on_message = on_message
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_a: subscribed.set()
+    try:
+        client.connect(m.host, m.port, keepalive=30)
+    except OSError as exc:
+        raise MeshError(f"cannot reach the broker at {m.host}:{m.port}: {exc}") from exc
+    client.loop_start()
+    try:
+        client.subscribe(topic(fleet, "nodes", "+", "reply"), qos=1)
+        if not subscribed.wait(10):
+            raise MeshError("the broker did not confirm the subscription to replies")
+        info = client.publish(topic(fleet, "cmd", target), payload, qos=1)
+        info.wait_for_publish(10)
+        done.wait(timeout_s)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return replies
+
+
 def aiomqtt_error(message: str) -> Exception:
     """An aiomqtt.MqttError, so that the connection loop treats it as a lost connection."""
     import aiomqtt
@@ -86,6 +135,7 @@ class MeshLink:
         submit: Submit,
         outbox_ready: asyncio.Event,
         on_peer_decision: Callable[[str, dict[str, Any]], None] | None = None,
+        on_command: Callable[[bytes], Awaitable[None]] | None = None,
         learned_keys: dict[str, str] | None = None,
     ) -> None:
         if not cfg.mqtt.enabled:
@@ -100,6 +150,7 @@ class MeshLink:
         self._read_conn: sqlite3.Connection | None = None
         self._last_refusal_log = 0.0
         self._on_peer_decision = on_peer_decision
+        self._on_command = on_command
         self._keys: dict[str, str] = {**(learned_keys or {}), **cfg.trust.peers}  # configured keys win
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.rejected: Counter[str] = Counter()
@@ -187,6 +238,9 @@ class MeshLink:
         await client.subscribe(self._t("events", "+"), qos=1)
         await client.subscribe(topic(self.fleet, "nodes", "+", "decisions"), qos=1)
         await client.subscribe(topic(self.fleet, "nodes", "+", "status"), qos=1)
+        if self._on_command is not None:
+            await client.subscribe(topic(self.fleet, "cmd", self.node), qos=1)
+            await client.subscribe(topic(self.fleet, "cmd", "all"), qos=1)
 
     async def _offline(self, client: Any) -> None:
         payload = envelope("status", node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
@@ -216,12 +270,27 @@ class MeshLink:
                 await sem.acquire()
                 tg.create_task(self._one_event(client, message, prefix, received, sem), name="mqtt-event")
                 continue
+            if name in (topic(self.fleet, "cmd", self.node), topic(self.fleet, "cmd", "all")) and self._on_command:
+                await sem.acquire()
+                tg.create_task(self._command_task(message.payload, sem), name="mqtt-command")
+                if message.qos > 0:
+                    client._client.ack(message.mid, message.qos)
+                continue
             parts = name[len(peers):].split("/") if name.startswith(peers) else []
             if len(parts) == 2 and parts[0] != self.node and parts[1] in ("decisions", "status"):
                 await sem.acquire()
                 tg.create_task(self._peer_task(parts[0], parts[1], message.payload, sem), name="mqtt-peer")
             if message.qos > 0:  # fleet state is soft state: anti-entropy repairs what a crash loses
                 client._client.ack(message.mid, message.qos)
+
+    async def _command_task(self, payload: Any, sem: asyncio.Semaphore) -> None:
+        try:
+            assert self._on_command is not None
+            await self._on_command(payload if isinstance(payload, bytes) else str(payload).encode())
+        except AgentdError as exc:
+            log.error("fleet command not handled: %s", exc)
+        finally:
+            sem.release()
 
     async def _peer_task(self, node: str, kind: str, payload: Any, sem: asyncio.Semaphore) -> None:
         try:

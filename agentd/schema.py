@@ -104,6 +104,14 @@ MIGRATIONS: list[str] = [
         decisions INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 3: fleet command nonces (a command id is accepted once)
+    """
+    CREATE TABLE nonces (
+        id TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX nonces_expiry ON nonces(expires_at);
+    """,
 ]
 
 

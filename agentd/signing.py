@@ -125,11 +125,15 @@ def key_path(data_dir: Path) -> Path:
 
 def load_key(data_dir: Path) -> NodeKey:
     """Load the node key; TrustError if it is missing, unreadable or readable by others."""
-    path = key_path(data_dir)
+    return load_key_file(key_path(data_dir))
+
+
+def load_key_file(path: Path) -> NodeKey:
+    """Load an Ed25519 private key file (a node's or an operator's); it must be mode 0600."""
     try:
         st = path.stat()
     except FileNotFoundError as exc:
-        raise TrustError(f"{path}: no node key; run `agentd keys init`") from exc
+        raise TrustError(f"{path}: no such key file; create one with `agentd keys init`") from exc
     if st.st_mode & 0o077:
         raise TrustError(
             f"{path}: key file mode is {oct(st.st_mode & 0o777)}, must be 0600; run `chmod 600 {path}`"
@@ -145,9 +149,13 @@ def load_key(data_dir: Path) -> NodeKey:
 
 def create_key(data_dir: Path) -> tuple[NodeKey, bool]:
     """Load the node key, creating it (mode 0600) if absent. Returns (key, created)."""
-    path = key_path(data_dir)
+    return create_key_file(key_path(data_dir))
+
+
+def create_key_file(path: Path) -> tuple[NodeKey, bool]:
+    """Load the key at ``path``, creating it (mode 0600) if absent. Returns (key, created)."""
     if path.exists():
-        return load_key(data_dir), False
+        return load_key_file(path), False
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(
@@ -164,6 +172,6 @@ def create_key(data_dir: Path) -> tuple[NodeKey, bool]:
         os.link(tmp, path)  # fails if another process created the key meanwhile
     except FileExistsError:
         os.unlink(tmp)
-        return load_key(data_dir), False
+        return load_key_file(path), False
     os.unlink(tmp)
     return NodeKey(private=private, path=path), True

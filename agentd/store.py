@@ -416,6 +416,29 @@ class Store:
 
         await self._submit(op)
 
+    async def claim_nonce(self, command_id: str, expires_at: float) -> bool:
+        """Use a command id once: False if it was used before (a replay)."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM nonces WHERE expires_at < ?", (time.time(),))
+            cur = conn.execute("INSERT OR IGNORE INTO nonces(id, expires_at) VALUES (?, ?)", (command_id, expires_at))
+            return cur.rowcount == 1
+
+        return await self._submit(op)
+
+    async def command_outcome(self, command_id: str, audit: dict[str, Any], reply: tuple[str, bytes] | None) -> None:
+        """Audit a command's outcome (accepted or rejected) and queue its signed reply, together."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            self._append_audit(conn, "command", command_id[:128], audit)
+            if reply is not None:
+                conn.execute(
+                    "INSERT INTO outbox(topic, payload, qos, retain, created_at) VALUES (?,?,?,?,?)",
+                    (reply[0], reply[1], 1, 0, time.time()),
+                )
+
+        await self._submit(op)
+
     async def delete_outbox(self, seqs: list[int]) -> None:
         """Forget outbox rows the broker acknowledged."""
         await self._submit(lambda conn: conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]))

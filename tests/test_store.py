@@ -477,7 +477,7 @@ def test_load_key_refuses_a_key_readable_by_others(tmp_path: Path) -> None:
 
 
 def test_load_key_errors(tmp_path: Path) -> None:
-    with pytest.raises(TrustError, match="no node key; run `agentd keys init`"):
+    with pytest.raises(TrustError, match="no such key file; create one with `agentd keys init`"):
         load_key(tmp_path)
     path = key_path(tmp_path)
     path.parent.mkdir(parents=True)
