@@ -48,6 +48,7 @@ class Daemon:
         self.started_at = time.time()
         self._tg: asyncio.TaskGroup | None = None
         self._reload_lock = asyncio.Lock()
+        self._refusal_logged: dict[str, float] = {}
         self.clock = Clock()
         self.outbox_ready = asyncio.Event()
         self.link: MeshLink | None = None
@@ -130,7 +131,10 @@ class Daemon:
         except Rejected as exc:
             ident = _loose_id(payload)
             await self._command_done(ident, None, False, {"error": str(exc), "reason": exc.reason})
-            log.warning("fleet command %s refused: %s", ident[:40], exc)
+            now = time.monotonic()
+            if now - self._refusal_logged.get(exc.reason, -1e9) > 60:  # every refusal is audited; the log is rate-limited
+                self._refusal_logged[exc.reason] = now
+                log.warning("fleet command %s refused: %s (further %s refusals this minute are only audited)", ident[:40], exc, exc.reason)
             return
         body, operator = env["body"], env["node"]
         if not await engine.store.claim_nonce(env["id"], float(body["expires_at"])):
