@@ -317,6 +317,8 @@ class Daemon:
             self._gate.set()
             return {"reloaded": False, "error": str(exc)}
         self._setup_logging()
+        if self.link is not None:
+            self.link.update_trust(new.config.trust.peers)  # the MQTT session itself keeps its settings until a restart
         await self.engine.store.audit("config_reload", {"from": old.sha256, "to": new.sha256})
         self._gate.set()
         self.notifier.send("READY=1", "STATUS=config reloaded")

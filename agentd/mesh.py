@@ -300,6 +300,11 @@ class MeshLink:
         finally:
             sem.release()
 
+    def update_trust(self, peers: dict[str, str]) -> None:
+        """After a reload: configured peer keys replace the old ones; learned keys stay."""
+        for node, key in peers.items():
+            self._keys[node] = key
+
     def _key_for(self, node: str, env: dict[str, Any]) -> str | None:
         known = self._keys.get(node)
         if known is not None:
