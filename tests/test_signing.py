@@ -1,0 +1,58 @@
+"""Canonical JSON and envelopes: the fast path must give exactly RFC 8785's bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentd.envelope import Rejected, check_envelope, envelope, envelope_raw
+from agentd.signing import canonical, create_key
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(), c, max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=1500)
+@given(json_values)
+def test_canonical_equals_rfc8785(value: object) -> None:
+    assert canonical(value) == rfc8785.dumps(value)
+
+
+def test_spliced_envelope_is_canonical_and_verifies(tmp_path: Path) -> None:
+    key, _ = create_key(tmp_path)
+    body = {"b": 1.5, "a": ["x", None, True], "ü": "ß"}
+    raw = envelope_raw("decision", node="n1", hlc="1795600000000-0001", body_canonical=canonical(body), key=key, ident="id1")
+    env = json.loads(raw)
+    assert raw == rfc8785.dumps(env)  # the spliced bytes are the canonical form
+    assert raw == envelope("decision", node="n1", hlc="1795600000000-0001", body=body, key=key, ident="id1")
+    checked = check_envelope(raw, max_bytes=65536, key_for=lambda n, e: key.public_b64, now_ms=1795600000000, max_skew_ms=1000)
+    assert checked["body"] == body
+
+
+def test_tampered_or_future_envelopes_are_rejected(tmp_path: Path) -> None:
+    key, _ = create_key(tmp_path)
+    raw = envelope("decision", node="n1", hlc="1795600000000-0000", body={"action": "none"}, key=key)
+
+    def reason(payload: bytes, now_ms: int = 1795600000000) -> str:
+        try:
+            check_envelope(payload, max_bytes=4096, key_for=lambda n, e: key.public_b64, now_ms=now_ms, max_skew_ms=1000)
+        except Rejected as exc:
+            return exc.reason
+        return "accepted"
+
+    assert reason(raw) == "accepted"
+    assert reason(raw.replace(b'"none"', b'"shutdown"')) == "bad_signature"
+    assert reason(raw, now_ms=1795600000000 - 60_000) == "clock_skew"
+    assert reason(b"x" * 5000) == "oversized"
+    assert reason(json.dumps({k: v for k, v in json.loads(raw).items() if k != "sig"}).encode()) == "unsigned"
