@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agentd import queries
+from agentd import queries, retention
 from agentd.audit import GENESIS, checkpoint_payload, record_hash
 from agentd.errors import NotFound, StateError
 from agentd.schema import migrate
@@ -484,36 +484,12 @@ class Store:
         cutoff = now_ - max_age_s
 
         def op(conn: sqlite3.Connection) -> dict[str, int]:
-            keep = "id NOT IN (SELECT decision_id FROM approvals WHERE status = 'pending')"
-            removed, pruned_seq = _delete_decisions(conn, f"created_at < ? AND {keep}", (cutoff,))
-            size = _db_bytes(conn)
-            while size > max_db_bytes:
-                # never below min_keep_s: if the audit trail itself fills the cap, it needs exporting
-                n, seq = _delete_decisions(
-                    conn,
-                    f"{keep} AND id IN (SELECT id FROM decisions WHERE created_at < ? ORDER BY created_at LIMIT 500)",
-                    (now_ - min_keep_s,),
-                )
-                if n == 0:
-                    log.warning(
-                        "database is %.0f MB, over retention.max_db_mb, with only recent decisions left;"
-                        " export the audit trail (`agentd audit export --mark`) so retention can prune it",
-                        size / 2**20,
-                    )
-                    break
-                removed, pruned_seq = removed + n, max(pruned_seq, seq)
-                size = _db_bytes(conn)
-            conn.execute("DELETE FROM fleet_decisions WHERE ts < ?", (cutoff,))
-            depth = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-            dropped = 0
-            if depth > outbox_max_rows:
-                dropped = depth - outbox_max_rows
-                conn.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (dropped,))
-            audit_pruned = _prune_audit(conn)
-            if removed or dropped or audit_pruned:
-                body = {"decisions": removed, "outbox_dropped": dropped, "audit_pruned": audit_pruned, "pruned_through_seq": pruned_seq}
-                self._append_audit(conn, "retention", None, body)
-            return {"decisions": removed, "outbox_dropped": dropped, "audit_pruned": audit_pruned}
+            result, pruned_seq = retention.prune(
+                conn, cutoff=cutoff, now=now_, max_db_bytes=max_db_bytes, outbox_max_rows=outbox_max_rows, min_keep_s=min_keep_s
+            )
+            if any(result.values()):
+                self._append_audit(conn, "retention", None, {**result, "pruned_through_seq": pruned_seq})
+            return result
 
         return await self._submit(op)
 
@@ -528,38 +504,3 @@ def _audit_body(record: dict[str, Any], digest: str | None = None) -> dict[str, 
         "source": record["source"],
         "record_sha256": digest or queries.record_digest(record),
     }
-
-
-def _delete_decisions(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> tuple[int, int]:
-    """Delete decisions (with their events and approvals); returns (count, newest audit seq among them)."""
-    rows = conn.execute(f"SELECT id, event_id FROM decisions WHERE {where}", args).fetchall()
-    if not rows:
-        return 0, 0
-    seq = 0
-    for decision_id, _ in rows:
-        found = conn.execute("SELECT MAX(seq) FROM audit WHERE ref = ?", (decision_id,)).fetchone()[0]
-        seq = max(seq, found or 0)
-    conn.executemany("DELETE FROM approvals WHERE decision_id = ?", [(r[0],) for r in rows])
-    conn.executemany("DELETE FROM decisions WHERE id = ?", [(r[0],) for r in rows])
-    conn.executemany("DELETE FROM events WHERE id = ?", [(r[1],) for r in rows])
-    return len(rows), seq
-
-
-def _db_bytes(conn: sqlite3.Connection) -> int:
-    pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
-    return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])
-
-
-def _prune_audit(conn: sqlite3.Connection) -> int:
-    exported = int(queries.get_setting(conn, "audit_exported_seq") or 0)
-    row = conn.execute("SELECT seq, hash FROM checkpoints WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (exported,)).fetchone()
-    if row is None:
-        return 0
-    seq, h = row
-    n = conn.execute("DELETE FROM audit WHERE seq <= ?", (seq,)).rowcount
-    if n:
-        conn.execute(
-            "INSERT OR REPLACE INTO settings(key, value) VALUES ('audit_base', ?)", (json.dumps({"seq": seq, "hash": h}),)
-        )
-        conn.execute("DELETE FROM checkpoints WHERE seq < ?", (seq,))
-    return int(n)
