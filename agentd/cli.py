@@ -46,18 +46,25 @@ def _emit_json(obj: Any) -> None:
 
 
 def _table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for c in columns:
-        table.add_column(c, overflow="fold")
+        table.add_column(c, overflow="fold", no_wrap=c in ("id", "decision", "time", "node", "action"))
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
     console.print(table)
+
+
+def _width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else 200
 
 
 def _parse_json_arg(text: str, what: str) -> Any:
@@ -180,16 +187,21 @@ def decisions(config_path: Path | None, as_json: bool, limit: int, **filters: st
     if as_json:
         _emit_json(rows)
         return
-    _table(
-        f"{len(rows)} decision(s)",
-        ["time", "skill", "action", "status", "source", "conf", "fallback", "guard", "ms", "event", "id"],
-        (
-            (_ts(d["created_at"]), d["skill"], action_label(d), d["status"], d["source"],
-             None if d["confidence"] is None else f"{d['confidence']:.2f}", d["fallback_reason"], d["guard"],
-             d["latency_ms"], d["event_id"][:16], d["id"][:12])
-            for d in rows
-        ),
-    )
+    wide = _width() >= 140
+    columns = ["time", "action", "status", "source", "conf", "fallback", "id"]
+    if wide:
+        columns[1:1] = ["skill"]
+        columns[-1:-1] = ["guard", "ms", "event"]
+
+    def row(d: dict[str, Any]) -> list[Any]:
+        out = [_ts(d["created_at"])[11 if not wide else 0:], action_label(d), d["status"].replace("pending_approval", "pending"),
+               d["source"], None if d["confidence"] is None else f"{d['confidence']:.2f}", d["fallback_reason"], d["id"][:12]]
+        if wide:
+            out[1:1] = [d["skill"]]
+            out[-1:-1] = [d["guard"], d["latency_ms"], d["event_id"][:16]]
+        return out
+
+    _table(f"{len(rows)} decision(s)" + ("" if wide else " (a wider terminal shows skill, guard, ms, event)"), columns, (row(d) for d in rows))
 
 
 def _ts(epoch: float) -> str:
@@ -415,8 +427,8 @@ def approvals(config_path: Path | None, as_json: bool) -> None:
     if as_json:
         _emit_json(rows)
         return
-    _table(f"{len(rows)} pending approval(s)", ["decision", "skill", "requested", "interim (in force)", "since", "expires"],
-           ((r["decision_id"], r["skill"], r["requested_action"], r["interim_action"], _ts(r["created_at"]), _ts(r["expires_at"])) for r in rows))
+    _table(f"{len(rows)} pending approval(s)", ["decision", "requested", "in force", "expires"],
+           ((r["decision_id"][:12], r["requested_action"], r["interim_action"], _ts(r["expires_at"])[11:]) for r in rows))
 
 
 @main.command()
@@ -490,7 +502,7 @@ def fleet_state(config_path: Path | None, as_json: bool, window_s: float) -> Non
     if as_json:
         _emit_json(summary)
         return
-    _table(f"fleet decisions in the last {window_s:g} s", ["node", "action", "count"],
+    _table(f"fleet decisions, last {window_s:g} s", ["node", "action", "count"],
            ((node, action, n) for node, acts in summary["decisions"].items() for action, n in acts.items()))
 
 

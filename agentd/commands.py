@@ -32,13 +32,18 @@ def check_command(payload: bytes, *, cfg: Config, now: float, seen: set[str] | N
     ``seen`` holds envelope ids already used (the caller persists them).
     """
     operators = {o.name: o for o in cfg.trust.operators}
-    env = check_envelope(
-        payload,
-        max_bytes=cfg.mqtt.max_payload_bytes,
-        key_for=lambda name, _env: operators[name].key if name in operators else None,
-        now_ms=int(now * 1000),
-        max_skew_ms=5 * 60 * 1000,
-    )
+    try:
+        env = check_envelope(
+            payload,
+            max_bytes=cfg.mqtt.max_payload_bytes,
+            key_for=lambda name, _env: operators[name].key if name in operators else None,
+            now_ms=int(now * 1000),
+            max_skew_ms=5 * 60 * 1000,
+        )
+    except Rejected as exc:
+        if exc.reason == "unknown_signer":
+            raise Rejected("unknown_signer", "the operator is not in trust.operators on this node") from exc
+        raise
     if env["kind"] != "command":
         raise Rejected("malformed", f"kind {env['kind'][:32]!r} on a command topic")
     body = env["body"]

@@ -39,6 +39,34 @@ def mosquitto_binary() -> str | None:
     return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
 
 
+def _prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()  # resolved in the parent: the child between fork and exec only makes the call
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the demo dies without cleaning up (Linux prctl PR_SET_PDEATHSIG)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) stop the demo like Ctrl-C, so its cleanup runs."""
+
+    def interrupt(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,7 +118,7 @@ def _fleet(loaded: LoadedConfig, count: int, rate: float, root: Path) -> Iterato
     conf = root / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n")
     log = (root / "mosquitto.log").open("ab")
-    broker = subprocess.Popen([broker_bin, "-c", str(conf)], stdout=log, stderr=log)
+    broker = subprocess.Popen([broker_bin, "-c", str(conf)], stdout=log, stderr=log, preexec_fn=_die_with_parent)  # noqa: PLW1509 - started before any thread; the hook only calls prctl
     nodes = _node_configs(loaded, root, count, port, rate)
     try:
         for node in nodes:
@@ -98,6 +126,7 @@ def _fleet(loaded: LoadedConfig, count: int, rate: float, root: Path) -> Iterato
             node.proc = subprocess.Popen(
                 [sys.executable, "-m", "agentd.cli", "run", "--config", str(node.config)],
                 stdout=subprocess.DEVNULL, stderr=node_log, start_new_session=True,  # Ctrl-C goes to the demo only
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - started before any thread; the hook only calls prctl
             )
         yield nodes, port
     finally:
@@ -138,6 +167,10 @@ def _snapshot(node: DemoNode) -> dict[str, Any]:
     }
 
 
+_SHORT = {"low_confidence": "lowconf", "invalid_output": "invalid", "model_error": "error", "model_missing": "missing",
+          "circuit_open": "circuit", "overloaded": "overload", "mode_rules_only": "rules-only", "timeout": "timeout"}
+
+
 def _view(snaps: list[dict[str, Any]], port: int) -> Any:
     from rich import box
     from rich.console import Group
@@ -146,8 +179,9 @@ def _view(snaps: list[dict[str, Any]], port: int) -> Any:
     from agentd.demo import action_label
 
     nodes = Table(title=f"fleet of {len(snaps)} on a private Mosquitto (127.0.0.1:{port})", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("node", "decided", "by source", "fallbacks", "pending", "gossip in", "peers"):
-        nodes.add_column(col, no_wrap=True)
+    nodes.add_column("node", no_wrap=True, min_width=6)
+    for col in ("decided", "model/rules", "fallbacks", "pending", "gossip in", "peers"):
+        nodes.add_column(col, overflow="fold")
     feed = Table(title="latest decisions", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("node", "°C / door s / A", "action", "source", "why"):
         feed.add_column(col, no_wrap=True)
@@ -155,8 +189,8 @@ def _view(snaps: list[dict[str, Any]], port: int) -> Any:
         if "decisions" not in s:
             nodes.add_row(s["name"], "starting…", "", "", "", "", "")
             continue
-        by = " ".join(f"{k}:{v}" for k, v in sorted(s["by_source"].items()))
-        fb = " ".join(f"{k}:{v}" for k, v in sorted(s["fallbacks"].items()))
+        by = f"{s['by_source'].get('model', 0)}/{s['by_source'].get('rules', 0)}"
+        fb = " ".join(f"{_SHORT.get(k, k)}:{v}" for k, v in sorted(s["fallbacks"].items()))
         nodes.add_row(s["name"], str(s["decisions"]), by, fb, str(s["pending_approvals"]), str(s["gossip_in"]), str(s["peers_online"]))
         for d in s["recent"][:2]:
             i = d["inputs"]
@@ -171,6 +205,7 @@ def run_fleet_demo(loaded: LoadedConfig, *, nodes: int, seconds: float, rate: fl
     from rich.live import Live
 
     root = loaded.config.data_dir / "demo"
+    _stop_on_signals()
     console = Console()
     console.print(f"[bold]agentd demo[/]: {nodes} nodes gossiping signed decisions, {rate:g} simulated events/s each. Ctrl-C stops.")
     interrupted = False
@@ -185,8 +220,18 @@ def run_fleet_demo(loaded: LoadedConfig, *, nodes: int, seconds: float, rate: fl
                     time.sleep(0.5)
         except KeyboardInterrupt:
             interrupted = True
+    exe = _display_path(Path(sys.argv[0])) if Path(sys.argv[0]).name == "agentd" else "agentd"
+    cfg = _display_path(fleet[0].config)
     console.print(
-        ("Interrupted" if interrupted else "Stopped") + f". The fleet's data is in {root}; try for example:\n"
-        f"  agentd decisions --config {fleet[1].config}\n  agentd fleet-state --config {fleet[1].config}\n"
-        f"  agentd peers --config {fleet[1].config}\n  agentd audit verify --config {fleet[1].config}"
+        ("Interrupted" if interrupted else "Stopped") + f". The fleet's data is in {_display_path(root)}; try:\n"
+        f"  export AGENTD_CONFIG={cfg}\n  {exe} decisions\n  {exe} peers\n  {exe} fleet-state\n  {exe} audit verify",
+        highlight=False,
     )
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -28,7 +28,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-echo "setup: installing agentd and its test tools into .venv"
-.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c 'import agentd, onnxruntime, cel' || { echo "setup: install failed" >&2; exit 1; }
+echo "setup: installing agentd and its test tools into .venv (log: .venv/setup.log)"
+if ! .venv/bin/python -m pip install -q -e '.[dev]' > .venv/setup.log 2>&1; then
+  tail -n 30 .venv/setup.log >&2
+  echo "setup: pip install failed; the whole log is in .venv/setup.log" >&2
+  exit 1
+fi
+.venv/bin/python -c 'import agentd, onnxruntime, cel' || { echo "setup: install failed; see .venv/setup.log" >&2; exit 1; }
 echo "setup: done ($(.venv/bin/agentd --version))"
