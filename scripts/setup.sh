@@ -27,9 +27,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --upgrade pip > .venv/setup.log 2>&1 || true
 echo "setup: installing agentd and its test tools into .venv (log: .venv/setup.log)"
-if ! .venv/bin/python -m pip install -q -e '.[dev]' > .venv/setup.log 2>&1; then
+if ! .venv/bin/python -m pip install -q -e '.[dev]' >> .venv/setup.log 2>&1; then
   tail -n 30 .venv/setup.log >&2
   echo "setup: pip install failed; the whole log is in .venv/setup.log" >&2
   exit 1
