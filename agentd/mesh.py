@@ -236,7 +236,13 @@ class MeshLink:
         payload = envelope("status", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
         await client.publish(self._t("status"), payload, qos=1, retain=True)
         await client.subscribe(self._t("events", "+"), qos=1)
-        await client.subscribe(topic(self.fleet, "nodes", "+", "decisions"), qos=1)
+        # MQTT 3.1.1 has no "no local": a wildcard would bring every own decision back to us,
+        # so subscribe per known peer unless unknown peers may be learned.
+        if self.cfg.trust.allow_unknown_peers:
+            await client.subscribe(topic(self.fleet, "nodes", "+", "decisions"), qos=1)
+        else:
+            for peer in sorted(self.cfg.trust.peers):
+                await client.subscribe(topic(self.fleet, "nodes", peer, "decisions"), qos=1)
         await client.subscribe(topic(self.fleet, "nodes", "+", "status"), qos=1)
         if self._on_command is not None:
             await client.subscribe(topic(self.fleet, "cmd", self.node), qos=1)
