@@ -176,6 +176,12 @@ class Daemon:
                 raise InputError(f'{cmd} needs args {{"id": "<decision id>"}}')
             rec = await (engine.approve(did, by=by) if cmd == "approve" else engine.reject(did, by=by, reason=str(args.get("reason", ""))[:500]))
             return {"id": rec["id"], "status": rec["status"], "action": rec["action"]}
+        if cmd == "set_stage":
+            stage = args.get("stage")
+            if not isinstance(stage, str):
+                raise InputError('set_stage needs args {"stage": "dev|canary|prod"}')
+            await engine.set_stage(stage, by=by)
+            return {"stage": engine.stage}
         if cmd == "reload":
             return await self.reload()
         if cmd == "set_config":

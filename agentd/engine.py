@@ -76,6 +76,7 @@ class Engine:
         self.circuits: dict[str, CircuitBreaker] = {}
         self.rules: dict[str, SkillRules] = {}
         self.mode: str = self.cfg.daemon.mode
+        self.stage: str = self.cfg.lifecycle.stage
         self.counters: Counter[str] = Counter()
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -119,13 +120,18 @@ class Engine:
             await self.store.__aexit__(None, None, None)
 
     async def _load_state(self) -> None:
-        def load(conn: Any) -> tuple[list[tuple[str, float]], str | None, str | None, list[tuple[str, str, str]]]:
+        def load(conn: Any) -> tuple[list[tuple[str, float]], dict[str, str | None], list[tuple[str, str, str]]]:
             cutoff = time.time() - 24 * 3600
             rows = conn.execute("SELECT action, ts FROM fleet_decisions WHERE ts >= ? ORDER BY ts", (cutoff,)).fetchall()
             values = conn.execute("SELECT key, value, node FROM fleet_state").fetchall()
-            return rows, queries.get_setting(conn, "mode"), queries.get_setting(conn, "mode_config"), values
+            keys = ("mode", "mode_config", "stage", "stage_config")
+            return rows, {k: queries.get_setting(conn, k) for k in keys}, values
 
-        rows, mode, mode_config, values = await self.store.read(load)
+        rows, settings, values = await self.store.read(load)
+        mode, mode_config = settings["mode"], settings["mode_config"]
+        # Like the mode, a lifecycle stage set by a fleet command holds until the config's own stage changes.
+        if settings["stage"] in ("dev", "canary", "prod") and settings["stage_config"] == self.cfg.lifecycle.stage:
+            self.stage = str(settings["stage"])
         for action, ts in rows:
             self.fleet.add_decision(action, ts)
         for k, v, _node in values:
@@ -284,7 +290,7 @@ class Engine:
             "hlc": hlc,
             "created_at": round(time.time(), 6),
             "lifecycle": {
-                "stage": self.cfg.lifecycle.stage,
+                "stage": self.stage,
                 "release": self.cfg.lifecycle.release,
                 "config_sha256": self.loaded.sha256,
                 "models": {n: s.version for n, s in self.stages.items()},
@@ -488,6 +494,15 @@ class Engine:
         await self.store.set_setting("mode_config", self.cfg.daemon.mode)
         await self.store.audit("mode", {"from": old, "to": mode, "by": by})
 
+    async def set_stage(self, stage: str, *, by: str) -> None:
+        """Change and persist the lifecycle stage stamped on decisions (canary -> prod); audited."""
+        if stage not in ("dev", "canary", "prod"):
+            raise InputError(f"unknown lifecycle stage {stage!r} (known: dev, canary, prod)")
+        old, self.stage = self.stage, stage
+        await self.store.set_setting("stage", stage)
+        await self.store.set_setting("stage_config", self.cfg.lifecycle.stage)
+        await self.store.audit("lifecycle_stage", {"from": old, "to": stage, "by": by})
+
     async def status(self) -> dict[str, Any]:
         """What `agentd status` shows."""
         totals = await self.store.read(queries.counts)
@@ -503,7 +518,7 @@ class Engine:
             "node": self.node,
             "fleet": self.cfg.node.fleet,
             "mode": self.mode,
-            "lifecycle": {"stage": self.cfg.lifecycle.stage, "release": self.cfg.lifecycle.release, "config_sha256": self.loaded.sha256},
+            "lifecycle": {"stage": self.stage, "release": self.cfg.lifecycle.release, "config_sha256": self.loaded.sha256},
             "models": models,
             "skills": [s.name for s in self.cfg.skills],
             "counters": dict(self.counters),

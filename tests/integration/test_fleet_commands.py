@@ -94,11 +94,18 @@ def test_fleet_commands_are_checked_applied_and_audited(tmp_path: Path, broker: 
         assert bad["body"]["ok"] is False and "skills" in bad["body"]["error"]
         assert yaml.safe_load(node.config_path.read_text())["lifecycle"]["release"] == "it-2"
 
+        # set_stage: promote the node; its decisions carry the new stage from then on
+        [promoted] = _send(node, alice, "alice", "set_stage", args={"stage": "prod"})
+        assert promoted["body"]["ok"] and promoted["body"]["result"] == {"stage": "prod"}
+        event = {"temperature_c": -19.0, "door_open_s": 3.0, "compressor_a": 5.2}
+        assert node.request({"op": "submit", "skill": "freezer_health", "data": event})["result"]["lifecycle"]["stage"] == "prod"
+        assert refused(_send(node, bob, "bob", "set_stage", args={"stage": "dev"})) == "forbidden"
+
         conn = sqlite3.connect(node.data_dir / "agentd.db")
         audited = [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit WHERE kind = 'command' ORDER BY seq")]
         reasons = [a.get("reason") for a in audited if not a["accepted"]]
         assert {"forbidden", "unknown_signer", "bad_signature", "expired", "replayed", "wrong_target"} <= set(reasons)
-        assert sum(1 for a in audited if a["accepted"]) == 4
+        assert sum(1 for a in audited if a["accepted"]) == 5
         assert cli(node.config_path, "audit", "verify").returncode == 0
     finally:
         node.stop()
