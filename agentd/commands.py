@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 ROLE_COMMANDS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"status"}),
     "operator": frozenset({"status", "approve", "reject", "set_mode", "quarantine"}),
-    "admin": frozenset({"status", "approve", "reject", "set_mode", "quarantine", "reload", "set_config", "set_stage"}),
+    "admin": frozenset({"status", "approve", "reject", "set_mode", "quarantine", "reload", "set_config", "set_stage", "activate_model"}),
 }
 COMMANDS = ROLE_COMMANDS["admin"]
 MAX_VALIDITY_S = 24 * 3600

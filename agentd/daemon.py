@@ -176,6 +176,11 @@ class Daemon:
                 raise InputError(f'{cmd} needs args {{"id": "<decision id>"}}')
             rec = await (engine.approve(did, by=by) if cmd == "approve" else engine.reject(did, by=by, reason=str(args.get("reason", ""))[:500]))
             return {"id": rec["id"], "status": rec["status"], "action": rec["action"]}
+        if cmd == "activate_model":
+            skill, index, model = args.get("skill"), args.get("stage", 0), args.get("model")
+            if not isinstance(skill, str) or not isinstance(model, str) or isinstance(index, bool) or not isinstance(index, int):
+                raise InputError('activate_model needs args {"skill": "<skill>", "stage": <cascade index>, "model": "<declared model>"}')
+            return await engine.activate_model(skill, index, model, by=by)
         if cmd == "set_stage":
             stage = args.get("stage")
             if not isinstance(stage, str):

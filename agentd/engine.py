@@ -77,6 +77,7 @@ class Engine:
         self.rules: dict[str, SkillRules] = {}
         self.mode: str = self.cfg.daemon.mode
         self.stage: str = self.cfg.lifecycle.stage
+        self.active: dict[tuple[str, int], str] = {}  # (skill, cascade index) -> model, set by activate_model
         self.counters: Counter[str] = Counter()
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -124,7 +125,7 @@ class Engine:
             cutoff = time.time() - 24 * 3600
             rows = conn.execute("SELECT action, ts FROM fleet_decisions WHERE ts >= ? ORDER BY ts", (cutoff,)).fetchall()
             values = conn.execute("SELECT key, value, node FROM fleet_state").fetchall()
-            keys = ("mode", "mode_config", "stage", "stage_config")
+            keys = ("mode", "mode_config", "stage", "stage_config", "active_models")
             return rows, {k: queries.get_setting(conn, k) for k in keys}, values
 
         rows, settings, values = await self.store.read(load)
@@ -132,6 +133,14 @@ class Engine:
         # Like the mode, a lifecycle stage set by a fleet command holds until the config's own stage changes.
         if settings["stage"] in ("dev", "canary", "prod") and settings["stage_config"] == self.cfg.lifecycle.stage:
             self.stage = str(settings["stage"])
+        if settings["active_models"]:  # activations hold while the config they were made on does
+            saved = json.loads(settings["active_models"])
+            if saved.get("config") == self.loaded.sha256:
+                names = {m.name for m in self.cfg.models}
+                for key, model in saved.get("stages", {}).items():
+                    skill_name, _, idx = key.rpartition("/")
+                    if model in names and idx.isdigit():
+                        self.active[(skill_name, int(idx))] = model
         for action, ts in rows:
             self.fleet.add_decision(action, ts)
         for k, v, _node in values:
@@ -144,20 +153,48 @@ class Engine:
             heapq.heappush(self._expiry_heap, (p["expires_at"], p["decision_id"]))
 
     async def _load_models(self) -> None:
-        used = {stage.model for skill in self.cfg.skills for stage in skill.cascade}
+        used = {stage.model for skill in self.cfg.skills for stage in skill.cascade} | set(self.active.values())
         for m in self.cfg.models:
-            if m.name not in used:
-                continue
-            try:
-                stage = await asyncio.to_thread(build_stage, m)
-                await self.store.audit("model_load", {"model": m.name, "version": m.version, "backend": m.backend, "sha256": getattr(m, "sha256", None)})
-                log.info("model %s loaded (%s, version %s)", m.name, m.backend, m.version)
-            except ModelError as exc:
-                stage = MissingStage(m.name, m.version, str(exc))
-                await self.store.audit("model_refused", {"model": m.name, "version": m.version, "reason": str(exc)})
-                log.error("model %s not loaded: %s", m.name, exc)
-            self.stages[m.name] = stage
-            self.circuits[m.name] = CircuitBreaker(m.circuit_failures, m.circuit_cooldown_s)
+            if m.name in used:
+                await self._load_model(m.name)
+
+    async def _load_model(self, name: str) -> ModelStage:
+        """Load (or return the loaded) model ``name``; a refused one becomes a MissingStage."""
+        if name in self.stages:
+            return self.stages[name]
+        m = self.cfg.model(name)
+        try:
+            stage = await asyncio.to_thread(build_stage, m)
+            await self.store.audit("model_load", {"model": m.name, "version": m.version, "backend": m.backend, "sha256": getattr(m, "sha256", None)})
+            log.info("model %s loaded (%s, version %s)", m.name, m.backend, m.version)
+        except ModelError as exc:
+            stage = MissingStage(m.name, m.version, str(exc))
+            await self.store.audit("model_refused", {"model": m.name, "version": m.version, "reason": str(exc)})
+            log.error("model %s not loaded: %s", m.name, exc)
+        self.stages[m.name] = stage
+        self.circuits[m.name] = CircuitBreaker(m.circuit_failures, m.circuit_cooldown_s)
+        return stage
+
+    async def activate_model(self, skill_name: str, index: int, model: str, *, by: str) -> dict[str, Any]:
+        """Switch cascade stage ``index`` of a skill to another declared model (e.g. a canary version).
+
+        The model is loaded and hash-checked now, outside any decision; the switch persists
+        until the config changes, and is audited.
+        """
+        skill = self.cfg.skill(skill_name)
+        if not 0 <= index < len(skill.cascade):
+            raise InputError(f"skill {skill_name!r} has {len(skill.cascade)} cascade stage(s); no stage {index}")
+        self.cfg.model(model)  # ConfigError if it is not declared under models
+        stage = await self._load_model(model)
+        if not stage.available:
+            raise ModelError(f"model {model!r} cannot be activated: {stage.missing_reason}")
+        previous = self.active.get((skill_name, index), skill.cascade[index].model)
+        self.active[(skill_name, index)] = model
+        saved = {f"{s}/{i}": m for (s, i), m in self.active.items()}
+        await self.store.set_setting("active_models", json.dumps({"config": self.loaded.sha256, "stages": saved}))
+        await self.store.audit("model_activated", {"skill": skill_name, "stage": index, "from": previous, "to": model,
+                                                   "version": stage.version, "sha256": stage.sha256, "by": by})
+        return {"skill": skill_name, "stage": index, "model": model, "version": stage.version}
 
     # -- deciding ------------------------------------------------------------
 
@@ -230,15 +267,16 @@ class Engine:
         elif not skill.cascade:
             fallback = "model_missing"
         else:
-            for stage_cfg in skill.cascade:
-                trace = StageTrace(model=stage_cfg.model)
+            for index, stage_cfg in enumerate(skill.cascade):
+                model_name = self.active.get((skill.name, index), stage_cfg.model)
+                trace = StageTrace(model=model_name)
                 traces.append(trace)
-                outcome, answer_action = await self._run_stage(skill, stage_cfg, fields, deadline - reserve, trace, late)
+                outcome, answer_action = await self._run_stage(skill, stage_cfg, model_name, fields, deadline - reserve, trace, late)
                 trace.outcome = outcome
                 if outcome == ACCEPTED:
                     action = answer_action
                     source, confidence = "model", trace.confidence
-                    stage = self.stages[stage_cfg.model]
+                    stage = self.stages[model_name]
                     model_info = {"name": stage.name, "version": stage.version, "sha256": stage.sha256}
                     break
                 fallback = outcome
@@ -336,12 +374,13 @@ class Engine:
         self,
         skill: SkillConfig,
         stage_cfg: Any,
+        model_name: str,
         fields: dict[str, Any],
         stop_at: float,
         trace: StageTrace,
         late: list[tuple[StageTrace, CallHandle]],
     ) -> tuple[str, str | None]:
-        stage = self.stages.get(stage_cfg.model)
+        stage = self.stages.get(model_name)
         trace.version = stage.version if stage else None
         if stage is None or not stage.available:
             return "model_missing", None

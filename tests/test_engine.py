@@ -665,3 +665,22 @@ async def test_approved_shutdowns_count_for_fleet_guards(config_factory: Factory
             await eng.approve(rec["id"], by="alice")
         third = await eng.decide(SKILL, HOT)
     assert third["guard"] == "fleet_shutdown_limit"
+
+
+async def test_activate_model_switches_a_stage_and_holds_across_restarts(config_factory: Factory, node_key: NodeKey) -> None:
+    cfg = config_factory(models=[
+        {"name": "fast", "backend": "delay", "delay_ms": 1, "label": "warn", "confidence": 0.95},
+        {"name": "canary", "backend": "delay", "delay_ms": 1, "label": "defrost", "confidence": 0.9, "version": "2"},
+    ])
+    async with engine(cfg, node_key) as eng:
+        assert (await eng.decide(SKILL, COLD))["model"]["name"] == "fast"
+        result = await eng.activate_model(SKILL, 0, "canary", by="operator:alice")
+        assert result == {"skill": SKILL, "stage": 0, "model": "canary", "version": "2"}
+        rec = await eng.decide(SKILL, COLD)
+        assert rec["model"]["name"] == "canary" and rec["action"] == "defrost"
+        with pytest.raises(InputError, match="no stage 3"):
+            await eng.activate_model(SKILL, 3, "canary", by="x")
+    async with engine(cfg, node_key) as eng:  # persisted while the config is the same
+        assert (await eng.decide(SKILL, COLD))["model"]["name"] == "canary"
+        kinds = await eng.store.read(lambda c: [k for (k,) in c.execute("SELECT kind FROM audit WHERE kind = 'model_activated'")])
+    assert kinds == ["model_activated"]

@@ -101,11 +101,20 @@ def test_fleet_commands_are_checked_applied_and_audited(tmp_path: Path, broker: 
         assert node.request({"op": "submit", "skill": "freezer_health", "data": event})["result"]["lifecycle"]["stage"] == "prod"
         assert refused(_send(node, bob, "bob", "set_stage", args={"stage": "dev"})) == "forbidden"
 
+        # activate_model: switch the cascade's first stage to another declared model
+        assert _send(node, alice, "alice", "set_mode", args={"mode": "auto"})[0]["body"]["ok"]
+        [act] = _send(node, alice, "alice", "activate_model", args={"skill": "freezer_health", "stage": 0, "model": "slow"})
+        assert act["body"]["ok"] and act["body"]["result"]["model"] == "slow"
+        rec = node.request({"op": "submit", "skill": "freezer_health", "data": event})["result"]
+        assert rec["stages"][0]["model"] == "slow" and rec["source"] == "rules"  # the slow model misses the deadline
+        [nope] = _send(node, alice, "alice", "activate_model", args={"skill": "freezer_health", "stage": 0, "model": "ghost"})
+        assert nope["body"]["ok"] is False and "unknown model" in nope["body"]["error"]
+
         conn = sqlite3.connect(node.data_dir / "agentd.db")
         audited = [json.loads(b) for (b,) in conn.execute("SELECT body FROM audit WHERE kind = 'command' ORDER BY seq")]
         reasons = [a.get("reason") for a in audited if not a["accepted"]]
         assert {"forbidden", "unknown_signer", "bad_signature", "expired", "replayed", "wrong_target"} <= set(reasons)
-        assert sum(1 for a in audited if a["accepted"]) == 5
+        assert sum(1 for a in audited if a["accepted"]) == 7
         assert cli(node.config_path, "audit", "verify").returncode == 0
     finally:
         node.stop()
