@@ -100,6 +100,7 @@ class MqttConfig(_Model):
     username: str | None = None
     password_file: ConfigPath | None = None
     max_payload_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    digest_interval_s: float = Field(default=30.0, ge=0.1, le=86400)
 
 
 class OperatorConfig(_Model):

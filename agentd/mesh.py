@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd")
 Submit = Callable[[str, Any, "str | None", float], Awaitable[dict[str, Any]]]
 OUTBOX_BATCH = 500
+DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count() can read
 MAX_SKEW_MS = 5 * 60 * 1000  # an HLC further ahead of our clock than this is refused
 MAX_INFLIGHT = 200
 
@@ -155,6 +157,8 @@ class MeshLink:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.rejected: Counter[str] = Counter()
         self._reject_log: dict[str, float] = {}
+        self._answered: dict[str, float] = {}
+        self._resend: list[dict[str, Any]] = []
 
     # -- connection ----------------------------------------------------------
 
@@ -211,6 +215,7 @@ class MeshLink:
                         async with asyncio.TaskGroup() as tg:
                             tg.create_task(self._receive(client, tg), name="mqtt-receive")
                             tg.create_task(self._drain_outbox(client), name="mqtt-outbox")
+                            tg.create_task(self._digests(client), name="mqtt-digest")
                     except asyncio.CancelledError:
                         await self._offline(client)  # a clean stop sends no last will: say it ourselves
                         raise
@@ -240,9 +245,11 @@ class MeshLink:
         # so subscribe per known peer unless unknown peers may be learned.
         if self.cfg.trust.allow_unknown_peers:
             await client.subscribe(topic(self.fleet, "nodes", "+", "decisions"), qos=1)
+            await client.subscribe(topic(self.fleet, "gossip", "+"), qos=1)
         else:
             for peer in sorted(self.cfg.trust.peers):
                 await client.subscribe(topic(self.fleet, "nodes", peer, "decisions"), qos=1)
+                await client.subscribe(topic(self.fleet, "gossip", peer), qos=1)
         await client.subscribe(topic(self.fleet, "nodes", "+", "status"), qos=1)
         if self._on_command is not None:
             await client.subscribe(topic(self.fleet, "cmd", self.node), qos=1)
@@ -283,7 +290,10 @@ class MeshLink:
                     client._client.ack(message.mid, message.qos)
                 continue
             parts = name[len(peers):].split("/") if name.startswith(peers) else []
-            if len(parts) == 2 and parts[0] != self.node and parts[1] in ("decisions", "status"):
+            gossip = topic(self.fleet, "gossip") + "/"
+            if name.startswith(gossip) and name[len(gossip):] != self.node:
+                parts = [name[len(gossip):], "gossip"]
+            if len(parts) == 2 and parts[0] != self.node and parts[1] in ("decisions", "status", "gossip"):
                 await sem.acquire()
                 tg.create_task(self._peer_task(parts[0], parts[1], message.payload, sem), name="mqtt-peer")
             if message.qos > 0:  # fleet state is soft state: anti-entropy repairs what a crash loses
@@ -350,10 +360,47 @@ class MeshLink:
                 log.warning("learned the key of peer %s on first use (trust.allow_unknown_peers)", node)
             await store.upsert_peer(node, status=str(body.get("status", "unknown"))[:16], hlc=env["hlc"],
                                     public_key=self._keys[node], learned=learned)
+        elif env["kind"] == "digest":
+            await self._answer_digest(node, body)
         elif env["kind"] == "decision" and isinstance(body.get("action"), str) and isinstance(body.get("created_at"), int | float):
-            await store.record_peer_decision(node, body, env["hlc"])
-            if self._on_peer_decision is not None:
+            fresh = await store.record_peer_decision(node, body, env["hlc"])
+            if fresh and self._on_peer_decision is not None:  # a resend must not count twice
                 self._on_peer_decision(node, body)
+
+    # -- anti-entropy ---------------------------------------------------------
+
+    async def _digests(self, client: Any) -> None:
+        """Every digest_interval_s: tell the peers how many decisions of each node we hold."""
+        while True:
+            await asyncio.sleep(self.cfg.mqtt.digest_interval_s)
+            since = time.time() - DIGEST_WINDOW_S
+            counts = await self._store().read(functools.partial(queries.fleet_digest, since=since))
+            body = {"since": since, "counts": counts}
+            payload = envelope("digest", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
+            await client.publish(topic(self.fleet, "gossip", self.node), payload, qos=0)
+
+    async def _answer_digest(self, peer: str, body: dict[str, Any]) -> None:
+        """A peer's digest shows fewer of our decisions than we made: send it the ones it lacks."""
+        now = time.monotonic()
+        if now - self._answered.get(peer, -1e9) < self.cfg.mqtt.digest_interval_s:
+            return
+        counts = body.get("counts")
+        since = body.get("since")
+        if not isinstance(counts, dict) or isinstance(since, bool) or not isinstance(since, int | float):
+            return
+        theirs = counts.get(self.node) or [0, 0.0]
+        store = self._store()
+        ours = (await store.read(lambda c: queries.fleet_digest(c, float(since)))).get(self.node, [0, 0.0])
+        if not isinstance(theirs, list) or len(theirs) != 2 or theirs[0] >= ours[0]:
+            return
+        self._answered[peer] = now
+        # They miss some: send what is newer than the newest they have, or the whole window
+        # when the gap is in the middle (same newest, fewer).
+        after = float(theirs[1]) if theirs[1] and float(theirs[1]) < ours[1] else float(since)
+        records = await store.read(lambda c: queries.own_decisions_since(c, self.node, after))
+        self._resend.extend(records)
+        self.counters["resent"] = self.counters.get("resent", 0) + len(records)
+        self._outbox_ready.set()
 
     def _reject(self, node: str, exc: Rejected) -> None:
         self.rejected[exc.reason] += 1
@@ -407,7 +454,8 @@ class MeshLink:
         async def send(seq: int, name: str, payload: bytes, qos: int, retain: int) -> None:
             try:
                 await client.publish(name, payload, qos=qos, retain=bool(retain), timeout=30)
-                acked.append(seq)
+                if seq >= 0:  # -1: an anti-entropy resend, not an outbox row
+                    acked.append(seq)
                 self.counters["published"] += 1
             except Exception as exc:  # the connection is gone: the row stays and is sent again
                 failed.append(exc)
@@ -417,6 +465,11 @@ class MeshLink:
         async with asyncio.TaskGroup() as tg:
             while not failed:
                 self._outbox_ready.clear()
+                while self._resend:  # anti-entropy: our own decisions again, freshly enveloped, on gossip/<node>
+                    record = self._resend.pop(0)
+                    payload = envelope("decision", node=self.node, hlc=self._clock.now(), body=record, key=self._key)
+                    await inflight.acquire()
+                    tg.create_task(send(-1, topic(self.fleet, "gossip", self.node), payload, 1, 0), name="mqtt-resend")
                 rows = await loop.run_in_executor(self._reader, self._read_outbox, after)
                 for seq, name, payload, qos, retain in rows:
                     await inflight.acquire()

@@ -201,6 +201,25 @@ def list_peers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(zip(cols, r, strict=True)) for r in conn.execute(f"SELECT {', '.join(cols)} FROM peers ORDER BY node")]
 
 
+def fleet_digest(conn: sqlite3.Connection, since: float) -> dict[str, list[float]]:
+    """Per origin node: [decisions known since ``since``, newest decision time]; for anti-entropy."""
+    rows = conn.execute("SELECT node, COUNT(*), MAX(ts) FROM fleet_decisions WHERE ts >= ? GROUP BY node", (since,))
+    return {node: [int(n), float(ts)] for node, n, ts in rows}
+
+
+def own_decisions_since(conn: sqlite3.Connection, node: str, since: float, limit: int = 5000) -> list[dict[str, Any]]:
+    """This node's decision records newer than ``since`` (oldest first), to send a peer that missed them."""
+    ids = [r[0] for r in conn.execute(
+        "SELECT decision_id FROM fleet_decisions WHERE node = ? AND ts > ? ORDER BY ts LIMIT ?", (node, since, limit)
+    )]
+    out = []
+    for decision_id in ids:
+        row = conn.execute("SELECT record FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+        if row is not None:
+            out.append(json.loads(row[0]))
+    return out
+
+
 def fleet_summary(conn: sqlite3.Connection, window_s: float = 600.0, now: float | None = None) -> dict[str, Any]:
     """Decisions per node and action in the last ``window_s`` seconds, and the fleet-state map."""
     import time as _time

@@ -383,22 +383,26 @@ class Store:
 
         return await self._submit(op)
 
-    async def record_peer_decision(self, node: str, body: dict[str, Any], hlc: str) -> None:
-        """Keep a peer's decision in the fleet state (rules read it through ``fleet_count``)."""
+    async def record_peer_decision(self, node: str, body: dict[str, Any], hlc: str) -> bool:
+        """Keep a peer's decision in the fleet state (rules read it through ``fleet_count``).
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        Returns False when it was already known (a redelivery or an anti-entropy resend).
+        """
+
+        def op(conn: sqlite3.Connection) -> bool:
+            fresh = conn.execute(
                 "INSERT OR IGNORE INTO fleet_decisions(node, decision_id, skill, action, ts, hlc) VALUES (?,?,?,?,?,?)",
                 (node, str(body["id"]), str(body.get("skill", "")), str(body["action"]), float(body["created_at"]), hlc),
-            )
+            ).rowcount == 1
             conn.execute(
-                "INSERT INTO peers(node, status, last_seen, last_hlc, decisions) VALUES (?, 'online', ?, ?, 1)"
+                "INSERT INTO peers(node, status, last_seen, last_hlc, decisions) VALUES (?, 'online', ?, ?, ?)"
                 " ON CONFLICT(node) DO UPDATE SET last_seen = excluded.last_seen, last_hlc = excluded.last_hlc,"
-                " decisions = decisions + 1",
-                (node, time.time(), hlc),
+                " decisions = decisions + excluded.decisions",
+                (node, time.time(), hlc, int(fresh)),
             )
+            return fresh
 
-        await self._submit(op)
+        return await self._submit(op)
 
     async def upsert_peer(self, node: str, *, status: str, hlc: str, public_key: str | None = None, learned: bool = False) -> None:
         """Record a peer's presence (and a key learned on first use)."""

@@ -23,12 +23,13 @@ class Broker:
     folder: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra: str = ""  # more mosquitto.conf lines
 
     def start(self) -> None:
         conf = self.folder / f"mosquitto-{self.port}.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "set_tcp_nodelay true\nmax_queued_messages 100000\n"
+            "set_tcp_nodelay true\n" + (self.extra or "max_queued_messages 100000\n")
         )
         log = (self.folder / f"mosquitto-{self.port}.log").open("ab")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)

@@ -99,3 +99,39 @@ def test_unknown_peers_are_refused_unless_trust_on_first_use_is_allowed(tmp_path
     finally:
         for n in (a, strict, tofu):
             n.stop()
+
+
+def test_a_node_back_from_offline_catches_up_by_anti_entropy(tmp_path: Path) -> None:
+    """The broker keeps only 3 messages for an offline node and drops the rest; digests repair the gap."""
+    broker = Broker(folder=tmp_path, extra="max_queued_messages 3\n")
+    broker.start()
+    a_dir, b_dir = tmp_path / "node-a" / "data", tmp_path / "node-b" / "data"
+    key_a, _ = create_key(a_dir)
+    key_b, _ = create_key(b_dir)
+    a = _config(tmp_path, "node-a", broker.port, {"peers": {"node-b": key_b.public_b64}})
+    b = _config(tmp_path, "node-b", broker.port, {"peers": {"node-a": key_a.public_b64}})
+    for node in (a, b):
+        cfg = yaml.safe_load(node.config_path.read_text())
+        cfg["mqtt"]["digest_interval_s"] = 0.5
+        node.config_path.write_text(yaml.safe_dump(cfg))
+    a.start()
+    b.start()
+    try:
+        wait_connected(a)
+        wait_connected(b)
+        for i in range(3):
+            assert a.request({"op": "submit", "skill": "freezer_health", "data": WARM, "id": f"before-{i}"})["ok"]
+        _wait(lambda: sum(_fleet(b).get("node-a", {}).values()) == 3)
+        b.stop()  # offline; its persistent session stays on the broker
+        for i in range(30):
+            assert a.request({"op": "submit", "skill": "freezer_health", "data": WARM, "id": f"while-{i}"})["ok"]
+        b.start()
+        wait_connected(b)
+        _wait(lambda: sum(_fleet(b).get("node-a", {}).values()) == 33, timeout=60)
+        assert a.request({"op": "status"})["result"]["broker"].get("resent", 0) > 0
+        peers = {p["node"]: p for p in json.loads(cli(b.config_path, "peers", "--json").stdout)}
+        assert peers["node-a"]["decisions"] == 33  # resends are not counted twice
+    finally:
+        a.stop()
+        b.stop()
+        broker.stop()
