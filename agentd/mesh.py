@@ -95,6 +95,18 @@ def send_command(cfg: Config, payload: bytes, *, command_id: str, target: str, t
     return replies
 
 
+async def _close_client(client: Any) -> None:
+    """Leave the session, but never wait more than 3 s: aiomqtt's own exit waits without a
+    bound for the broker to close, which a congested session may never do."""
+    try:
+        async with asyncio.timeout(3.0):
+            await client.__aexit__(None, None, None)
+    except Exception as exc:  # timed out, or the connection is already gone
+        log.debug("mqtt client closed uncleanly: %s", exc)
+        with contextlib.suppress(Exception):
+            client._client.disconnect()
+
+
 def aiomqtt_error(message: str) -> Exception:
     """An aiomqtt.MqttError, so that the connection loop treats it as a lost connection."""
     import aiomqtt
@@ -207,7 +219,8 @@ class MeshLink:
             try:
                 client = self._client()
                 client._client.manual_ack_set(True)  # ack events only after their decision is committed
-                async with client:
+                await client.__aenter__()
+                try:
                     self.connected, attempt = True, 0
                     log.info("mqtt connected to %s:%s", self.cfg.mqtt.host, self.cfg.mqtt.port)
                     await self._online(client)
@@ -219,6 +232,8 @@ class MeshLink:
                     except asyncio.CancelledError:
                         await self._offline(client)  # a clean stop sends no last will: say it ourselves
                         raise
+                finally:
+                    await _close_client(client)
             except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group:
                 exc = group.exceptions[0]
                 if self.connected:
@@ -382,7 +397,8 @@ class MeshLink:
     async def _answer_digest(self, peer: str, body: dict[str, Any]) -> None:
         """A peer's digest shows fewer of our decisions than we made: send it the ones it lacks."""
         now = time.monotonic()
-        if now - self._answered.get(peer, -1e9) < self.cfg.mqtt.digest_interval_s:
+        # A resend on gossip/<node> reaches every peer: answer at most once per digest round.
+        if now - self._answered.get("*", -1e9) < self.cfg.mqtt.digest_interval_s:
             return
         counts = body.get("counts")
         since = body.get("since")
@@ -393,7 +409,7 @@ class MeshLink:
         ours = (await store.read(lambda c: queries.fleet_digest(c, float(since)))).get(self.node, [0, 0.0])
         if not isinstance(theirs, list) or len(theirs) != 2 or theirs[0] >= ours[0]:
             return
-        self._answered[peer] = now
+        self._answered["*"] = now
         # They miss some: send what is newer than the newest they have, or the whole window
         # when the gap is in the middle (same newest, fewer).
         after = float(theirs[1]) if theirs[1] and float(theirs[1]) < ours[1] else float(since)
