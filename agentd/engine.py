@@ -381,7 +381,6 @@ class Engine:
         late: list[tuple[StageTrace, CallHandle]],
     ) -> tuple[str, str | None]:
         stage = self.stages.get(model_name)
-        trace.version = stage.version if stage else None
         if stage is None or not stage.available:
             return "model_missing", None
         breaker = self.circuits[stage.name]

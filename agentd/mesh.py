@@ -290,6 +290,8 @@ class MeshLink:
     async def _receive(self, client: Any, tg: asyncio.TaskGroup) -> None:
         prefix = self._t("events") + "/"
         peers = topic(self.fleet, "nodes") + "/"
+        gossip = topic(self.fleet, "gossip") + "/"
+        commands = (topic(self.fleet, "cmd", self.node), topic(self.fleet, "cmd", "all"))
         sem = asyncio.Semaphore(self.cfg.daemon.max_pending)
         async for message in client.messages:
             received = time.monotonic()
@@ -298,14 +300,13 @@ class MeshLink:
                 await sem.acquire()
                 tg.create_task(self._one_event(client, message, prefix, received, sem), name="mqtt-event")
                 continue
-            if name in (topic(self.fleet, "cmd", self.node), topic(self.fleet, "cmd", "all")) and self._on_command:
+            if name in commands and self._on_command:
                 await sem.acquire()
                 tg.create_task(self._command_task(message.payload, sem), name="mqtt-command")
                 if message.qos > 0:
                     client._client.ack(message.mid, message.qos)
                 continue
             parts = name[len(peers):].split("/") if name.startswith(peers) else []
-            gossip = topic(self.fleet, "gossip") + "/"
             if name.startswith(gossip) and name[len(gossip):] != self.node:
                 parts = [name[len(gossip):], "gossip"]
             if len(parts) == 2 and parts[0] != self.node and parts[1] in ("decisions", "status", "gossip"):

@@ -169,7 +169,6 @@ class StageTrace:
     confidence: float | None = None
     latency_ms: float | None = None
     outcome: str = ""
-    version: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

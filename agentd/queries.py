@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,9 +223,7 @@ def own_decisions_since(conn: sqlite3.Connection, node: str, since: float, limit
 
 def fleet_summary(conn: sqlite3.Connection, window_s: float = 600.0, now: float | None = None) -> dict[str, Any]:
     """Decisions per node and action in the last ``window_s`` seconds, and the fleet-state map."""
-    import time as _time
-
-    since = (now if now is not None else _time.time()) - window_s
+    since = (now if now is not None else time.time()) - window_s
     rows = conn.execute(
         "SELECT node, action, COUNT(*) FROM fleet_decisions WHERE ts >= ? GROUP BY node, action ORDER BY node, action", (since,)
     ).fetchall()
