@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a checkout for the demo and the tests: Debian packages where absent (mosquitto,
-# python3-venv), a virtual environment in .venv with agentd and its test tools.
+# python3-venv, systemd), a virtual environment in .venv with agentd and its test tools.
 # Idempotent: run it as often as you like. Set AGENTD_SKIP_APT=1 to skip apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,9 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto mosquitto-clients)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The unit and install tests: systemd-analyze, systemd-sysusers (systemd brings libseccomp2 too).
+[ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)
+[ -x /usr/bin/systemd-sysusers ] || need_apt+=(systemd)
 
 if [ ${#need_apt[@]} -gt 0 ] && [ "${AGENTD_SKIP_APT:-0}" != 1 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
