@@ -128,6 +128,7 @@ class StateConfig(_Model):
     retention: RetentionConfig = RetentionConfig()
     checkpoint_every: int = Field(default=1000, ge=1, le=1_000_000)
     checkpoint_interval_s: float = Field(default=300.0, gt=0)
+    min_free_mb: float = Field(default=64.0, ge=0)  # `agentd doctor` fails below this much free space
 
 
 class SimulatorConfig(_Model):
@@ -301,9 +302,23 @@ class SkillConfig(_Model):
         return self
 
 
+def _loopback(value: str) -> str:
+    if value not in ("127.0.0.1", "::1", "localhost"):
+        raise ValueError(f"{value!r}: the metrics endpoint listens on loopback only (127.0.0.1, ::1 or localhost)")
+    return value
+
+
 class MetricsConfig(_Model):
     enabled: bool = False
+    host: Annotated[str, AfterValidator(_loopback)] = "127.0.0.1"
     port: int = Field(default=9464, ge=1, le=65535)
+    mqtt_interval_s: float = Field(default=60.0, ge=0, le=86400)  # 0: no snapshot on MQTT
+
+    @model_validator(mode="after")
+    def _check(self) -> MetricsConfig:
+        if 0 < self.mqtt_interval_s < 1:
+            raise ValueError("mqtt_interval_s must be 0 (off) or at least 1 second")
+        return self
 
 
 class Config(_Model):
