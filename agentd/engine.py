@@ -38,6 +38,8 @@ from agentd.stages.registry import MissingStage, build_stage
 from agentd.store import DecisionWrite, DuplicateEvent, Store
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agentd.config import LoadedConfig, SkillConfig
     from agentd.signing import NodeKey
 
@@ -87,6 +89,7 @@ class Engine:
         self._expiry_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.outbox_ready = outbox_ready or asyncio.Event()  # set when a commit added outbox rows (the MQTT link waits on it)
+        self.on_decision: Callable[[dict[str, Any]], None] | None = None  # metrics: called once per committed decision
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -361,6 +364,8 @@ class Engine:
         self.counters[f"source:{source}"] += 1
         if fallback:
             self.counters[f"fallback:{fallback}"] += 1
+        if self.on_decision is not None:
+            self.on_decision(record)
         for trace, handle in late:
             self._spawn(self._late_answer(record["id"], trace, handle), name=f"late-{record['id'][:8]}")
         if expires_at is not None:
