@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -92,6 +93,11 @@ class TlsConfig(_Model):
     key: ConfigPath | None = None
 
 
+def _protocol_text(value: Any) -> Any:
+    """YAML reads ``protocol: 5`` as a number; the setting is a name."""
+    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
 class MqttConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -101,6 +107,9 @@ class MqttConfig(_Model):
     password_file: ConfigPath | None = None
     max_payload_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     digest_interval_s: float = Field(default=30.0, ge=0.1, le=86400)
+    # auto: MQTT 5, or 3.1.1 when the broker refuses 5 (DESIGN section 6)
+    protocol: Annotated[Literal["auto", "5", "3.1.1"], BeforeValidator(_protocol_text)] = "auto"
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
 
 
 class OperatorConfig(_Model):

@@ -444,6 +444,7 @@ class Daemon:
             status["broker"] = {"enabled": m.enabled, "host": m.host, "port": m.port, "connected": bool(self.link and self.link.connected)}
             if self.link is not None:
                 status["broker"].update(self.link.counters)
+                status["broker"]["protocol"] = self.link.protocol  # "5" or "3.1.1" while connected
                 status["broker"]["rejected"] = dict(self.link.rejected)
             status["peers"] = await engine.store.read(queries.list_peers)
             return status

@@ -44,6 +44,7 @@ OUTBOX_BATCH = 500
 DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count() can read
 MAX_SKEW_MS = 5 * 60 * 1000  # an HLC further ahead of our clock than this is refused
 MAX_INFLIGHT = 200
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5: keep the session like 3.1.1's clean_session=False
 
 
 def send_command(cfg: Config, payload: bytes, *, command_id: str, target: str, timeout_s: float) -> list[dict[str, Any]]:
@@ -105,6 +106,16 @@ async def _close_client(client: Any) -> None:
         log.debug("mqtt client closed uncleanly: %s", exc)
         with contextlib.suppress(Exception):
             client._client.disconnect()
+
+
+def refused_protocol(exc: BaseException) -> bool:
+    """True when a CONNACK said the broker does not speak the MQTT version we asked for."""
+    from aiomqtt.exceptions import MqttConnectError
+
+    if not isinstance(exc, MqttConnectError):
+        return False
+    rc = getattr(exc.rc, "value", exc.rc)
+    return rc in (1, 0x84)  # 3.1.1's "unacceptable protocol version", 5's "unsupported protocol version"
 
 
 def aiomqtt_error(message: str) -> Exception:
@@ -171,11 +182,16 @@ class MeshLink:
         self._reject_log: dict[str, float] = {}
         self._answered: dict[str, float] = {}
         self._resend: list[dict[str, Any]] = []
+        # "5" or "3.1.1": what the next connect asks for; auto starts with 5 and falls back once
+        self._try_protocol = "3.1.1" if cfg.mqtt.protocol == "3.1.1" else "5"
+        self.protocol: str | None = None  # the protocol of the live session
 
     # -- connection ----------------------------------------------------------
 
-    def _client(self) -> Any:
+    def _client(self, protocol: str) -> Any:
         import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
 
         m = self.cfg.mqtt
         password = None
@@ -191,14 +207,23 @@ class MeshLink:
                 ctx.load_cert_chain(m.tls.cert, m.tls.key)
             tls = ctx
         offline = envelope("status", node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
+        # The broker keeps our subscriptions and unacknowledged events across reconnects.
+        session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        if protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+            # How many unacknowledged events the broker may send us at once. Events are acked
+            # only after their commit, so this bounds the batch a commit can hold (mosquitto's
+            # max_inflight_messages, 20 by default, bounds it under 3.1.1).
+            props.ReceiveMaximum = m.receive_maximum
+            session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False, "properties": props}
         return aiomqtt.Client(
             m.host,
             m.port,
             username=m.username,
             password=password,
             identifier=f"agentd-{self.fleet}-{self.node}",
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=False,  # the broker keeps our subscriptions and unacknowledged events
+            **session,
             will=aiomqtt.Will(self._t("status"), offline, qos=1, retain=True),
             keepalive=30,
             timeout=10,
@@ -217,12 +242,22 @@ class MeshLink:
         attempt = 0
         while True:
             try:
-                client = self._client()
+                client = self._client(self._try_protocol)
                 client._client.manual_ack_set(True)  # ack events only after their decision is committed
-                await client.__aenter__()
+                try:
+                    await client.__aenter__()
+                except aiomqtt.MqttError as refused:
+                    if not (self.cfg.mqtt.protocol == "auto" and self._try_protocol == "5" and refused_protocol(refused)):
+                        raise
+                    log.warning("the broker at %s:%s refused MQTT 5 (%s); using MQTT 3.1.1", self.cfg.mqtt.host, self.cfg.mqtt.port, refused)
+                    self._try_protocol = "3.1.1"
+                    client = self._client(self._try_protocol)
+                    client._client.manual_ack_set(True)
+                    await client.__aenter__()
                 try:
                     self.connected, attempt = True, 0
-                    log.info("mqtt connected to %s:%s", self.cfg.mqtt.host, self.cfg.mqtt.port)
+                    self.protocol = self._try_protocol
+                    log.info("mqtt connected to %s:%s with MQTT %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.protocol)
                     await self._online(client)
                     try:
                         async with asyncio.TaskGroup() as tg:
@@ -242,7 +277,7 @@ class MeshLink:
                     log.warning("mqtt connect to %s:%s failed: %s", self.cfg.mqtt.host, self.cfg.mqtt.port, exc)
             except* AgentdError as group:  # config (password file), or the store during a reload
                 log.error("mqtt: %s", group.exceptions[0])
-            self.connected = False
+            self.connected, self.protocol = False, None
             delay = backoff_delay(attempt, cap_s=30.0)
             attempt += 1
             self.counters["reconnects"] += 1
