@@ -22,6 +22,7 @@ from agentd.envelope import Rejected, envelope, topic
 from agentd.errors import AgentdError, ConfigError, InputError
 from agentd.hlc import Clock
 from agentd.mesh import MeshLink
+from agentd.metrics import NodeMetrics
 from agentd.notify import Notifier
 from agentd.rules import compile_all
 from agentd.signing import create_key
@@ -52,6 +53,7 @@ class Daemon:
         self.clock = Clock()
         self.outbox_ready = asyncio.Event()
         self.link: MeshLink | None = None
+        self.metrics: NodeMetrics | None = None
 
     @property
     def stopping(self) -> bool:
@@ -68,6 +70,9 @@ class Daemon:
         cfg = self.loaded.config
         self._setup_logging()
         key, created = await asyncio.to_thread(create_key, cfg.data_dir)
+        if cfg.metrics.enabled:
+            self.metrics = NodeMetrics(cfg=cfg, config_sha256=self.loaded.sha256, live=lambda: (self.engine, self.link))
+            self.metrics.serve()
         self.engine = await self._open_engine(self.loaded, key)
         if created:
             await self.engine.store.audit("key_created", {"public_key": key.public_b64})
@@ -96,6 +101,7 @@ class Daemon:
                         learned_keys={p["node"]: p["public_key"] for p in peers if p["learned"] and p["public_key"]},
                         on_command=self.handle_command,
                     )
+                    self.link.metrics_source = self.metrics.snapshot_async if self.metrics else None
                     tg.create_task(self.link.run(), name="mqtt-link")
                 await self._stop.wait()
                 self.notifier.send("STOPPING=1", "STATUS=draining")
@@ -116,6 +122,8 @@ class Daemon:
             await self.engine.__aexit__(None, None, None)
             if self.link is not None:
                 await self.link.close()
+            if self.metrics is not None:
+                self.metrics.close()
             with contextlib.suppress(OSError):
                 cfg.socket_path.unlink()
             self.notifier.close()
@@ -243,6 +251,7 @@ class Daemon:
 
     async def _open_engine(self, loaded: LoadedConfig, key: Any) -> Engine:
         engine = Engine(loaded=loaded, key=key, clock=self.clock, outbox_ready=self.outbox_ready)
+        engine.on_decision = self.metrics.observe if self.metrics else None
         await engine.__aenter__()
         return engine
 

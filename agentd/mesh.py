@@ -150,6 +150,9 @@ def parse_event(payload: bytes, *, max_bytes: int) -> tuple[str | None, Any]:
 class MeshLink:
     """One node's MQTT session. Run ``await link.run()`` in the daemon's TaskGroup."""
 
+    # Set by the daemon when metrics are enabled: the snapshot published on nodes/<node>/metrics.
+    metrics_source: Callable[[], Awaitable[dict[str, Any]]] | None = None
+
     def __init__(
         self,
         *,
@@ -264,6 +267,7 @@ class MeshLink:
                             tg.create_task(self._receive(client, tg), name="mqtt-receive")
                             tg.create_task(self._drain_outbox(client), name="mqtt-outbox")
                             tg.create_task(self._digests(client), name="mqtt-digest")
+                            tg.create_task(self._metrics(client), name="mqtt-metrics")
                     except asyncio.CancelledError:
                         await self._offline(client)  # a clean stop sends no last will: say it ourselves
                         raise
@@ -429,6 +433,24 @@ class MeshLink:
             body = {"since": since, "counts": counts}
             payload = envelope("digest", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
             await client.publish(topic(self.fleet, "gossip", self.node), payload, qos=0)
+
+    async def _metrics(self, client: Any) -> None:
+        """Every metrics.mqtt_interval_s: the metrics snapshot, signed, on nodes/<node>/metrics at QoS 0."""
+        interval = self.cfg.metrics.mqtt_interval_s
+        if self.metrics_source is None or interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                body = await self.metrics_source()
+                payload = envelope("metrics", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
+            except Exception:  # a metrics bug must not take the MQTT session down; it is logged with its traceback
+                log.exception("metrics snapshot failed")
+                continue
+            if len(payload) > self.cfg.mqtt.max_payload_bytes:
+                log.warning("metrics snapshot of %d bytes is over mqtt.max_payload_bytes; not published", len(payload))
+                continue
+            await client.publish(self._t("metrics"), payload, qos=0)
 
     async def _answer_digest(self, peer: str, body: dict[str, Any]) -> None:
         """A peer's digest shows fewer of our decisions than we made: send it the ones it lacks."""
