@@ -23,7 +23,7 @@ from agentd.config import DelayModelConfig, OnnxModelConfig, StageConfig
 if TYPE_CHECKING:
     from agentd.config import Config, LoadedConfig, SkillConfig
 
-PARTS = ("rules", "onnx", "deadline", "throughput", "footprint")
+PARTS = ("rules", "onnx", "deadline", "throughput", "footprint", "mqtt", "convergence")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -271,4 +271,17 @@ def _start_child(bl: LoadedConfig) -> tuple[float, float]:
     return round(startup, 3), round(rss_kb / 1024, 1)
 
 
-_PARTS = {"rules": _rules, "onnx": _onnx, "deadline": _deadline, "throughput": _throughput, "footprint": _footprint}
+def _mqtt(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
+    from agentd.bench_mesh import mqtt_part
+
+    return mqtt_part(loaded, data_dir, samples)
+
+
+def _convergence(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
+    from agentd.bench_mesh import convergence_part
+
+    return convergence_part(loaded, data_dir, samples)
+
+
+_PARTS = {"rules": _rules, "onnx": _onnx, "deadline": _deadline, "throughput": _throughput, "footprint": _footprint,
+          "mqtt": _mqtt, "convergence": _convergence}
