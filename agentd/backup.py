@@ -191,6 +191,10 @@ def restore_backup(loaded: LoadedConfig, path: Path) -> dict[str, Any]:
         raise StateError(f"node {cfg.node.id} is running (socket {cfg.socket_path}); stop it first with"
                          " `systemctl stop agentd` (or SIGTERM its `agentd run`), then run restore again")
     target = queries.db_path(cfg.data_dir)
+    users = _processes_using(target)
+    if users:
+        raise StateError(f"{target} is open in process(es) {', '.join(map(str, users))} (a running node, or `agentd decide`);"
+                         " stop it first with `systemctl stop agentd`, then run restore again")
     cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     with tempfile.TemporaryDirectory(prefix=".agentd-restore-", dir=cfg.data_dir) as tmp:
         scratch = Path(tmp)
@@ -222,6 +226,25 @@ def restore_backup(loaded: LoadedConfig, path: Path) -> dict[str, Any]:
         "audit_records": manifest["audit"]["records"],
         "decisions": manifest["decisions"],
     }
+
+
+def _processes_using(db: Path) -> list[int]:
+    """Processes that hold the database (or its WAL) open, from /proc; those we may not inspect are missed.
+
+    The socket ping misses a daemon whose socket lives elsewhere (systemd's RUNTIME_DIRECTORY).
+    """
+    names = {str(db.resolve()) + suffix for suffix in ("", "-wal", "-shm")}
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in names:
+                        found.append(int(proc.name))
+                        break
+    return sorted(found)
 
 
 def _check_node_key(data_dir: Path, public_key: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -134,4 +136,18 @@ def test_a_tampered_backup_is_refused(daemon: DaemonProc, tmp_path: Path) -> Non
     assert "signature does not verify" in r.stderr
 
     assert (daemon.data_dir / "agentd.db").read_bytes() == original  # nothing was replaced
+
+    # 4. a good backup, but another process has the database open (a daemon whose socket is elsewhere)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1 FROM decisions').fetchall();"
+         " print('open', flush=True); sys.stdin.read()", str(daemon.data_dir / "agentd.db")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        r = cli(config, "restore", str(good))
+        assert r.returncode == 1
+        assert f"is open in process(es) {holder.pid}" in r.stderr
+    finally:
+        holder.communicate("")
     assert cli(config, "restore", str(good)).returncode == 0
