@@ -60,11 +60,20 @@ class NodeMetrics:
         self._db_lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._server: Any = None
+        self._observe_failed = False
 
     # -- the decision path ---------------------------------------------------------
 
     def observe(self, record: dict[str, Any]) -> None:
-        """Count one committed decision (called by the engine, on the event loop)."""
+        """Count one committed decision (called by the engine, on the event loop); never raises."""
+        try:
+            self._observe(record)
+        except Exception:  # the decision is committed already: a metrics bug must not fail it
+            if not self._observe_failed:
+                self._observe_failed = True
+                log.exception("metrics: a decision could not be counted (logged once)")
+
+    def _observe(self, record: dict[str, Any]) -> None:
         lc = record["lifecycle"]
         stage, release = lc["stage"], lc["release"]
         key = (record["skill"], record["source"], record["fallback_reason"] or "", stage, release)

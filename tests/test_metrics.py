@@ -53,6 +53,8 @@ def test_one_decision_counts_once_in_its_own_registry(config_factory: Callable[.
     assert _value(a, "agentd_model_latency_seconds_count", model="never_ran", version="", stage="canary", release="r1") is None
     assert _value(b, "agentd_decisions_total", source="rules", fallback_reason="timeout", **labels) is None
     assert REGISTRY.get_sample_value("agentd_decisions_total", {"source": "rules", "fallback_reason": "timeout", **labels}) is None
+    a.observe({"skill": "freezer"})  # a malformed record is logged, never raised into the decision path
+    assert _value(a, "agentd_decisions_total", source="rules", fallback_reason="timeout", **labels) == 2
     snap = a.snapshot()  # no database yet: the database gauges are left out, the rest is there
     assert snap["lifecycle"] == {"stage": "dev", "release": "test-1"}
     assert sum(v for _l, v in snap["metrics"]["agentd_decisions_total"]) == 3
