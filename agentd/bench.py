@@ -23,7 +23,7 @@ from agentd.config import DelayModelConfig, OnnxModelConfig, StageConfig
 if TYPE_CHECKING:
     from agentd.config import Config, LoadedConfig, SkillConfig
 
-PARTS = ("rules", "onnx", "deadline", "throughput", "footprint", "mqtt", "convergence")
+PARTS = ("rules", "onnx", "deadline", "throughput", "footprint", "mqtt", "convergence", "llm", "accuracy")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -283,5 +283,17 @@ def _convergence(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str
     return convergence_part(loaded, data_dir, samples)
 
 
+def _llm(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
+    from agentd.bench_llm import llm_part
+
+    return llm_part(loaded, data_dir, samples)
+
+
+def _accuracy(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
+    from agentd.bench_llm import accuracy_part
+
+    return accuracy_part(loaded, data_dir, samples)
+
+
 _PARTS = {"rules": _rules, "onnx": _onnx, "deadline": _deadline, "throughput": _throughput, "footprint": _footprint,
-          "mqtt": _mqtt, "convergence": _convergence}
+          "mqtt": _mqtt, "convergence": _convergence, "llm": _llm, "accuracy": _accuracy}

@@ -14,9 +14,10 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agentd import queries
+from agentd import queries, shadow
 from agentd.envelope import envelope_raw, topic
 from agentd.errors import AgentdError, ConfigError, InputError, ModelError, NotFound
 from agentd.hlc import Clock
@@ -46,6 +47,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd")
 RECENT_IDS = 100_000
 MODES = ("auto", "rules_only", "observe", "manual")
+
+
+@dataclass
+class ShadowCall:
+    """A shadow stage's call in flight beside a decision."""
+
+    skill: SkillConfig
+    index: int
+    cfg: Any
+    trace: StageTrace
+    stop_at: float
+    started: float
+    handle: CallHandle | None = None
 
 
 class Engine:
@@ -265,12 +279,14 @@ class Engine:
         source, fallback, model_info, confidence = "rules", None, None, None
         mode = self.mode
 
+        shadows = [self._start_shadow(skill, i, s, fields, deadline - reserve) for i, s in enumerate(skill.cascade) if s.shadow]
+        acted = [(i, s) for i, s in enumerate(skill.cascade) if not s.shadow]
         if mode == "rules_only":
             fallback = "mode_rules_only"
-        elif not skill.cascade:
+        elif not acted:
             fallback = "model_missing"
         else:
-            for index, stage_cfg in enumerate(skill.cascade):
+            for index, stage_cfg in acted:
                 model_name = self.active.get((skill.name, index), stage_cfg.model)
                 trace = StageTrace(model=model_name)
                 traces.append(trace)
@@ -368,6 +384,8 @@ class Engine:
             self.on_decision(record)
         for trace, handle in late:
             self._spawn(self._late_answer(record["id"], trace, handle), name=f"late-{record['id'][:8]}")
+        for call in shadows:
+            self._spawn(self._finish_shadow(record, call), name=f"shadow-{record['id'][:8]}")
         if expires_at is not None:
             heapq.heappush(self._expiry_heap, (expires_at, record["id"]))
             self._expiry_wake.set()
@@ -422,8 +440,61 @@ class Engine:
         breaker.success()
         trace.answer, trace.confidence, trace.scores = answer.label, answer.confidence, answer.scores
         trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
+        trace.extra = answer.extra
+        mapped = stage_cfg.map.get(answer.label, answer.label)
+        trace.action = mapped if mapped in skill.actions else None
         action, outcome = gate(answer, stage_cfg, skill.actions)
         return outcome, action
+
+    def _start_shadow(self, skill: SkillConfig, index: int, stage_cfg: Any, fields: dict[str, Any], stop_at: float) -> ShadowCall:
+        """Start a shadow stage's call beside the acted cascade; it is never awaited by the decision."""
+        model_name = self.active.get((skill.name, index), stage_cfg.model)
+        call = ShadowCall(skill=skill, index=index, cfg=stage_cfg, trace=StageTrace(model=model_name), stop_at=stop_at, started=time.monotonic())
+        stage = self.stages.get(model_name)
+        budget = stop_at - call.started
+        if stage_cfg.timeout_ms is not None:
+            budget = min(budget, stage_cfg.timeout_ms / 1000)
+        call.stop_at = call.started + budget
+        if stage is None or not stage.available:
+            call.trace.outcome = "model_missing"
+        elif budget <= 0:
+            call.trace.outcome = "timeout"
+        elif stage.expected_wait_s() > budget:
+            call.trace.outcome = "overloaded"
+        else:
+            try:
+                call.handle = stage.call(fields, call.stop_at)
+            except ModelError:
+                call.trace.outcome = "model_error"
+        return call
+
+    async def _finish_shadow(self, record: dict[str, Any], call: ShadowCall) -> None:
+        """Wait for a shadow answer (until its deadline), then store it beside the decision."""
+        trace, skill = call.trace, call.skill
+        if call.handle is not None:
+            try:
+                async with asyncio.timeout(max(0.0, call.stop_at - time.monotonic())):
+                    answer = await asyncio.shield(call.handle.future)
+            except TimeoutError:
+                call.handle.cancel()
+                trace.outcome = "timeout"
+            except (ModelError, Cancelled):
+                trace.outcome = "model_error"
+            else:
+                trace.answer, trace.confidence = answer.label, answer.confidence
+                mapped = call.cfg.map.get(answer.label, answer.label)
+                trace.action = mapped if mapped in skill.actions else None
+                trace.outcome = gate(answer, call.cfg, skill.actions)[1]
+            trace.latency_ms = round((time.monotonic() - call.started) * 1000, 3)
+        stage = self.stages.get(trace.model)
+        life = record["lifecycle"]
+        acted = (record.get("approval") or {}).get("requested_action") or record["action"]
+        row = shadow.ShadowAnswer(
+            record["id"], call.index, skill.name, trace.model, stage.version if stage else "?", life["stage"], life["release"],
+            trace.outcome, trace.answer, trace.action, trace.confidence, trace.latency_ms, acted,
+        )
+        await self.store.write(lambda conn: shadow.insert(conn, row))
+        self.counters["shadow_answers"] += 1
 
     async def _late_answer(self, decision_id: str, trace: StageTrace, handle: CallHandle) -> None:
         try:

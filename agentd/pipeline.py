@@ -170,6 +170,8 @@ class StageTrace:
     latency_ms: float | None = None
     outcome: str = ""
     scores: dict[str, float] = field(default_factory=dict)
+    action: str | None = None  # the answer mapped to an action, whether or not it was acted on
+    extra: dict[str, Any] = field(default_factory=dict)  # backend details: margin, rationale, ...
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -179,6 +181,9 @@ class StageTrace:
             "latency_ms": self.latency_ms,
             "outcome": self.outcome,
         }
+        if self.action is not None:
+            d["action"] = self.action
         if self.scores:
             d["scores"] = {k: round(v, 4) for k, v in self.scores.items()}
+        d.update(self.extra)
         return d

@@ -112,6 +112,27 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX nonces_expiry ON nonces(expires_at);
     """,
+    # 4: answers of shadow stages (recorded, never acted on; see agentd.shadow)
+    """
+    CREATE TABLE shadow_answers (
+        decision_id TEXT NOT NULL,
+        stage_index INTEGER NOT NULL,
+        skill TEXT NOT NULL,
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        lifecycle_stage TEXT NOT NULL,
+        release TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        answer TEXT,
+        action TEXT,
+        confidence REAL,
+        latency_ms REAL,
+        acted_action TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (decision_id, stage_index)
+    );
+    CREATE INDEX shadow_answers_created ON shadow_answers(created_at);
+""",
 ]
 
 

@@ -13,6 +13,11 @@ NOTES = ("", "", "", "routine check", "door left ajar by forklift", "ice on the 
 
 def freezer_event(rng: random.Random) -> dict[str, float | str]:
     """A freezer reading from one of four conditions (mostly normal), as in scripts/build_models.py."""
+    return freezer_reading(rng)[1]
+
+
+def freezer_reading(rng: random.Random) -> tuple[str, dict[str, float | str]]:
+    """The condition drawn and the reading it produced."""
     kind = rng.choices(("normal", "door_open", "icing", "failure"), weights=(70, 15, 10, 5))[0]
     if kind == "normal":
         t, d, a = rng.gauss(-20, 1.2), max(0.0, rng.gauss(10, 10)), rng.gauss(5, 0.5)
@@ -22,7 +27,7 @@ def freezer_event(rng: random.Random) -> dict[str, float | str]:
         t, d, a = rng.gauss(-15, 2), max(0.0, rng.gauss(5, 5)), rng.uniform(7.5, 10)
     else:
         t, d, a = rng.uniform(-8, 5), max(0.0, rng.gauss(5, 5)), rng.choice((rng.uniform(0, 0.4), rng.uniform(11, 14)))
-    return {"temperature_c": round(t, 2), "door_open_s": round(d, 1), "compressor_a": round(max(0.0, a), 2), "note": rng.choice(NOTES)}
+    return kind, {"temperature_c": round(t, 2), "door_open_s": round(d, 1), "compressor_a": round(max(0.0, a), 2), "note": rng.choice(NOTES)}
 
 
 def event_for(skill: SkillConfig, rng: random.Random) -> dict[str, Any]:

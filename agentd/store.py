@@ -443,6 +443,10 @@ class Store:
 
         await self._submit(op)
 
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` in a transaction on the writer thread (batched with other writes)."""
+        return await self._submit(op)
+
     async def delete_outbox(self, seqs: list[int]) -> None:
         """Forget outbox rows the broker acknowledged."""
         await self._submit(lambda conn: conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]))

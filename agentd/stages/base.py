@@ -85,6 +85,7 @@ class _Job:
     inputs: Mapping[str, Any]
     cancel: threading.Event
     future: asyncio.Future[StageAnswer]
+    deadline: float = math.inf
 
 
 class ThreadedStage(ModelStage):
@@ -110,6 +111,7 @@ class ThreadedStage(ModelStage):
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.running_cancels: list[threading.Event] = []  # the cancel flags of the calls now running
+        self.current_deadline = math.inf  # the running call's deadline (time.monotonic()), for backends that use spare time
         self._thread = threading.Thread(target=self._work, name=f"stage-{name}", daemon=True)
         self._thread.start()
 
@@ -129,7 +131,7 @@ class ThreadedStage(ModelStage):
     def call(self, inputs: Mapping[str, Any], deadline: float) -> CallHandle:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        job = _Job(inputs, threading.Event(), loop.create_future())
+        job = _Job(inputs, threading.Event(), loop.create_future(), deadline)
         with self._lock:
             self._queued += 1
         self._jobs.put(job)
@@ -167,6 +169,7 @@ class ThreadedStage(ModelStage):
             return [out[id(j)] for j in batch]
         t0 = time.perf_counter()
         self.running_cancels = [j.cancel for j in live]
+        self.current_deadline = min(j.deadline for j in live)
         try:
             if len(live) == 1:
                 answers = [self.predict(live[0].inputs, live[0].cancel)]

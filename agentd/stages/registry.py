@@ -48,10 +48,6 @@ def build_stage(cfg: OnnxModelConfig | DelayModelConfig | LlamaModelConfig) -> M
         from agentd.stages.delay import DelayStage
 
         return DelayStage(cfg)
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError as exc:
-        raise ModelError(
-            f"model {cfg.name!r}: llama-cpp-python is not installed; install the extra: pip install 'agentd[llm]'"
-        ) from exc
-    raise ModelError(f"model {cfg.name!r}: the llama_cpp backend is not part of this build yet")
+    from agentd.stages.llama import LlamaStage
+
+    return LlamaStage(cfg)

@@ -1,0 +1,283 @@
+"""The llama.cpp stage: a decision is a choice among the skill's labels, scored by likelihood.
+
+The fixed prompt prefix (instructions and few-shot examples) is evaluated once at load
+and its KV cache kept; a decision evaluates only the event's suffix, then scores each
+label's continuation by log-likelihood. The softmax over the labels is the confidence,
+optionally calibrated against a content-free input (Zhao et al. 2021, "Calibrate Before
+Use"). One worker thread owns the ``Llama`` object, which is not thread-safe.
+
+A running evaluation stops when its decision's budget runs out: llama.cpp checks an
+abort callback between graph nodes. The callback is libc's ``strlen`` over a one-byte
+flag buffer, so llama.cpp's compute thread polls it without taking Python's GIL (a
+Python callback would wait for the GIL on every node while the event loop is busy).
+After an abort the context is rewound to the cached prefix and stays usable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentd.errors import ModelError
+from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage
+from agentd.stages.loading import check_memory, verify_file
+
+if TYPE_CHECKING:
+    from agentd.config import LlamaModelConfig, LlamaPromptConfig
+
+
+def render_event(prompt: LlamaPromptConfig, fields: Mapping[str, Any]) -> str:
+    """The event as prompt text: its fields as escaped JSON inside the suffix template.
+
+    JSON escaping keeps quotes, newlines and control characters of event text from
+    reading as prompt structure; strings are cut to ``max_field_chars``.
+    """
+    names = prompt.fields if prompt.fields is not None else sorted(fields)
+    data: dict[str, Any] = {}
+    for name in names:
+        if name not in fields:
+            raise ModelError(f"prompt field {name!r} is not in the event")
+        value = fields[name]
+        if isinstance(value, str) and len(value) > prompt.max_field_chars:
+            value = value[: prompt.max_field_chars]
+        data[name] = value
+    text = json.dumps(data, ensure_ascii=True, separators=(", ", ": "))
+    return prompt.event.replace("{event}", text)
+
+
+def render_prefix(prompt: LlamaPromptConfig, choices: Mapping[str, str]) -> str:
+    """Instructions and few-shot examples: the part of every prompt evaluated once."""
+    parts = [prompt.instructions.rstrip() + "\n\n"] if prompt.instructions.strip() else []
+    for ex in prompt.examples:
+        parts.append(render_event(prompt, ex.input) + choices[ex.label] + "\n\n")
+    return "".join(parts)
+
+
+def content_free(prompt: LlamaPromptConfig, example: Mapping[str, Any]) -> dict[str, Any]:
+    """The content-free input for calibration: every field ``N/A``."""
+    names = prompt.fields if prompt.fields is not None else sorted(example)
+    return dict.fromkeys(names, "N/A")
+
+
+def log_softmax(x: Any) -> Any:
+    import numpy as np
+
+    m = float(np.max(x))
+    return x - (m + math.log(float(np.sum(np.exp(x - m)))))
+
+
+def choice_distribution(logliks: Sequence[float], calibration: Sequence[float] | None = None) -> list[float]:
+    """Softmax over the labels' log-likelihoods; with ``calibration`` (the content-free input's
+    log-probabilities) each probability is divided by the content-free one first, in log space."""
+    if calibration is not None:
+        logliks = [v - c for v, c in zip(logliks, calibration, strict=True)]
+    m = max(logliks)
+    p = [math.exp(v - m) for v in logliks]
+    total = sum(p)
+    return [v / total for v in p]
+
+
+def log_distribution(logliks: Sequence[float]) -> list[float]:
+    """Log-softmax over the labels (the content-free calibration vector)."""
+    m = max(logliks)
+    lse = m + math.log(sum(math.exp(v - m) for v in logliks))
+    return [v - lse for v in logliks]
+
+
+class _Abort:
+    """A flag llama.cpp polls from its compute thread without Python: ``strlen(buf) != 0``."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        self.buf = ctypes.create_string_buffer(2)
+        # strlen returns a size_t; the callback's bool is read from its lowest byte (0 or 1 here).
+        address = ctypes.cast(libc.strlen, ctypes.c_void_p).value
+        if address is None:
+            raise ModelError("cannot find libc's strlen for llama.cpp's abort callback")
+        self.callback = llama_cpp.ggml_abort_callback(address)
+        self.data = ctypes.cast(self.buf, ctypes.c_void_p)
+
+    def set(self) -> None:
+        self.buf[0] = b"x"
+
+    def clear(self) -> None:
+        self.buf[0] = b"\0"
+
+    @property
+    def is_set(self) -> bool:
+        return self.buf[0] != b"\0"
+
+
+class LlamaStage(ThreadedStage):
+    """Scores the labels' continuations after a cached prefix; see the module docstring."""
+
+    max_batch = 1
+
+    def __init__(self, cfg: LlamaModelConfig) -> None:
+        path = Path(cfg.path)
+        verify_file(path, cfg.sha256, what=f"model {cfg.name!r}")
+        size = path.stat().st_size
+        # weights + KV cache (n_ctx x a conservative 40 KiB per token for small models) + compute buffers
+        check_memory(cfg.name, size, working_bytes=cfg.n_ctx * 40 * 1024 + 64 * 2**20, headroom_mb=cfg.memory_headroom_mb)
+        try:
+            import llama_cpp
+            import numpy as np
+        except ImportError as exc:
+            raise ModelError(
+                f"model {cfg.name!r}: llama-cpp-python is not installed; install the extra: pip install 'agentd[llm]'"
+            ) from exc
+        self._np = np
+        self._lc = llama_cpp
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_threads_batch=cfg.n_threads,
+                n_batch=cfg.n_batch, n_gpu_layers=cfg.n_gpu_layers, logits_all=False, verbose=False, seed=0,
+            )
+        except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError on a bad file
+            raise ModelError(f"model {cfg.name!r}: llama.cpp cannot load {path}: {exc}") from exc
+        self.cfg = cfg
+        self.prompt = cfg.prompt
+        self.choices = {label: cfg.prompt.choices.get(label, " " + label) for label in cfg.labels}
+        self._n_vocab = self._llm.n_vocab()
+        self._abort = _Abort()
+        llama_cpp.llama_set_abort_callback(self._llm._ctx.ctx, self._abort.callback, self._abort.data)
+        self.prefix_tokens = self._llm.tokenize(render_prefix(self.prompt, self.choices).encode(), add_bos=True, special=False)
+        self.choice_tokens = {
+            label: self._llm.tokenize(text.encode(), add_bos=False, special=False) for label, text in self.choices.items()
+        }
+        for label, toks in self.choice_tokens.items():
+            if not toks:
+                raise ModelError(f"model {cfg.name!r}: choice text for {label!r} is empty after tokenizing")
+        self._eol = set(self._llm.tokenize(b"\n", add_bos=False, special=False))
+        if len(self.prefix_tokens) + 64 > cfg.n_ctx:
+            raise ModelError(
+                f"model {cfg.name!r}: the prompt prefix is {len(self.prefix_tokens)} tokens; n_ctx {cfg.n_ctx} leaves"
+                " too little room for events (raise n_ctx or shorten instructions/examples)"
+            )
+        self._eval(self.prefix_tokens, 0)  # the cached prefix: every decision starts from here
+        self.calibration: list[float] | None = None
+        if self.prompt.calibrate:
+            example = self.prompt.examples[0].input if self.prompt.examples else {}
+            cf = content_free(self.prompt, example)
+            self.calibration = log_distribution(self.score(render_event(self.prompt, cf), None))
+        super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
+
+    # -- llama.cpp calls (worker thread only) ---------------------------------
+
+    def _eval(self, tokens: Sequence[int], n_past: int) -> None:
+        """Evaluate ``tokens`` at position ``n_past``; Cancelled if the abort flag stopped it."""
+        if n_past + len(tokens) > self.cfg.n_ctx:
+            raise ModelError(f"model {self.name!r}: prompt of {n_past + len(tokens)} tokens exceeds n_ctx {self.cfg.n_ctx}")
+        self._llm.n_tokens = n_past  # eval() drops the KV cache beyond this position first
+        try:
+            self._llm.eval(tokens)
+        except RuntimeError as exc:
+            self._llm.n_tokens = n_past
+            if self._abort.is_set:
+                raise Cancelled("llama.cpp evaluation aborted at the deadline") from exc
+            raise ModelError(f"model {self.name!r}: {exc}") from exc
+
+    def _last_logprobs(self) -> Any:
+        ptr = self._lc.llama_get_logits_ith(self._llm._ctx.ctx, -1)
+        logits = self._np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        return log_softmax(logits.astype(self._np.float64))
+
+    def score(self, suffix: str, cancel: threading.Event | None) -> list[float]:
+        """Log-likelihood of each label's continuation after prefix + ``suffix``, in label order."""
+        base = len(self.prefix_tokens)
+        suffix_tokens = self._llm.tokenize(suffix.encode(), add_bos=False, special=False)
+        self._eval(suffix_tokens, base)
+        after_suffix = base + len(suffix_tokens)
+        first = self._last_logprobs()
+        out: list[float] = []
+        for label in self.cfg.labels:
+            toks = self.choice_tokens[label]
+            total = float(first[toks[0]])
+            for i in range(1, len(toks)):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled while scoring")
+                self._eval(toks[i - 1 : i], after_suffix + i - 1)
+                total += float(self._last_logprobs()[toks[i]])
+            out.append(total)
+        return out
+
+    def suffix_tokens(self, fields: Mapping[str, Any]) -> list[int]:
+        """The event's suffix tokens (the bench's raw-eval baseline uses them)."""
+        return list(self._llm.tokenize(render_event(self.prompt, fields).encode(), add_bos=False, special=False))
+
+    def raw_eval(self, tokens: Sequence[int]) -> None:
+        """Plain llama.cpp evaluation of ``tokens`` after the cached prefix (the bench's baseline)."""
+        self._eval(tokens, len(self.prefix_tokens))
+
+    def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
+        if cancel.is_set():
+            raise Cancelled("cancelled before run")
+        self._abort.clear()
+        if cancel.is_set():  # a cancel between the check and clear() must not be lost
+            raise Cancelled("cancelled before run")
+        logliks = self.score(render_event(self.prompt, inputs), cancel)
+        probs = choice_distribution(logliks, self.calibration)
+        order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)
+        top = order[0]
+        margin = probs[top] - probs[order[1]] if len(order) > 1 else probs[top]
+        extra: dict[str, Any] = {"margin": round(margin, 4)}
+        if self.calibration is not None:
+            raw = choice_distribution(logliks)
+            extra["uncalibrated"] = {label: round(p, 4) for label, p in zip(self.labels, raw, strict=True)}
+        label = self.labels[top]
+        if self.cfg.rationale.enabled:
+            extra["rationale"] = self._rationale(label, inputs, cancel)
+        return StageAnswer(label, probs[top], dict(zip(self.labels, probs, strict=True)), extra=extra)
+
+    def _rationale(self, label: str, inputs: Mapping[str, Any], cancel: threading.Event) -> str:
+        """Greedy tokens after the chosen label, while the decision's budget allows; never changes the choice."""
+        deadline = self.current_deadline
+        reserve = self.cfg.rationale.reserve_ms / 1000
+        base = len(self.prefix_tokens) + len(self.suffix_tokens(inputs))
+        tokens = [*self.choice_tokens[label], *self._llm.tokenize(self.cfg.rationale.prompt.encode(), add_bos=False)]
+        out: list[int] = []
+        t_tok = 0.0
+        try:
+            pos = base
+            pending = tokens
+            for _ in range(self.cfg.rationale.max_tokens):
+                if cancel.is_set() or time.monotonic() + t_tok + reserve > deadline:
+                    break
+                t = time.monotonic()
+                self._eval(pending, pos)
+                pos += len(pending)
+                nxt = int(self._np.argmax(self._last_logprobs()))
+                t_tok = time.monotonic() - t
+                if nxt in self._eol or self._llm.token_eos() == nxt:
+                    break
+                out.append(nxt)
+                pending = [nxt]
+        except Cancelled:
+            pass
+        return self._llm.detokenize(out).decode("utf-8", errors="replace").strip()
+
+    def call(self, inputs: Mapping[str, Any], deadline: float) -> Any:
+        handle = super().call(inputs, deadline)
+        original = handle.cancel
+
+        def cancel() -> None:
+            original()
+            if handle.cancel_event in self.running_cancels:
+                self._abort.set()  # llama.cpp stops at its next graph node
+
+        handle.cancel = cancel  # type: ignore[method-assign]
+        return handle
+
+    async def close(self) -> None:
+        self._abort.set()
+        await super().close()
+        self._llm.close()
