@@ -235,7 +235,10 @@ copy_if_changed 0644 "$SRC/systemd/jetson.conf" "$PREFIX/systemd/jetson.conf"
 
 # ---------------------------------------------------------------- 5. the venv
 if [ -x "$ROOT$VENV/bin/python" ]; then
-  say "venv $VENV exists: upgrading agentd in it"
+  say "venv $VENV exists"
+elif [ -n "$DEPS_VENV" ]; then
+  say "venv $VENV (no pip of its own: $DEPS_VENV's pip installs into it)"
+  run "$PY" -m venv --without-pip "$ROOT$VENV"
 else
   say "venv $VENV"
   run "$PY" -m venv "$ROOT$VENV"
@@ -243,45 +246,58 @@ fi
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 # Build from a copy, so pip's in-tree build leaves nothing behind in the checkout.
-cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/agentd" "$STAGE/"
-[ -f "$SRC/LICENSE" ] && cp "$SRC/LICENSE" "$STAGE/"
-find "$STAGE" -name __pycache__ -type d -prune -exec rm -rf {} +
-if [ -n "$DEPS_VENV" ]; then
+mkdir "$STAGE/src"
+cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/agentd" "$STAGE/src/"
+[ ! -f "$SRC/LICENSE" ] || cp "$SRC/LICENSE" "$STAGE/src/"
+find "$STAGE/src" -name __pycache__ -type d -prune -exec rm -rf {} +
+# Reinstall agentd only when its source changed: a re-run with nothing new is quick.
+SOURCE_SUM=$(cd "$STAGE/src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+STAMP=$VENV/agentd-source.sha256
+PIP=("$ROOT$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+if [ "$(cat "$ROOT$STAMP" 2>/dev/null || true)" = "$SOURCE_SUM" ] && [ -x "$ROOT$VENV/bin/agentd" ]; then
+  say "agentd: already installed from this source (sha256 ${SOURCE_SUM:0:12}...)"
+elif [ -n "$DEPS_VENV" ]; then
   PURELIB=$("$DEPS_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   PLATLIB=$("$DEPS_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
   VENV_SITE=$("$DEPS_VENV/bin/python" -c 'import sysconfig, sys; print(sysconfig.get_paths(vars={"base": sys.argv[1], "platbase": sys.argv[1]})["purelib"])' "$ROOT$VENV")
-  say "dependencies from $DEPS_VENV (a .pth in the new venv), agentd from this checkout (--no-deps)"
+  say "agentd from this checkout (--no-deps); its dependencies from $DEPS_VENV (a .pth file in the venv)"
   printf '  + write %s\n' "$VENV_SITE/agentd-deps.pth"
   [ "$DRY_RUN" = 1 ] || printf '%s\n' "$PURELIB" "$PLATLIB" | sort -u > "$VENV_SITE/agentd-deps.pth"
-  run "$ROOT$VENV/bin/python" -m pip install -q --no-deps --disable-pip-version-check "$STAGE"
-  [ "$WITH_LLM" = 0 ] || say "LLM runtime: whatever $DEPS_VENV has (no llama.cpp build with --deps-from-venv)"
+  run "$DEPS_VENV/bin/python" -m pip --python "$ROOT$VENV/bin/python" install -q --disable-pip-version-check --no-deps "$STAGE/src"
 else
-  run "$ROOT$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  run "$ROOT$VENV/bin/python" -m pip install -q --disable-pip-version-check "$STAGE"
-  if [ "$WITH_LLM" = 1 ]; then
-    LLM_ENV=()
-    if [ "$CUDA" = 1 ]; then
-      LLM_ENV+=("CMAKE_ARGS=-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" "CUDACXX=$NVCC" "PATH=$(dirname "$NVCC"):$PATH")
-      say "LLM runtime: llama-cpp-python built with CUDA (arch $CUDA_ARCH); this takes a while"
-    else
-      say "LLM runtime: llama-cpp-python built for the CPU; 10-40 minutes on a Pi"
-    fi
-    # llama.cpp's build needs about 1 GB per compile job: fewer jobs on small boards.
-    MEM_GB=$(awk '/^MemTotal:/ {print int($2 / 1048576)}' /proc/meminfo 2>/dev/null || echo 1)
-    JOBS=$(nproc 2>/dev/null || echo 1)
-    [ "$MEM_GB" -ge 1 ] || MEM_GB=1
-    [ "$JOBS" -le "$MEM_GB" ] || JOBS=$MEM_GB
-    LLM_ENV+=("CMAKE_BUILD_PARALLEL_LEVEL=$JOBS")
-    LLM_PIP=(-m pip install -q --disable-pip-version-check)
-    # A wheel cached from an earlier CPU build would be reused despite CMAKE_ARGS.
-    [ "$REBUILD_LLM" = 0 ] || LLM_PIP+=(--force-reinstall --no-cache-dir --no-deps)
-    run env "${LLM_ENV[@]}" "$ROOT$VENV/bin/python" "${LLM_PIP[@]}" "${STAGE}[llm]"
-    if [ "$CUDA" = 1 ] && [ "$DRY_RUN" = 0 ]; then
-      "$ROOT$VENV/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' \
-        || say "warning: llama.cpp has no GPU offload (a CPU wheel from pip's cache?): run again with --rebuild-llm"
-    fi
+  say "agentd and its dependencies from this checkout and PyPI"
+  run "${PIP[@]}" --upgrade pip
+  run "${PIP[@]}" "$STAGE/src"
+fi
+printf '  + write %s\n' "$ROOT$STAMP"
+[ "$DRY_RUN" = 1 ] || printf '%s\n' "$SOURCE_SUM" > "$ROOT$STAMP"
+
+if [ "$WITH_LLM" = 0 ]; then
+  say "LLM runtime: left out (--no-llm); rules and ONNX only"
+elif [ -n "$DEPS_VENV" ]; then
+  say "LLM runtime: whatever $DEPS_VENV has (no llama.cpp build with --deps-from-venv)"
+else
+  LLM_REQ=$("$PY" -c 'import sys, tomllib; print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["llm"])' "$SRC/pyproject.toml")
+  LLM_ENV=()
+  if [ "$CUDA" = 1 ]; then
+    LLM_ENV+=("CMAKE_ARGS=-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" "CUDACXX=$NVCC" "PATH=$(dirname "$NVCC"):$PATH")
+    say "LLM runtime: $LLM_REQ built with CUDA (arch $CUDA_ARCH); the first build takes a while"
   else
-    say "LLM runtime: left out (--no-llm); rules and ONNX only"
+    say "LLM runtime: $LLM_REQ built for the CPU; the first build takes 10-40 minutes on a Pi"
+  fi
+  # llama.cpp's build needs about 1 GB per compile job: fewer jobs on small boards.
+  MEM_GB=$(awk '/^MemTotal:/ {print int($2 / 1048576)}' /proc/meminfo 2>/dev/null || echo 1)
+  JOBS=$(nproc 2>/dev/null || echo 1)
+  [ "$MEM_GB" -ge 1 ] || MEM_GB=1
+  [ "$JOBS" -le "$MEM_GB" ] || JOBS=$MEM_GB
+  LLM_ENV+=("CMAKE_BUILD_PARALLEL_LEVEL=$JOBS")
+  LLM_PIP=()
+  # pip would otherwise reuse a wheel cached from an earlier (CPU) build despite CMAKE_ARGS.
+  [ "$REBUILD_LLM" = 0 ] || LLM_PIP+=(--force-reinstall --no-cache-dir --no-deps)
+  run env "${LLM_ENV[@]}" "${PIP[@]}" "${LLM_PIP[@]}" "$LLM_REQ"
+  if [ "$CUDA" = 1 ] && [ "$DRY_RUN" = 0 ]; then
+    "$ROOT$VENV/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' \
+      || say "warning: this llama.cpp cannot offload to the GPU (a CPU build cached by pip?): run again with --rebuild-llm"
   fi
 fi
 if [ "$DRY_RUN" = 0 ]; then

@@ -137,7 +137,9 @@ def test_jetson_drop_in_grants_only_gpu_nodes() -> None:
     for node in allowed:
         assert re.fullmatch(r"/dev/(nvhost-[a-z-]+|nvgpu/igpu0/[a-z]+|nvmap|host1x-fence)", node), node
     # Nothing else in the sandbox is relaxed.
-    assert set(d) <= {"Service.PrivateDevices", "Service.DevicePolicy", "Service.DeviceAllow", "Service.SupplementaryGroups"}
+    assert set(d) <= {"Service.PrivateDevices", "Service.DevicePolicy", "Service.DeviceAllow", "Service.SupplementaryGroups",
+                      "Service.Environment"}
+    assert d.get("Service.Environment", []) == ["LD_LIBRARY_PATH=/usr/local/cuda/lib64"]
 
 
 def test_unit_contract() -> None:
