@@ -34,7 +34,7 @@ def test_help_is_fast_and_imports_no_runtime() -> None:
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentd.cli", "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0 and "decide" in r.stdout
     imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
-    for heavy in ("onnxruntime", "cel", "rich", "llama_cpp", "numpy", "pydantic"):
+    for heavy in ("onnxruntime", "cel", "rich", "llama_cpp", "numpy", "pydantic", "prometheus_client"):
         assert heavy not in imported, f"`agentd --help` imported {heavy}"
 
 

@@ -169,3 +169,19 @@ def test_broker_tls_with_the_wrong_ca_fails_and_the_right_ca_passes(tmp_path: Pa
         assert rc == 0, checks
     finally:
         b.stop()
+
+
+def test_a_clock_behind_the_newest_record_fails(tmp_path: Path, broker: Broker) -> None:
+    config = _node(tmp_path, mqtt_port=broker.port)
+    rc, checks = _doctor(config)
+    assert checks["clock"]["status"] == "ok"
+    # A record stamped an hour ahead of the system clock: as if the clock went back by an hour since.
+    db = sqlite3.connect(tmp_path / "data" / "agentd.db")
+    with db:
+        db.execute("UPDATE decisions SET created_at = created_at + 3600 WHERE event_id = 'doctor-e1'")
+    db.close()
+    rc, checks = _doctor(config)
+    assert rc == 1
+    assert checks["clock"]["status"] == "fail"
+    assert "behind the newest stored record" in checks["clock"]["detail"]
+    assert "timedatectl set-ntp true" in checks["clock"]["fix"]
