@@ -3,7 +3,8 @@
 ``systemd-analyze verify`` must accept the unit, ``systemd-analyze security --offline=yes``
 must rate its sandbox at an exposure of at most 1.5 (docs/DESIGN.md section 10), and the
 runtimes the daemon loads must work under the unit's MemoryDenyWriteExecute=yes: the test
-installs the same seccomp filter systemd installs for it and runs a real ONNX decision.
+installs the same seccomp filter systemd installs for it and runs a real ONNX decision and
+a real llama.cpp evaluation (when the llm extra is installed) under it.
 """
 
 from __future__ import annotations
@@ -212,3 +213,33 @@ def test_onnx_decision_and_ctypes_callbacks_under_mdwe(tmp_path: Path) -> None:
     code = "import ctypes; f = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1); assert f(41) == 42"
     proc = _under_mdwe(tmp_path, [sys.executable, "-c", code])
     assert proc.returncode == 0, proc.stderr
+
+
+_LLAMA = r'''
+import sys
+from pathlib import Path
+import llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=128, verbose=False)
+tokens = llm.tokenize(b"the freezer door is open")
+llm.eval(tokens)
+# A Python abort callback is a libffi closure: the case that once kept W^X off.
+callback = llama_cpp.ggml_abort_callback(lambda data: False)
+llama_cpp.llama_set_abort_callback(llm._ctx.ctx, callback, None)
+llm.reset()
+llm.eval(tokens)
+print("evaluated", llm.n_tokens)
+'''
+
+
+def test_llama_cpp_under_mdwe(tmp_path: Path) -> None:
+    """llama.cpp (CPU) loads a GGUF and evaluates, with a Python abort callback, under W^X."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llm extra) is not installed")
+    from tests.tinygguf import write_tiny_gguf
+
+    model = tmp_path / "tiny.gguf"
+    write_tiny_gguf(model)
+    script = tmp_path / "llama_eval.py"
+    script.write_text(_LLAMA)
+    proc = _under_mdwe(tmp_path, [sys.executable, str(script), str(model)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"evaluated [1-9]\d*", proc.stdout), proc.stdout
