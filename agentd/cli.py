@@ -649,9 +649,10 @@ def demo(config_path: Path | None, nodes: int, seconds: float, rate: float) -> N
     run_fleet_demo(loaded, nodes=nodes, seconds=seconds, rate=rate)
 
 
-from agentd import cli_ops  # noqa: E402 - doctor, backup, restore (they use the helpers above)
+from agentd import cli_ops, cli_report  # noqa: E402 - doctor, backup, restore, report (they use the helpers above)
 
 cli_ops.register(main, sys.modules[__name__])
+cli_report.register(main, sys.modules[__name__])
 
 if __name__ == "__main__":
     main()

@@ -123,11 +123,6 @@ class LlamaStage(ThreadedStage):
     max_batch = 1
 
     def __init__(self, cfg: LlamaModelConfig) -> None:
-        path = Path(cfg.path)
-        verify_file(path, cfg.sha256, what=f"model {cfg.name!r}")
-        size = path.stat().st_size
-        # weights + KV cache (n_ctx x a conservative 40 KiB per token for small models) + compute buffers
-        check_memory(cfg.name, size, working_bytes=cfg.n_ctx * 40 * 1024 + 64 * 2**20, headroom_mb=cfg.memory_headroom_mb)
         try:
             import llama_cpp
             import numpy as np
@@ -135,6 +130,11 @@ class LlamaStage(ThreadedStage):
             raise ModelError(
                 f"model {cfg.name!r}: llama-cpp-python is not installed; install the extra: pip install 'agentd[llm]'"
             ) from exc
+        path = Path(cfg.path)
+        verify_file(path, cfg.sha256, what=f"model {cfg.name!r}")
+        size = path.stat().st_size
+        # weights + KV cache (n_ctx x a conservative 40 KiB per token for small models) + compute buffers
+        check_memory(cfg.name, size, working_bytes=cfg.n_ctx * 40 * 1024 + 64 * 2**20, headroom_mb=cfg.memory_headroom_mb)
         self._np = np
         self._lc = llama_cpp
         try:
