@@ -250,6 +250,13 @@ def check_broker(ctx: Context) -> list[Check]:
     if not m.enabled:
         return [skip("broker", "mqtt.enabled is false")]
     where = f"{m.host}:{m.port}"
+    password = None
+    if m.username and m.password_file:
+        try:
+            password = Path(m.password_file).read_bytes().strip()
+        except OSError as exc:
+            return [fail("broker", f"{m.password_file}: cannot read the MQTT password file: {exc.strerror}",
+                         f"make {m.password_file} readable by the service user (mode 0600)")]
     try:
         sock = socket.create_connection((m.host, m.port), timeout=BROKER_TIMEOUT_S)
     except OSError as exc:
@@ -266,7 +273,7 @@ def check_broker(ctx: Context) -> list[Check]:
             except (ssl.SSLError, OSError) as exc:
                 return [fail("broker", f"{where}: TLS handshake failed: {exc}",
                              "check the broker's TLS listener and mqtt.tls.{ca,cert,key}")]
-        rc = _mqtt_connect(sock, ctx.cfg)
+        rc = _mqtt_connect(sock, ctx.cfg, password)
     except OSError as exc:
         return [fail("broker", f"{where}: {exc}", "check the broker's log; it closed the connection during CONNECT")]
     finally:
@@ -290,7 +297,7 @@ def _tls_context(cfg: Config) -> ssl.SSLContext:
     return ctx
 
 
-def _mqtt_connect(sock: Any, cfg: Config) -> int | None:
+def _mqtt_connect(sock: Any, cfg: Config, password: bytes | None) -> int | None:
     """Send an MQTT 3.1.1 CONNECT (clean session, its own client id) and read the CONNACK code."""
     m = cfg.mqtt
 
@@ -303,9 +310,9 @@ def _mqtt_connect(sock: Any, cfg: Config) -> int | None:
     if m.username:
         flags |= 0x80
         payload += s(m.username)
-        if m.password_file:
+        if password is not None:
             flags |= 0x40
-            payload += s(Path(m.password_file).read_bytes().strip())
+            payload += s(password)
     var = s("MQTT") + bytes([4, flags]) + (10).to_bytes(2, "big")
     body = var + payload
     length, n = b"", len(body)

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,28 @@ def test_a_clock_behind_the_newest_record_fails(tmp_path: Path, broker: Broker) 
     assert checks["clock"]["status"] == "fail"
     assert "behind the newest stored record" in checks["clock"]["detail"]
     assert "timedatectl set-ntp true" in checks["clock"]["fix"]
+
+
+def test_broker_auth_is_checked_with_a_real_connect(tmp_path: Path) -> None:
+    passwd = tmp_path / "mosquitto.passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "node", "right-secret"], check=True, capture_output=True)
+    passwd.chmod(0o600)
+    port = free_port()
+    b = Broker(folder=tmp_path, extra=f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n")
+    b.start()
+    try:
+        for name, secret, expect in (("wrong", "wrong-secret", "fail"), ("right", "right-secret", "ok")):
+            folder = tmp_path / name
+            folder.mkdir()
+            secret_file = folder / "mqtt.secret"
+            secret_file.write_text(secret + "\n")
+            secret_file.chmod(0o600)
+            config = _node(folder, mqtt_port=port, mqtt={"username": "node", "password_file": str(secret_file)})
+            _rc, checks = _doctor(config)
+            assert checks["broker"]["status"] == expect, checks["broker"]
+            assert checks["mqtt password file"]["status"] == "ok"
+            if expect == "fail":
+                assert "CONNACK refused the connection" in checks["broker"]["detail"]
+                assert "mqtt.password_file" in checks["broker"]["fix"]
+    finally:
+        b.stop()
