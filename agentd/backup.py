@@ -134,7 +134,10 @@ def _opened(path: Path, scratch: Path) -> Iterator[Path]:
                 if member.name not in FILES or not member.isfile():
                     raise InputError(f"{path}: unexpected member {member.name[:100]!r}; not a backup made by `agentd backup`")
                 # plain files with known names only (checked above); the "data" filter where this Python has it
-                tar.extract(member, out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, out, filter="data")
+                else:
+                    tar.extract(member, out)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot read the archive: {exc}") from exc
     yield out
