@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,8 +101,39 @@ def _node_configs(loaded: LoadedConfig, root: Path, count: int, port: int, rate:
             "simulator": {"enabled": True, "rate_per_s": rate, "seed": i + 1},
         }
         cfg.get("metrics", {}).pop("port", None)
+        if i > 0:  # one LLM on a small machine is plenty: node-a answers the staff requests
+            _drop_llm(cfg)
         node.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return nodes
+
+
+def _drop_llm(cfg: dict[str, Any]) -> None:
+    """Remove llama_cpp models and the cascade stages that use them (the rules decide those skills)."""
+    llm = {m["name"] for m in cfg.get("models", []) if m.get("backend") == "llama_cpp"}
+    cfg["models"] = [m for m in cfg.get("models", []) if m["name"] not in llm]
+    for skill in cfg["skills"]:
+        skill["cascade"] = [st for st in skill.get("cascade", []) if st["model"] not in llm]
+
+
+def _request_skill(loaded: LoadedConfig) -> str | None:
+    """The skill that takes free-text staff requests (the LLM's), if the config has one."""
+    for skill in loaded.config.skills:
+        if "text" in skill.input and skill.cascade:
+            return skill.name
+    return None
+
+
+def _send_requests(node: DemoNode, skill: str, stop: threading.Event, every_s: float = 4.0) -> None:
+    """Submit a staff request to ``node`` every few seconds (a thread: the LLM takes a while)."""
+    from agentd.client import request
+    from agentd.labelled import operator_requests
+
+    texts = [e for e, _ in operator_requests(400, seed=int(time.time()))]
+    i = 0
+    while not stop.wait(every_s):
+        with contextlib.suppress(AgentdError, OSError):
+            request(node.data / "agentd.sock", {"op": "submit", "skill": skill, "data": texts[i % len(texts)]}, timeout_s=30)
+        i += 1
 
 
 @contextlib.contextmanager
@@ -143,7 +175,7 @@ def _fleet(loaded: LoadedConfig, count: int, rate: float, root: Path) -> Iterato
         broker.wait(timeout=10)
 
 
-def _snapshot(node: DemoNode) -> dict[str, Any]:
+def _snapshot(node: DemoNode, request_skill: str | None = None) -> dict[str, Any]:
     try:
         conn = queries.open_readonly(node.data)
     except AgentdError:
@@ -155,6 +187,9 @@ def _snapshot(node: DemoNode) -> dict[str, Any]:
             "SELECT fallback_reason, COUNT(*) FROM decisions WHERE fallback_reason IS NOT NULL GROUP BY fallback_reason"
         ).fetchall())
         recent = queries.list_decisions(conn, limit=3)
+        if request_skill is not None:  # the rare LLM decision would scroll away among the freezer ones
+            latest = queries.list_decisions(conn, skill=request_skill, limit=1)
+            recent = latest + [d for d in recent if d["id"] not in {x["id"] for x in latest}]
     except Exception:  # a node may be mid-migration at start-up
         return {"name": node.name, "up": False}
     finally:
@@ -183,7 +218,7 @@ def _view(snaps: list[dict[str, Any]], port: int) -> Any:
     for col in ("decided", "model/rules", "fallbacks", "pending", "gossip in", "peers"):
         nodes.add_column(col, overflow="fold")
     feed = Table(title="latest decisions", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("node", "°C / door s / A", "action", "source", "why"):
+    for col in ("node", "input (°C / door s / A, or request)", "action", "source", "why"):
         feed.add_column(col, no_wrap=True)
     for s in snaps:
         if "decisions" not in s:
@@ -192,9 +227,12 @@ def _view(snaps: list[dict[str, Any]], port: int) -> Any:
         by = f"{s['by_source'].get('model', 0)}/{s['by_source'].get('rules', 0)}"
         fb = " ".join(f"{_SHORT.get(k, k)}:{v}" for k, v in sorted(s["fallbacks"].items()))
         nodes.add_row(s["name"], str(s["decisions"]), by, fb, str(s["pending_approvals"]), str(s["gossip_in"]), str(s["peers_online"]))
-        for d in s["recent"][:2]:
+        for d in s["recent"][:3]:
             i = d["inputs"]
-            reading = " / ".join(f"{i.get(k, 0):.{p}f}" for k, p in (("temperature_c", 1), ("door_open_s", 0), ("compressor_a", 1)))
+            if "text" in i:
+                reading = repr(str(i["text"])[:40])
+            else:
+                reading = " / ".join(f"{i.get(k, 0):.{p}f}" for k, p in (("temperature_c", 1), ("door_open_s", 0), ("compressor_a", 1)))
             feed.add_row(s["name"], reading, action_label(d), d["source"], (d["guard"] and f"guard {d['guard']}") or d["fallback_reason"] or "")
     return Group(nodes, feed)
 
@@ -211,15 +249,22 @@ def run_fleet_demo(loaded: LoadedConfig, *, nodes: int, seconds: float, rate: fl
     interrupted = False
     with _fleet(loaded, nodes, rate, root) as (fleet, port):
         started = time.monotonic()
+        stop = threading.Event()
+        request_skill = _request_skill(loaded)
+        if request_skill is not None:
+            console.print(f"{fleet[0].name} also gets a staff request for {request_skill} every 4 s (its LLM, or its keyword rules).")
+            threading.Thread(target=_send_requests, args=(fleet[0], request_skill, stop), daemon=True).start()
         try:
             with Live(console=console, refresh_per_second=2) as live:
                 while not seconds or time.monotonic() - started < seconds:
-                    live.update(_view([_snapshot(n) for n in fleet], port))
+                    live.update(_view([_snapshot(n, request_skill if k == 0 else None) for k, n in enumerate(fleet)], port))
                     if any(n.proc is not None and n.proc.poll() is not None for n in fleet):
                         raise AgentdError(f"a node exited; see {root}/<node>/daemon.log")
                     time.sleep(0.5)
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            stop.set()
     exe = _display_path(Path(sys.argv[0])) if Path(sys.argv[0]).name == "agentd" else "agentd"
     cfg = _display_path(fleet[0].config)
     console.print(

@@ -8,4 +8,6 @@ echo "test: ruff"
 echo "test: mypy"
 .venv/bin/mypy agentd --ignore-missing-imports --no-error-summary
 # pytest exits 5 when it collected no test: that is a failure for us, as is any other non-zero code.
+# The LLM tests must run, not skip, unless the LLM was deliberately left out.
+[ "${AGENTD_SKIP_LLM:-0}" = 1 ] || export AGENTD_REQUIRE_LLM=1
 exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"
