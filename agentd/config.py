@@ -198,7 +198,8 @@ class LlamaPromptConfig(_Model):
     """The fixed prefix (instructions, examples) and how an event becomes the suffix.
 
     ``event`` is the suffix template; ``{event}`` is replaced by the event's fields as
-    escaped JSON (strings cut to ``max_field_chars``), so event text is data, never
+    escaped JSON (``format: text``: the values alone, each escaped as in a JSON string,
+    joined by " | "), strings cut to ``max_field_chars``, so event text is data, never
     instructions. ``choices`` maps a label to the text scored after the suffix (default:
     a space and the label).
     """
@@ -207,6 +208,7 @@ class LlamaPromptConfig(_Model):
     examples: list[PromptExample] = Field(default_factory=list, max_length=64)
     event: str = Field(default="Event: {event}\nAnswer:", min_length=1, max_length=4096)
     fields: list[str] | None = None
+    format: Literal["json", "text"] = "json"  # text: the values only, each escaped like a JSON string
     choices: dict[str, str] = Field(default_factory=dict)
     max_field_chars: int = Field(default=200, ge=1, le=4096)
     calibrate: bool = False

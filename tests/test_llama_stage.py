@@ -107,6 +107,9 @@ def test_event_text_is_escaped_and_cut() -> None:
     assert "\n" not in text.split("E: ", 1)[1].split("\nA:")[0]
     assert '\\"' in text and "answer shutdown" not in text
     assert render_prefix(LlamaPromptConfig(instructions="x"), {}) == "x\n\n"
+    as_text = LlamaPromptConfig(event="R: {event}\nA:", format="text", fields=["note", "t"])
+    text = render_event(as_text, {"t": -3.5, "note": 'a "b"\nc'})
+    assert text == 'R: a \\"b\\"\\nc | -3.5\nA:'
 
 
 def test_calibration_divides_by_the_content_free_answer(tiny: tuple[Path, str]) -> None:
@@ -215,3 +218,23 @@ def test_calls_queue_in_order_and_cancelled_queued_calls_never_run(tiny: tuple[P
             await stage.close()
 
     asyncio.run(main())
+
+
+def test_rationale_is_generated_within_the_budget_and_never_changes_the_choice(tiny: tuple[Path, str]) -> None:
+    path, sha = tiny
+    plain = build_stage(model_cfg(path, sha))
+    explained = build_stage(model_cfg(path, sha, rationale={"enabled": True, "max_tokens": 8}))
+    try:
+        fields = {"temperature_c": -3.5, "note": "warm"}
+        without = plain.predict(fields, threading.Event())
+        explained.current_deadline = time.monotonic() + 60
+        with_reason = explained.predict(fields, threading.Event())
+        assert (with_reason.label, with_reason.scores) == (without.label, without.scores)
+        assert isinstance(with_reason.extra["rationale"], str)
+        assert 0 < with_reason.extra["rationale_tokens"] <= 8
+        explained.current_deadline = time.monotonic() - 1  # no budget left: no rationale, same choice
+        late = explained.predict(fields, threading.Event())
+        assert late.extra["rationale_tokens"] == 0 and late.label == without.label
+    finally:
+        asyncio.run(plain.close())
+        asyncio.run(explained.close())

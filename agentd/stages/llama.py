@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 def render_event(prompt: LlamaPromptConfig, fields: Mapping[str, Any]) -> str:
-    """The event as prompt text: its fields as escaped JSON inside the suffix template.
+    """The event as prompt text: its fields as escaped JSON (or escaped values) inside the suffix template.
 
     JSON escaping keeps quotes, newlines and control characters of event text from
     reading as prompt structure; strings are cut to ``max_field_chars``.
@@ -48,7 +48,10 @@ def render_event(prompt: LlamaPromptConfig, fields: Mapping[str, Any]) -> str:
         if isinstance(value, str) and len(value) > prompt.max_field_chars:
             value = value[: prompt.max_field_chars]
         data[name] = value
-    text = json.dumps(data, ensure_ascii=True, separators=(", ", ": "))
+    if prompt.format == "text":  # escaped like a JSON string, without its quotes: no newline or quote survives
+        text = " | ".join(json.dumps(v if isinstance(v, str) else json.dumps(v), ensure_ascii=True)[1:-1] for v in data.values())
+    else:
+        text = json.dumps(data, ensure_ascii=True, separators=(", ", ": "))
     return prompt.event.replace("{event}", text)
 
 
@@ -235,10 +238,10 @@ class LlamaStage(ThreadedStage):
             extra["uncalibrated"] = {label: round(p, 4) for label, p in zip(self.labels, raw, strict=True)}
         label = self.labels[top]
         if self.cfg.rationale.enabled:
-            extra["rationale"] = self._rationale(label, inputs, cancel)
+            extra["rationale"], extra["rationale_tokens"] = self._rationale(label, inputs, cancel)
         return StageAnswer(label, probs[top], dict(zip(self.labels, probs, strict=True)), extra=extra)
 
-    def _rationale(self, label: str, inputs: Mapping[str, Any], cancel: threading.Event) -> str:
+    def _rationale(self, label: str, inputs: Mapping[str, Any], cancel: threading.Event) -> tuple[str, int]:
         """Greedy tokens after the chosen label, while the decision's budget allows; never changes the choice."""
         deadline = self.current_deadline
         reserve = self.cfg.rationale.reserve_ms / 1000
@@ -263,7 +266,7 @@ class LlamaStage(ThreadedStage):
                 pending = [nxt]
         except Cancelled:
             pass
-        return self._llm.detokenize(out).decode("utf-8", errors="replace").strip()
+        return self._llm.detokenize(out).decode("utf-8", errors="replace").strip(), len(out)
 
     def call(self, inputs: Mapping[str, Any], deadline: float) -> Any:
         handle = super().call(inputs, deadline)
