@@ -63,10 +63,13 @@ def render_prefix(prompt: LlamaPromptConfig, choices: Mapping[str, str]) -> str:
     return "".join(parts)
 
 
-def content_free(prompt: LlamaPromptConfig, example: Mapping[str, Any]) -> dict[str, Any]:
-    """The content-free input for calibration: every field ``N/A``."""
+CONTENT_FREE = ("N/A", "", "[MASK]")  # the content-free inputs of Zhao et al. 2021, averaged
+
+
+def content_free(prompt: LlamaPromptConfig, example: Mapping[str, Any], token: str = "N/A") -> dict[str, Any]:
+    """A content-free input for calibration: every field ``token``."""
     names = prompt.fields if prompt.fields is not None else sorted(example)
-    return dict.fromkeys(names, "N/A")
+    return dict.fromkeys(names, token)
 
 
 def log_softmax(x: Any) -> Any:
@@ -85,13 +88,6 @@ def choice_distribution(logliks: Sequence[float], calibration: Sequence[float] |
     p = [math.exp(v - m) for v in logliks]
     total = sum(p)
     return [v / total for v in p]
-
-
-def log_distribution(logliks: Sequence[float]) -> list[float]:
-    """Log-softmax over the labels (the content-free calibration vector)."""
-    m = max(logliks)
-    lse = m + math.log(sum(math.exp(v - m) for v in logliks))
-    return [v - lse for v in logliks]
 
 
 class _Abort:
@@ -170,8 +166,10 @@ class LlamaStage(ThreadedStage):
         self.calibration: list[float] | None = None
         if self.prompt.calibrate:
             example = self.prompt.examples[0].input if self.prompt.examples else {}
-            cf = content_free(self.prompt, example)
-            self.calibration = log_distribution(self.score(render_event(self.prompt, cf), None))
+            probs = [choice_distribution(self.score(render_event(self.prompt, content_free(self.prompt, example, tok)), None))
+                     for tok in CONTENT_FREE]
+            mean = [sum(col) / len(col) for col in zip(*probs, strict=True)]
+            self.calibration = [math.log(max(p, 1e-300)) for p in mean]
         super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
 
     # -- llama.cpp calls (worker thread only) ---------------------------------
