@@ -118,6 +118,19 @@ def refused_protocol(exc: BaseException) -> bool:
     return rc in (1, 0x84)  # 3.1.1's "unacceptable protocol version", 5's "unsupported protocol version"
 
 
+async def publish_in_loop(client: Any, name: str, payload: bytes, *, qos: int) -> None:
+    """``client.publish`` for a periodic loop: re-raise a cancellation that got lost.
+
+    aiomqtt waits for the publish with ``asyncio.wait_for``, which on Python 3.11 returns the
+    result instead of raising when the task is cancelled in the same instant the publish
+    completes; a loop would then run on and the daemon's TaskGroup wait for it forever.
+    """
+    await client.publish(name, payload, qos=qos)
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def aiomqtt_error(message: str) -> Exception:
     """An aiomqtt.MqttError, so that the connection loop treats it as a lost connection."""
     import aiomqtt
@@ -432,7 +445,7 @@ class MeshLink:
             counts = await self._store().read(functools.partial(queries.fleet_digest, since=since))
             body = {"since": since, "counts": counts}
             payload = envelope("digest", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
-            await client.publish(topic(self.fleet, "gossip", self.node), payload, qos=0)
+            await publish_in_loop(client, topic(self.fleet, "gossip", self.node), payload, qos=0)
 
     async def _metrics(self, client: Any) -> None:
         """Every metrics.mqtt_interval_s: the metrics snapshot, signed, on nodes/<node>/metrics at QoS 0."""
@@ -450,7 +463,7 @@ class MeshLink:
             if len(payload) > self.cfg.mqtt.max_payload_bytes:
                 log.warning("metrics snapshot of %d bytes is over mqtt.max_payload_bytes; not published", len(payload))
                 continue
-            await client.publish(self._t("metrics"), payload, qos=0)
+            await publish_in_loop(client, self._t("metrics"), payload, qos=0)
 
     async def _answer_digest(self, peer: str, body: dict[str, Any]) -> None:
         """A peer's digest shows fewer of our decisions than we made: send it the ones it lacks."""
