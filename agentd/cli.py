@@ -609,7 +609,7 @@ def fleet_send(config_path: Path | None, as_json: bool, cmd: str, target: str, a
 @main.command()
 @config_option
 @json_option
-@click.option("--only", type=click.Choice(["rules", "onnx", "deadline", "throughput", "footprint", "mqtt", "convergence"]), default=None, help="Run one part.")
+@click.option("--only", type=click.Choice(["rules", "onnx", "deadline", "throughput", "footprint", "mqtt", "convergence", "llm", "accuracy"]), default=None, help="Run one part.")
 @click.option("--n", "samples", type=click.IntRange(50, 1_000_000), default=2000, show_default=True, help="Samples per latency part.")
 def bench(config_path: Path | None, as_json: bool, only: str | None, samples: int) -> None:
     """Latency and throughput of each decision path on this box, with baselines from the same run.
