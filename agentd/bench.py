@@ -234,12 +234,28 @@ def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int, **skil
 
 def _footprint(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
     """Start `agentd run` as a child, as configured and rules-only: seconds to READY=1 and RSS."""
-    startup, rss = _start_child(_bench_config(loaded, data_dir / "as-configured"))
-    _, rss_rules = _start_child(_bench_config(loaded, data_dir / "rules-only", cascade=[]))
-    return {"startup_s": startup, "rss_mb": rss, "rss_rules_only_mb": rss_rules}
+    bl = _bench_config(loaded, data_dir / "as-configured")
+    daemon = bl.config.daemon.model_copy(update={"log_level": loaded.config.daemon.log_level})  # log volume as configured
+    configured = _start_child(replace(bl, config=bl.config.model_copy(update={"daemon": daemon})), idle_s=IDLE_S)
+    rules_only = _start_child(_bench_config(loaded, data_dir / "rules-only", cascade=[]))
+    return {
+        "startup_s": configured["startup_s"], "rss_mb": configured["rss_mb"], "rss_rules_only_mb": rules_only["rss_mb"],
+        **{k: v for k, v in configured.items() if k.startswith("idle_")},
+    }
 
 
-def _start_child(bl: LoadedConfig) -> tuple[float, float]:
+IDLE_S = 60.0  # how long the footprint part watches an idle daemon's writes
+
+
+def _io_counters(pid: int) -> dict[str, int]:
+    """/proc/PID/io: write syscalls (syscw), bytes written (wchar), bytes sent to the storage layer (write_bytes)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return {"syscw": int(fields["syscw"]), "wchar": int(fields["wchar"]), "write_bytes": int(fields["write_bytes"])}
+
+
+def _start_child(bl: LoadedConfig, *, idle_s: float = 0.0) -> dict[str, float]:
+    """Start `agentd run` as a child: seconds to READY=1, RSS after a second, and with ``idle_s``
+    what it writes while idle (write syscalls, bytes to storage, log bytes), per minute."""
     import yaml
 
     data_dir = bl.config.data_dir
@@ -254,21 +270,34 @@ def _start_child(bl: LoadedConfig) -> tuple[float, float]:
     sock.bind(str(notify_path))
     sock.settimeout(30)
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    log_path = data_dir / "daemon.log"
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "agentd.cli", "run", "--config", str(cfg_path)], env=env, stderr=subprocess.DEVNULL)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agentd.cli", "run", "--config", str(cfg_path)], env=env, stderr=log)
+    out: dict[str, float] = {}
     try:
         while True:
             msg = sock.recv(4096).decode()
             if "READY=1" in msg:
                 break
-        startup = time.monotonic() - t0
+        out["startup_s"] = round(time.monotonic() - t0, 3)
         time.sleep(1.0)
         rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+        out["rss_mb"] = round(rss_kb / 1024, 1)
+        if idle_s > 0:
+            before, log_before = _io_counters(proc.pid), log_path.stat().st_size
+            time.sleep(idle_s)
+            after, log_after = _io_counters(proc.pid), log_path.stat().st_size
+            per_min = 60.0 / idle_s
+            out["idle_writes_per_min"] = round((after["syscw"] - before["syscw"]) * per_min, 1)
+            out["idle_write_chars_per_min"] = round((after["wchar"] - before["wchar"]) * per_min)  # bytes handed to write()
+            out["idle_write_bytes_per_min"] = round((after["write_bytes"] - before["write_bytes"]) * per_min)  # reached the disk
+            out["idle_log_bytes_per_min"] = round((log_after - log_before) * per_min)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         sock.close()
-    return round(startup, 3), round(rss_kb / 1024, 1)
+    return out
 
 
 def _mqtt(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:

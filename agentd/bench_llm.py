@@ -113,7 +113,8 @@ def llm_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, An
         out["llm_speedup_vs_grammar"] = round(out["llm_grammar_json_p50_ms"] / out["llm_p50_ms"], 2)
         out["llm_speedup_vs_grammar_fresh"] = round(out["llm_grammar_json_fresh_p50_ms"] / out["llm_p50_ms"], 2)
     out.update(_llm_deadline(loaded, skill, data_dir / "deadline", labelled))
-    _, out["rss_llm_mb"] = _start_child(_only_skill(loaded, skill, data_dir / "rss"))
+    child = _start_child(_only_skill(loaded, skill, data_dir / "rss"))
+    out["rss_llm_mb"], out["startup_llm_s"] = child["rss_mb"], child["startup_s"]
     return out
 
 
