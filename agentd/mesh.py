@@ -43,7 +43,8 @@ Submit = Callable[[str, Any, "str | None", float], Awaitable[dict[str, Any]]]
 OUTBOX_BATCH = 500
 DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count() can read
 MAX_SKEW_MS = 5 * 60 * 1000  # an HLC further ahead of our clock than this is refused
-MAX_INFLIGHT = 200
+MAX_INFLIGHT = 200  # outbox publishes waiting for their PUBACK
+PUBACK_TIMEOUT_S = 30.0
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5: keep the session like 3.1.1's clean_session=False
 
 
@@ -198,6 +199,7 @@ class MeshLink:
         self._reject_log: dict[str, float] = {}
         self._answered: dict[str, float] = {}
         self._resend: list[dict[str, Any]] = []
+        self._resent_at: dict[str, float] = {}  # decision id -> when we last resent it
         # "5" or "3.1.1": what the next connect asks for; auto starts with 5 and falls back once
         self._try_protocol = "3.1.1" if cfg.mqtt.protocol == "3.1.1" else "5"
         self.protocol: str | None = None  # the protocol of the live session
@@ -438,14 +440,17 @@ class MeshLink:
     # -- anti-entropy ---------------------------------------------------------
 
     async def _digests(self, client: Any) -> None:
-        """Every digest_interval_s: tell the peers how many decisions of each node we hold."""
+        """On connect, then every digest_interval_s: tell the peers how many decisions of each node we hold.
+
+        The first digest goes out at once: a reconnect is when a partition may have healed.
+        """
         while True:
-            await asyncio.sleep(self.cfg.mqtt.digest_interval_s)
             since = time.time() - DIGEST_WINDOW_S
             counts = await self._store().read(functools.partial(queries.fleet_digest, since=since))
             body = {"since": since, "counts": counts}
             payload = envelope("digest", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
             await publish_in_loop(client, topic(self.fleet, "gossip", self.node), payload, qos=0)
+            await asyncio.sleep(self.cfg.mqtt.digest_interval_s)
 
     async def _metrics(self, client: Any) -> None:
         """Every metrics.mqtt_interval_s: the metrics snapshot, signed, on nodes/<node>/metrics at QoS 0."""
@@ -485,6 +490,16 @@ class MeshLink:
         # when the gap is in the middle (same newest, fewer).
         after = float(theirs[1]) if theirs[1] and float(theirs[1]) < ours[1] else float(since)
         records = await store.read(lambda c: queries.own_decisions_since(c, self.node, after))
+        # Peers' digests lag behind a resend still in flight: resending it again at every
+        # round would only add to the congestion, so each decision waits a few rounds.
+        holdoff = max(2.0, 4 * self.cfg.mqtt.digest_interval_s)
+        records = [r for r in records if now - self._resent_at.get(str(r.get("id")), -1e9) >= holdoff]
+        if not records:
+            return
+        if len(self._resent_at) > 100_000:
+            self._resent_at = {k: t for k, t in self._resent_at.items() if now - t < holdoff}
+        for r in records:
+            self._resent_at[str(r.get("id"))] = now
         self._resend.extend(records)
         self.counters["resent"] = self.counters.get("resent", 0) + len(records)
         self._outbox_ready.set()
@@ -532,43 +547,82 @@ class MeshLink:
         return [(int(s), str(t), bytes(p), int(q), int(r)) for s, t, p, q, r in rows]
 
     async def _drain_outbox(self, client: Any) -> None:
+        """Publish outbox rows (and anti-entropy resends) at QoS 1; delete a row once its PUBACK came.
+
+        Publishes go to paho directly, with PUBACKs matched by message id in paho's
+        on_publish callback (it runs on this event loop): aiomqtt's awaitable publish costs a
+        task, an event and a timer per message, a good part of the loop's time under load.
+        At most MAX_INFLIGHT wait for their PUBACK; one waiting PUBACK_TIMEOUT_S ends the session.
+        """
+        import paho.mqtt.client as mqtt
+
         loop = asyncio.get_running_loop()
-        inflight = asyncio.Semaphore(MAX_INFLIGHT)
+        paho = client._client
+        pending: dict[int, tuple[int, float]] = {}  # mid -> (outbox seq or -1 for a resend, sent at)
         acked: list[int] = []
+        room = asyncio.Event()
         after = 0  # rows at or below this were sent in this session; their deletes may be pending
-        failed: list[BaseException] = []
+        previous = paho.on_publish
 
-        async def send(seq: int, name: str, payload: bytes, qos: int, retain: int) -> None:
-            try:
-                await client.publish(name, payload, qos=qos, retain=bool(retain), timeout=30)
-                if seq >= 0:  # -1: an anti-entropy resend, not an outbox row
-                    acked.append(seq)
+        def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+            previous(c, userdata, mid, reason_code, properties)  # aiomqtt's own (status, digests)
+            entry = pending.pop(mid, None)
+            if entry is None:
+                return
+            self.counters["published"] += 1
+            if entry[0] >= 0:
+                if not acked:
+                    self._outbox_ready.set()  # wake the loop below to delete the acknowledged rows
+                acked.append(entry[0])
+            if len(pending) < MAX_INFLIGHT:
+                room.set()
+
+        def publish(seq: int, name: str, payload: bytes, qos: int, retain: bool) -> None:
+            info = paho.publish(name, payload, qos, retain)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise aiomqtt_error(f"publish failed: {mqtt.error_string(info.rc)}")
+            if qos == 0:  # no PUBACK will come
                 self.counters["published"] += 1
-            except Exception as exc:  # the connection is gone: the row stays and is sent again
-                failed.append(exc)
-            finally:
-                inflight.release()
+                if seq >= 0:
+                    acked.append(seq)
+            else:
+                pending[info.mid] = (seq, time.monotonic())
 
-        async with asyncio.TaskGroup() as tg:
-            while not failed:
+        async def wait_for_room() -> None:
+            while len(pending) >= MAX_INFLIGHT:
+                room.clear()
+                try:
+                    async with asyncio.timeout(PUBACK_TIMEOUT_S):
+                        await room.wait()
+                except TimeoutError:
+                    raise aiomqtt_error(f"no PUBACK for {len(pending)} publishes in {PUBACK_TIMEOUT_S:.0f} s") from None
+
+        paho.on_publish = on_publish
+        try:
+            while True:
                 self._outbox_ready.clear()
+                if pending and time.monotonic() - min(t for _, t in pending.values()) > PUBACK_TIMEOUT_S:
+                    raise aiomqtt_error(f"no PUBACK in {PUBACK_TIMEOUT_S:.0f} s")
                 while self._resend:  # anti-entropy: our own decisions again, freshly enveloped, on gossip/<node>
                     record = self._resend.pop(0)
                     payload = envelope("decision", node=self.node, hlc=self._clock.now(), body=record, key=self._key)
-                    await inflight.acquire()
-                    tg.create_task(send(-1, topic(self.fleet, "gossip", self.node), payload, 1, 0), name="mqtt-resend")
+                    await wait_for_room()
+                    publish(-1, topic(self.fleet, "gossip", self.node), payload, 1, False)
                 rows = await loop.run_in_executor(self._reader, self._read_outbox, after)
                 for seq, name, payload, qos, retain in rows:
-                    await inflight.acquire()
-                    tg.create_task(send(seq, name, payload, qos, retain), name="mqtt-publish")
+                    await wait_for_room()
+                    publish(seq, name, payload, qos, bool(retain))
                     after = seq
                 if acked:
                     done, acked[:] = list(acked), []
                     await self._store().delete_outbox(done)
-                if not rows:
+                if not rows and not self._outbox_ready.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1.0):
                             await self._outbox_ready.wait()
-        if acked:
-            await self._store().delete_outbox(list(acked))
-        raise aiomqtt_error(f"publish failed: {failed[0]}")
+        finally:
+            paho.on_publish = previous
+            if acked:  # acknowledged before the session ended: forget them now (unacknowledged rows stay)
+                with contextlib.suppress(AgentdError, TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await self._store().delete_outbox(list(acked))
