@@ -148,6 +148,7 @@ class LlamaStage(ThreadedStage):
         self.choices = {label: cfg.prompt.choices.get(label, " " + label) for label in cfg.labels}
         self._n_vocab = self._llm.n_vocab()
         self._abort = _Abort()
+        self._abort_lock = threading.Lock()
         llama_cpp.llama_set_abort_callback(self._llm._ctx.ctx, self._abort.callback, self._abort.data)
         self.prefix_tokens = self._llm.tokenize(render_prefix(self.prompt, self.choices).encode(), add_bos=True, special=False)
         self.choice_tokens = {
@@ -220,11 +221,10 @@ class LlamaStage(ThreadedStage):
         self._eval(tokens, len(self.prefix_tokens))
 
     def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
-        if cancel.is_set():
-            raise Cancelled("cancelled before run")
-        self._abort.clear()
-        if cancel.is_set():  # a cancel between the check and clear() must not be lost
-            raise Cancelled("cancelled before run")
+        with self._abort_lock:  # a late cancel of the previous call must not abort this one
+            self._abort.clear()
+            if cancel.is_set():
+                raise Cancelled("cancelled before run")
         logliks = self.score(render_event(self.prompt, inputs), cancel)
         probs = choice_distribution(logliks, self.calibration)
         order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)
@@ -272,8 +272,9 @@ class LlamaStage(ThreadedStage):
 
         def cancel() -> None:
             original()
-            if handle.cancel_event in self.running_cancels:
-                self._abort.set()  # llama.cpp stops at its next graph node
+            with self._abort_lock:
+                if handle.cancel_event in self.running_cancels:
+                    self._abort.set()  # llama.cpp stops at its next graph node
 
         handle.cancel = cancel  # type: ignore[method-assign]
         return handle
