@@ -252,6 +252,7 @@ class Daemon:
     async def _open_engine(self, loaded: LoadedConfig, key: Any) -> Engine:
         engine = Engine(loaded=loaded, key=key, clock=self.clock, outbox_ready=self.outbox_ready)
         engine.on_decision = self.metrics.observe if self.metrics else None
+        engine.store.on_outbox = lambda rows: self.link.offer(rows) if self.link is not None else None
         await engine.__aenter__()
         return engine
 

@@ -200,6 +200,7 @@ class MeshLink:
         self._answered: dict[str, float] = {}
         self._resend: list[dict[str, Any]] = []
         self._resent_at: dict[str, float] = {}  # decision id -> when we last resent it
+        self._fresh: list[tuple[int, str, bytes, int, int]] = []  # rows just committed (see offer)
         # "5" or "3.1.1": what the next connect asks for; auto starts with 5 and falls back once
         self._try_protocol = "3.1.1" if cfg.mqtt.protocol == "3.1.1" else "5"
         self.protocol: str | None = None  # the protocol of the live session
@@ -538,13 +539,35 @@ class MeshLink:
 
     # -- outbox out ----------------------------------------------------------
 
-    def _read_outbox(self, after: int) -> list[tuple[int, str, bytes, int, int]]:
+    def _read_outbox(self, after: int) -> tuple[list[tuple[int, str, bytes, int, int]], int]:
+        """Rows after ``after``, and the outbox's sequence as it was before they were read."""
         if self._read_conn is None:
             self._read_conn = sqlite3.connect(f"file:{queries.db_path(self.cfg.data_dir)}?mode=ro", uri=True, timeout=10)
+        last = self._read_conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         rows = self._read_conn.execute(
             "SELECT seq, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, OUTBOX_BATCH)
         ).fetchall()
-        return [(int(s), str(t), bytes(p), int(q), int(r)) for s, t, p, q, r in rows]
+        return [(int(s), str(t), bytes(p), int(q), int(r)) for s, t, p, q, r in rows], int(last[0]) if last else 0
+
+    def offer(self, rows: list[tuple[int, str, bytes, int, int]]) -> None:
+        """Outbox rows just committed: publish them without reading them back, when they follow on.
+
+        Only a shortcut: rows that do not continue what was sent (other writers, a new
+        session, an overflow) are read from the outbox table as before.
+        """
+        if len(self._fresh) + len(rows) > 10 * OUTBOX_BATCH:
+            self._fresh.clear()  # the publisher is behind; the table has them all
+            return
+        self._fresh.extend(rows)
+        self._outbox_ready.set()
+
+    def _take_fresh(self, after: int) -> list[tuple[int, str, bytes, int, int]]:
+        """The committed rows that continue from ``after`` without a gap; [] when the table must be read."""
+        fresh = [r for r in self._fresh if r[0] > after]
+        self._fresh.clear()
+        if not fresh or fresh[0][0] != after + 1 or fresh[-1][0] - fresh[0][0] != len(fresh) - 1:
+            return []  # a gap (seqs only grow, so first and last tell)
+        return fresh
 
     async def _drain_outbox(self, client: Any) -> None:
         """Publish outbox rows (and anti-entropy resends) at QoS 1; delete a row once its PUBACK came.
@@ -608,7 +631,11 @@ class MeshLink:
                     payload = envelope("decision", node=self.node, hlc=self._clock.now(), body=record, key=self._key)
                     await wait_for_room()
                     publish(-1, topic(self.fleet, "gossip", self.node), payload, 1, False)
-                rows = await loop.run_in_executor(self._reader, self._read_outbox, after)
+                rows = self._take_fresh(after) if after else []
+                if not rows:
+                    rows, last = await loop.run_in_executor(self._reader, self._read_outbox, after)
+                    if not rows:  # nothing after `after` up to `last`: the next fresh row may follow on from there
+                        after = max(after, last)
                 for seq, name, payload, qos, retain in rows:
                     await wait_for_room()
                     publish(seq, name, payload, qos, bool(retain))

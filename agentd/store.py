@@ -47,9 +47,11 @@ class DecisionWrite:
     outbox: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
     approval_expires_at: float | None = None
     record_canonical: bytes | None = None
+    outbox_seqs: list[int] = field(default_factory=list)  # filled in by the writer
 
 
 Op = Callable[[sqlite3.Connection], Any] | DecisionWrite
+OutboxRow = tuple[int, str, bytes, int, int]  # seq, topic, payload, qos, retain
 
 
 class DuplicateEvent(StateError):
@@ -87,6 +89,9 @@ class Store:
         self._pending_audit: list[tuple[Any, ...]] | None = None
         self._closed = False
         self.commits = 0
+        # Called on the event loop with the outbox rows of each commit, so the MQTT link can
+        # publish them without reading them back (the rows stay until their PUBACK).
+        self.on_outbox: Callable[[list[OutboxRow]], None] | None = None
 
     async def __aenter__(self) -> Store:
         self._loop = asyncio.get_running_loop()
@@ -247,6 +252,15 @@ class Store:
     def _finish(self, batch: list[tuple[Op, asyncio.Future[Any]]], done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
         exc = done.exception()
         results = [(False, exc)] * len(batch) if exc else done.result()
+        if self.on_outbox is not None:
+            fresh = [
+                (seq, *row[:3], int(row[3]))
+                for (op, _), (ok, _) in zip(batch, results, strict=True)
+                if ok and isinstance(op, DecisionWrite)
+                for seq, row in zip(op.outbox_seqs, op.outbox, strict=True)
+            ]
+            if fresh:
+                self.on_outbox(fresh)
         for (_, fut), (ok, value) in zip(batch, results, strict=True):
             if fut.done():
                 continue
@@ -298,6 +312,7 @@ class Store:
         outbox: list[tuple[Any, ...]] = []
         approvals: list[tuple[Any, ...]] = []
         fleet: list[tuple[Any, ...]] = []
+        sent: list[DecisionWrite] = []
         for w in writes:
             if w.event_id in existing:
                 results.append((False, DuplicateEvent(f"event {w.event_id!r} already has a decision")))
@@ -313,6 +328,8 @@ class Store:
             ))
             self._append_audit(conn, "decision", r["id"], _audit_body(r, sha256_hex(text)))
             outbox.extend((t, p, q, int(retain), r["created_at"]) for t, p, q, retain in w.outbox)
+            if w.outbox:
+                sent.append(w)
             if w.approval_expires_at is not None:
                 a = r["approval"]
                 approvals.append((r["id"], w.skill, a["requested_action"], a["interim_action"], "pending", r["created_at"], w.approval_expires_at))
@@ -325,6 +342,12 @@ class Store:
         )
         if outbox:
             conn.executemany("INSERT INTO outbox(topic, payload, qos, retain, created_at) VALUES (?,?,?,?,?)", outbox)
+            # AUTOINCREMENT under the write lock: this run's rows hold the last len(outbox) numbers, in order
+            last = int(conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0])
+            seq = last - len(outbox) + 1
+            for w in sent:
+                w.outbox_seqs = list(range(seq, seq + len(w.outbox)))
+                seq += len(w.outbox)
         if approvals:
             conn.executemany(
                 "INSERT INTO approvals(decision_id, skill, requested_action, interim_action, status,"
