@@ -94,6 +94,11 @@ SYSTEMD_UP=0
 DETECT=${AGENTD_INSTALL_DETECT_ROOT:-}
 ARCH=${AGENTD_INSTALL_ARCH:-$(uname -m)}
 JETSON=0 JETSON_MODEL="" CUDA=0 NVCC=""
+case "$ARCH" in
+  x86_64|aarch64) ;;
+  armv6l|armv7l) die "$ARCH: a 32-bit OS; onnxruntime has no wheels for it. Install Raspberry Pi OS (64-bit) and run this again" ;;
+  *) say "warning: $ARCH is untested; pip may have to build some dependencies from source" ;;
+esac
 if [ -f "$DETECT/etc/nv_tegra_release" ]; then
   JETSON=1
   JETSON_MODEL=$(tr '\0' ' ' < "$DETECT/proc/device-tree/compatible" 2>/dev/null || true)

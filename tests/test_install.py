@@ -271,6 +271,13 @@ def test_raspberry_pi_builds_for_the_cpu(checkout: Path, tmp_path: Path) -> None
     assert "agentd.service.d" not in out
 
 
+def test_32_bit_arm_is_refused_with_the_fix(checkout: Path, tmp_path: Path) -> None:
+    proc = sh(checkout, "install.sh", "--dry-run", "--root", str(tmp_path / "root"), env={"AGENTD_INSTALL_ARCH": "armv7l"})
+    assert proc.returncode == 1
+    assert "64-bit" in proc.stderr
+    assert not (tmp_path / "root").exists()
+
+
 def test_bad_options_are_refused(checkout: Path, tmp_path: Path) -> None:
     proc = sh(checkout, "install.sh", "--frobnicate")
     assert proc.returncode == 2
