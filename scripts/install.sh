@@ -365,7 +365,8 @@ else
   fi
 fi
 if [ "$DRY_RUN" = 0 ]; then
-  run "$ROOT$VENV/bin/agentd" config validate "$ROOT$CONF"
+  run "$ROOT$VENV/bin/agentd" config validate "$ROOT$CONF" \
+    || die "$CONF is invalid (see above): fix it and run this again; the service was not restarted"
 fi
 
 # ---------------------------------------------------------------- 7. the node key

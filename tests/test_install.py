@@ -191,6 +191,7 @@ def test_lifecycle_rerun_edit_uninstall_purge(checkout: Path, tmp_path: Path) ->
     proc = sh(checkout, "install.sh", "--root", str(root), "--deps-from-venv", str(VENV), "--node-id", "box-1")
     assert proc.returncode != 0
     assert "deadline_ms" in proc.stderr
+    assert "fix it and run this again" in proc.stderr
     conf.write_text(edited)
 
     # Uninstall keeps the config and the data; --purge deletes them.
