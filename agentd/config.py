@@ -238,6 +238,7 @@ class LlamaModelConfig(_ModelBase):
     n_threads: int = Field(default=2, ge=1, le=256)
     n_batch: int = Field(default=256, ge=1, le=8192)
     n_gpu_layers: int = Field(default=0, ge=-1)
+    nice: int = Field(default=10, ge=0, le=19)  # inference threads yield the CPU to the event loop (deadlines)
     memory_headroom_mb: float = Field(default=128.0, ge=0)
     prompt: LlamaPromptConfig = LlamaPromptConfig()
     rationale: RationaleConfig = RationaleConfig()

@@ -11,7 +11,9 @@ for llama.cpp) or the result is kept as a late answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import queue
 import threading
 import time
@@ -99,6 +101,7 @@ class ThreadedStage(ModelStage):
     """
 
     max_batch = 1
+    nice = 0  # niceness of the worker thread (and of the threads a runtime starts from it)
 
     def __init__(self, *, name: str, version: str, sha256: str | None, labels: tuple[str, ...]) -> None:
         self.name = name
@@ -138,6 +141,9 @@ class ThreadedStage(ModelStage):
         return CallHandle(future=job.future, cancel_event=job.cancel)
 
     def _work(self) -> None:
+        if self.nice:  # Linux: a thread is a task with its own nice value, inherited by threads it starts
+            with contextlib.suppress(OSError, AttributeError):  # not permitted, or not Linux: normal priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         while True:
             job = self._jobs.get()
             if job is None:

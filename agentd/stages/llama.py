@@ -18,7 +18,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -90,6 +92,30 @@ def choice_distribution(logliks: Sequence[float], calibration: Sequence[float] |
     return [v / total for v in p]
 
 
+_LOG_ROUTE: dict[str, Any] = {}  # keeps the ctypes callback referenced: llama.cpp holds its C pointer
+
+
+def _route_llama_logs(llama_cpp: Any) -> None:
+    """Send llama.cpp's own log lines to agentd's logger (JSON on stderr) instead of raw stderr.
+
+    Errors become warnings, except the line llama.cpp writes after every deadline abort
+    (agentd counts those as timeouts); everything else goes to debug.
+    """
+    if _LOG_ROUTE:
+        return
+    log = logging.getLogger("agentd.llama_cpp")
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def callback(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", errors="replace").strip()
+        if line:
+            error = level == 3 and "removing memory module entries" not in line
+            log.log(logging.WARNING if error else logging.DEBUG, "llama.cpp: %s", line)
+
+    _LOG_ROUTE["callback"] = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 class _Abort:
     """A flag llama.cpp polls from its compute thread without Python: ``strlen(buf) != 0``."""
 
@@ -122,6 +148,9 @@ class LlamaStage(ThreadedStage):
     max_batch = 1
 
     def __init__(self, cfg: LlamaModelConfig) -> None:
+        # llama.cpp's CPU backend runs on OpenMP: by default its threads spin for a while after
+        # each evaluation, taking the core the event loop needs to keep deadlines. Sleep instead.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import llama_cpp
             import numpy as np
@@ -134,6 +163,7 @@ class LlamaStage(ThreadedStage):
         size = path.stat().st_size
         # weights + KV cache (n_ctx x a conservative 40 KiB per token for small models) + compute buffers
         check_memory(cfg.name, size, working_bytes=cfg.n_ctx * 40 * 1024 + 64 * 2**20, headroom_mb=cfg.memory_headroom_mb)
+        _route_llama_logs(llama_cpp)
         self._np = np
         self._lc = llama_cpp
         try:
@@ -171,6 +201,7 @@ class LlamaStage(ThreadedStage):
                      for tok in CONTENT_FREE]
             mean = [sum(col) / len(col) for col in zip(*probs, strict=True)]
             self.calibration = [math.log(max(p, 1e-300)) for p in mean]
+        self.nice = cfg.nice  # the worker thread, and the OpenMP team it starts, yield to the event loop
         super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
 
     # -- llama.cpp calls (worker thread only) ---------------------------------
