@@ -33,6 +33,8 @@ class OnnxStage(ThreadedStage):
             import onnxruntime as ort
         except ImportError as exc:
             raise ModelError(f"model {cfg.name!r}: onnxruntime is not installed ({exc})") from exc
+        if hasattr(ort, "disable_telemetry_events"):
+            ort.disable_telemetry_events()  # no device id written under the state directory
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = cfg.threads
         opts.inter_op_num_threads = 1
