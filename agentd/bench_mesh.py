@@ -346,7 +346,9 @@ def convergence_part(loaded: LoadedConfig, data_dir: Path, samples: int, *, node
     return convergence(data_dir, nodes=nodes, events=events)
 
 
-def convergence(root: Path | None = None, *, nodes: int = 20, events: int = 10, digest_interval_s: float = 0.5) -> dict[str, Any]:
+def convergence(
+    root: Path | None = None, *, nodes: int = 20, events: int = 10, digest_interval_s: float = 0.5, log_level: str = "warning"
+) -> dict[str, Any]:
     """The convergence run (also `scripts/bench_convergence.py`)."""
     from agentd.signing import create_key
 
@@ -365,7 +367,7 @@ def convergence(root: Path | None = None, *, nodes: int = 20, events: int = 10, 
                     "node": {"id": n, "fleet": "conv", "data_dir": str(root / n)},
                     "mqtt": {"enabled": True, "port": p1 if i < nodes // 2 else p2, "digest_interval_s": digest_interval_s},
                     "trust": {"peers": {m: k for m, k in keys.items() if m != n}},
-                    "daemon": {"log_level": "warning"},
+                    "daemon": {"log_level": log_level},
                     "skills": [{"name": "s", "input": {"x": {"type": "number"}}, "actions": ["none", "alert"],
                                 "rules": [{"name": "hot", "when": "x > 0.5", "action": "alert"},
                                           {"name": "default", "action": "none", "default": True}]}],

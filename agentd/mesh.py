@@ -31,6 +31,7 @@ from agentd import queries
 from agentd.backoff import backoff_delay
 from agentd.envelope import Rejected, check_envelope, envelope, topic
 from agentd.errors import AgentdError, InputError, MeshError
+from agentd.hlc import decode as hlc_decode
 
 if TYPE_CHECKING:
     from agentd.config import Config
@@ -45,6 +46,7 @@ DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count()
 MAX_SKEW_MS = 5 * 60 * 1000  # an HLC further ahead of our clock than this is refused
 MAX_INFLIGHT = 200  # outbox publishes waiting for their PUBACK
 PUBACK_TIMEOUT_S = 30.0
+RESEND_GRACE_S = 1.0  # time a resend is given to reach the peers before their digests count against it
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5: keep the session like 3.1.1's clean_session=False
 
 
@@ -298,7 +300,9 @@ class MeshLink:
             except* AgentdError as group:  # config (password file), or the store during a reload
                 log.error("mqtt: %s", group.exceptions[0])
             self.connected, self.protocol = False, None
-            delay = backoff_delay(attempt, cap_s=30.0)
+            # Small first steps: a broker restart (or a healed link) is usually back within a
+            # second; full jitter still spreads a fleet's reconnects, and the cap bounds the rate.
+            delay = backoff_delay(attempt, base_s=0.1, cap_s=30.0)
             attempt += 1
             self.counters["reconnects"] += 1
             await asyncio.sleep(delay)
@@ -432,7 +436,7 @@ class MeshLink:
             await store.upsert_peer(node, status=str(body.get("status", "unknown"))[:16], hlc=env["hlc"],
                                     public_key=self._keys[node], learned=learned)
         elif env["kind"] == "digest":
-            await self._answer_digest(node, body)
+            await self._answer_digest(node, body, hlc_decode(env["hlc"])[0] / 1000)
         elif env["kind"] == "decision" and isinstance(body.get("action"), str) and isinstance(body.get("created_at"), int | float):
             fresh = await store.record_peer_decision(node, body, env["hlc"])
             if fresh and self._on_peer_decision is not None:  # a resend must not count twice
@@ -471,8 +475,8 @@ class MeshLink:
                 continue
             await publish_in_loop(client, self._t("metrics"), payload, qos=0)
 
-    async def _answer_digest(self, peer: str, body: dict[str, Any]) -> None:
-        """A peer's digest shows fewer of our decisions than we made: send it the ones it lacks."""
+    async def _answer_digest(self, peer: str, body: dict[str, Any], made_at: float) -> None:
+        """A peer's digest (made at ``made_at``, its HLC) shows fewer of our decisions than we made: send them again."""
         now = time.monotonic()
         # A resend on gossip/<node> reaches every peer: answer at most once per digest round.
         if now - self._answered.get("*", -1e9) < self.cfg.mqtt.digest_interval_s:
@@ -491,18 +495,20 @@ class MeshLink:
         # when the gap is in the middle (same newest, fewer).
         after = float(theirs[1]) if theirs[1] and float(theirs[1]) < ours[1] else float(since)
         records = await store.read(lambda c: queries.own_decisions_since(c, self.node, after))
-        # Peers' digests lag behind a resend still in flight: resending it again at every
-        # round would only add to the congestion, so each decision waits a few rounds.
-        holdoff = max(2.0, 4 * self.cfg.mqtt.digest_interval_s)
-        records = [r for r in records if now - self._resent_at.get(str(r.get("id")), -1e9) >= holdoff]
+        # A digest made before our last resend of a decision could reach the peer says nothing
+        # about that resend: resending again for it would only pile up behind congestion (and
+        # every peer's digest would ask). A digest made after that and still lacking it does.
+        wall = time.time()
+        records = [r for r in records if made_at >= self._resent_at.get(str(r.get("id")), -1e18) + RESEND_GRACE_S]
         if not records:
             return
         if len(self._resent_at) > 100_000:
-            self._resent_at = {k: t for k, t in self._resent_at.items() if now - t < holdoff}
+            self._resent_at = {k: t for k, t in self._resent_at.items() if wall - t < 3600}
         for r in records:
-            self._resent_at[str(r.get("id"))] = now
+            self._resent_at[str(r.get("id"))] = wall
         self._resend.extend(records)
         self.counters["resent"] = self.counters.get("resent", 0) + len(records)
+        log.info("anti-entropy: %s holds %s of our %s decisions; resending %d", peer[:64], theirs[0], ours[0], len(records))
         self._outbox_ready.set()
 
     def _reject(self, node: str, exc: Rejected) -> None:
