@@ -20,7 +20,9 @@ def register(group: click.Group, cli: ModuleType) -> None:
     @cli.json_option
     @click.option("--skill", default=None, help="Only this skill.")
     @click.option("--hours", type=click.FloatRange(0, 24 * 3650, min_open=True), default=None, help="Only the last H hours (default: all kept).")
-    def report(config_path: Path | None, as_json: bool, skill: str | None, hours: float | None) -> None:
+    @click.option("--stage", type=click.Choice(["dev", "canary", "prod"]), default=None, help="Lifecycle stage.")
+    @click.option("--release", default=None, help="Lifecycle release.")
+    def report(config_path: Path | None, as_json: bool, skill: str | None, hours: float | None, stage: str | None, release: str | None) -> None:
         """Every model stage, acted and shadow, per version and lifecycle stage/release: calls,
         agreement with the acted decision, confidence (p10/p50/p90), latency (p50/p99), outcomes.
 
@@ -32,7 +34,7 @@ def register(group: click.Group, cli: ModuleType) -> None:
         loaded = cli._load(config_path)
         conn = queries.open_readonly(loaded.config.data_dir)
         since = time.time() - hours * 3600 if hours else None
-        rows = shadow.report(conn, skill=skill, since=since)
+        rows = shadow.report(conn, skill=skill, since=since, stage=stage, release=release)
         if as_json:
             cli._emit_json({"stages": rows})
             return
@@ -45,9 +47,9 @@ def register(group: click.Group, cli: ModuleType) -> None:
 
         cli._table(
             "model stages",
-            ["skill", "model", "version", "role", "stage/release", "calls", "agree", "conf p10/50/90", "ms p50/p99", "outcomes"],
+            ["skill", "model", "version", "role", "stage/release", "calls", "answered", "agree", "conf p10/50/90", "ms p50/p99", "outcomes"],
             (
-                [r["skill"], r["model"], r["version"], r["role"], f"{r['stage']}/{r['release']}", r["calls"],
+                [r["skill"], r["model"], r["version"], r["role"], f"{r['stage']}/{r['release']}", r["calls"], r["answered"],
                  fmt(r["agreement"], True), "/".join(fmt(r["confidence"][k]) for k in ("p10", "p50", "p90")),
                  "/".join(fmt(r["latency_ms"][k]) for k in ("p50", "p99")),
                  " ".join(f"{k}:{v}" for k, v in sorted(r["outcomes"].items()))]

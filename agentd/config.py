@@ -253,6 +253,9 @@ class LlamaModelConfig(_ModelBase):
         for i, ex in enumerate(self.prompt.examples):
             if ex.label not in self.labels:
                 raise ValueError(f"prompt.examples[{i}].label: {ex.label!r} is not one of the labels")
+            lacking = [f for f in self.prompt.fields or () if f not in ex.input]
+            if lacking:
+                raise ValueError(f"prompt.examples[{i}].input: lacks prompt field(s) {', '.join(lacking)}")
         return self
 
 
@@ -416,6 +419,22 @@ class Config(_Model):
                         f"skill {skill.name!r}: cascade model {stage.model!r} is not declared under models"
                         f" (declared: {', '.join(names) or 'none'})"
                     )
+        acted = {st.model for sk in self.skills for st in sk.cascade if not st.shadow}
+        for skill in self.skills:
+            for i, stage in enumerate(skill.cascade):
+                if stage.shadow and stage.model in acted:
+                    raise ValueError(
+                        f"skill {skill.name!r}: cascade[{i}] is a shadow of model {stage.model!r}, which an acted stage"
+                        " also uses; they would share one worker (declare the shadow's own model, e.g. the canary version)"
+                    )
+                model = next(m for m in self.models if m.name == stage.model)
+                if isinstance(model, LlamaModelConfig) and model.prompt.fields is not None:
+                    missing = [f for f in model.prompt.fields if f not in skill.input]
+                    if missing:
+                        raise ValueError(
+                            f"skill {skill.name!r}: model {model.name!r} puts field(s) {', '.join(missing)} in its prompt,"
+                            f" which the skill's input does not have (known: {', '.join(skill.input)})"
+                        )
         for skill in self.skills:
             if skill.deadline_ms <= self.daemon.deadline_reserve_ms:
                 raise ValueError(

@@ -279,7 +279,6 @@ class Engine:
         source, fallback, model_info, confidence = "rules", None, None, None
         mode = self.mode
 
-        shadows = [self._start_shadow(skill, i, s, fields, deadline - reserve) for i, s in enumerate(skill.cascade) if s.shadow]
         acted = [(i, s) for i, s in enumerate(skill.cascade) if not s.shadow]
         if mode == "rules_only":
             fallback = "mode_rules_only"
@@ -384,8 +383,12 @@ class Engine:
             self.on_decision(record)
         for trace, handle in late:
             self._spawn(self._late_answer(record["id"], trace, handle), name=f"late-{record['id'][:8]}")
-        for call in shadows:
-            self._spawn(self._finish_shadow(record, call), name=f"shadow-{record['id'][:8]}")
+        if mode != "rules_only":
+            # Shadows start once the decision is committed, so they never delay it or queue ahead of it.
+            for index, stage_cfg in enumerate(skill.cascade):
+                if stage_cfg.shadow:
+                    call = self._start_shadow(skill, index, stage_cfg, fields)
+                    self._spawn(self._finish_shadow(record, call), name=f"shadow-{record['id'][:8]}")
         if expires_at is not None:
             heapq.heappush(self._expiry_heap, (expires_at, record["id"]))
             self._expiry_wake.set()
@@ -426,6 +429,9 @@ class Engine:
         try:
             async with asyncio.timeout(budget):
                 answer = await asyncio.shield(handle.future)
+        except asyncio.CancelledError:
+            handle.cancel()  # the decision was abandoned (shutdown): free the worker too
+            raise
         except TimeoutError:
             handle.cancel()
             breaker.failure(time.monotonic())
@@ -446,20 +452,22 @@ class Engine:
         action, outcome = gate(answer, stage_cfg, skill.actions)
         return outcome, action
 
-    def _start_shadow(self, skill: SkillConfig, index: int, stage_cfg: Any, fields: dict[str, Any], stop_at: float) -> ShadowCall:
-        """Start a shadow stage's call beside the acted cascade; it is never awaited by the decision."""
+    def _start_shadow(self, skill: SkillConfig, index: int, stage_cfg: Any, fields: dict[str, Any]) -> ShadowCall:
+        """Start a shadow stage's call for a committed decision, with the skill's deadline of its own.
+
+        A shadow that would wait for its worker is skipped (``overloaded``): it samples the
+        events that come while it is idle, and never holds up an acted call.
+        """
         model_name = self.active.get((skill.name, index), stage_cfg.model)
-        call = ShadowCall(skill=skill, index=index, cfg=stage_cfg, trace=StageTrace(model=model_name), stop_at=stop_at, started=time.monotonic())
-        stage = self.stages.get(model_name)
-        budget = stop_at - call.started
+        now = time.monotonic()
+        budget = skill.deadline_ms / 1000
         if stage_cfg.timeout_ms is not None:
             budget = min(budget, stage_cfg.timeout_ms / 1000)
-        call.stop_at = call.started + budget
+        call = ShadowCall(skill=skill, index=index, cfg=stage_cfg, trace=StageTrace(model=model_name), stop_at=now + budget, started=now)
+        stage = self.stages.get(model_name)
         if stage is None or not stage.available:
             call.trace.outcome = "model_missing"
-        elif budget <= 0:
-            call.trace.outcome = "timeout"
-        elif stage.expected_wait_s() > budget:
+        elif stage.busy() or stage.expected_wait_s() > budget:
             call.trace.outcome = "overloaded"
         else:
             try:

@@ -50,11 +50,20 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(s[min(len(s) - 1, int(q * len(s)))], 4)
 
 
-def report(conn: sqlite3.Connection, *, skill: str | None = None, since: float | None = None, limit: int = 50_000) -> list[dict[str, Any]]:
+def report(
+    conn: sqlite3.Connection,
+    *,
+    skill: str | None = None,
+    since: float | None = None,
+    stage: str | None = None,
+    release: str | None = None,
+    limit: int = 50_000,
+) -> list[dict[str, Any]]:
     """One row per (skill, model, version, role, lifecycle stage, release), newest decisions first.
 
-    ``agreement`` is the share of answered calls whose action equals the acted one;
-    ``confidence`` and ``latency_ms`` give p10/p50/p90 and p50/p99.
+    ``agreement`` is the share of *answered* calls whose action equals the acted one (read
+    it with ``answered`` / ``calls``); ``confidence`` and ``latency_ms`` give p10/p50/p90 and
+    p50/p99. ``stage`` and ``release`` filter on the lifecycle stamped on each decision.
     """
     groups: dict[tuple[str, ...], dict[str, Any]] = defaultdict(
         lambda: {"outcomes": Counter(), "conf": [], "lat": [], "answered": 0, "agreed": 0}
@@ -79,13 +88,19 @@ def report(conn: sqlite3.Connection, *, skill: str | None = None, since: float |
         where.append("created_at >= ?")
         args.append(since)
     cond = " AND ".join(where)
+    life_s, life_d, life_args = cond, cond, list(args)
+    for column_s, column_d, value in (("lifecycle_stage", "stage", stage), ("release", "release", release)):
+        if value is not None:
+            life_s += f" AND {column_s} = ?"
+            life_d += f" AND {column_d} = ?"
+            life_args.append(value)
     for row in conn.execute(
         f"SELECT skill, model, version, lifecycle_stage, release, outcome, action, acted_action, confidence, latency_ms"
-        f" FROM shadow_answers WHERE {cond} ORDER BY created_at DESC LIMIT ?", (*args, limit)
+        f" FROM shadow_answers WHERE {life_s} ORDER BY created_at DESC LIMIT ?", (*life_args, limit)
     ):
         sk, model, version, stage, release, outcome, action, acted, conf, lat = row
         add((sk, model, version, "shadow", stage, release), outcome, action, acted, conf, lat)
-    for (raw,) in conn.execute(f"SELECT record FROM decisions WHERE {cond} ORDER BY created_at DESC LIMIT ?", (*args, limit)):
+    for (raw,) in conn.execute(f"SELECT record FROM decisions WHERE {life_d} ORDER BY created_at DESC LIMIT ?", (*life_args, limit)):
         rec = json.loads(raw)
         life = rec.get("lifecycle") or {}
         acted = (rec.get("approval") or {}).get("requested_action") or rec.get("action")

@@ -56,15 +56,16 @@ def model_cfg(path: Path, sha: str, **over: Any) -> LlamaModelConfig:
 
 
 def reference_logliks(path: Path, stage: Any, suffix: str) -> list[float]:
-    """Brute force: a fresh context with every position's logits, the whole text evaluated from scratch."""
+    """Brute force: a fresh context with every position's logits, the whole text tokenized and evaluated from scratch."""
     import numpy as np
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, logits_all=True, verbose=False, n_threads=2)
     try:
-        base = list(stage.prefix_tokens) + llm.tokenize(suffix.encode(), add_bos=False, special=False)
+        prefix = render_prefix(stage.prompt, stage.choices)
+        base = llm.tokenize(prefix.encode(), add_bos=True) + llm.tokenize(suffix.encode(), add_bos=False, special=False)
         out = []
         for label in LABELS:
-            toks = stage.choice_tokens[label]
+            toks = llm.tokenize(stage.choices[label].encode(), add_bos=False, special=False)
             seq = base + toks
             llm.reset()
             llm.eval(seq)
@@ -87,7 +88,7 @@ def test_scores_match_brute_force_reference(tiny: tuple[Path, str]) -> None:
         assert len(stage.choice_tokens["shutdown"]) > 1, "the multi-token path must be exercised"
         for fields in ({"temperature_c": -3.5, "note": "warm"}, {"temperature_c": -20, "note": 'q"uote\n{x}'}):
             suffix = render_event(stage.prompt, fields)
-            got = stage.score(suffix, None)
+            got = stage.score(stage.suffix_tokens(fields), None)
             want = reference_logliks(path, stage, suffix)
             assert got == pytest.approx(want, abs=2e-3)
             answer = stage.predict(fields, threading.Event())
@@ -120,7 +121,7 @@ def test_calibration_divides_by_the_content_free_answer(tiny: tuple[Path, str]) 
         assert stage.calibration is not None
         assert sum(math.exp(c) for c in stage.calibration) == pytest.approx(1.0)
         fields = {"temperature_c": -3.5, "note": "warm"}
-        raw = choice_distribution(stage.score(render_event(stage.prompt, fields), None))
+        raw = choice_distribution(stage.score(stage.suffix_tokens(fields), None))
         cf_probs = [math.exp(c) for c in stage.calibration]
         # p_i / p_cf_i, renormalised (exact rationals: the numbers of a random model span 1e-30)
         from fractions import Fraction
@@ -133,7 +134,7 @@ def test_calibration_divides_by_the_content_free_answer(tiny: tuple[Path, str]) 
         answer = stage.predict(fields, threading.Event())
         assert [answer.scores[label] for label in LABELS] == pytest.approx(want, abs=1e-3)
         # the calibration vector is the mean answer to the content-free inputs "N/A", "" and "[MASK]"
-        per_input = [choice_distribution(stage.score(render_event(stage.prompt, dict.fromkeys(fields, tok)), None))
+        per_input = [choice_distribution(stage.score(stage.suffix_tokens(dict.fromkeys(fields, tok)), None))
                      for tok in ("N/A", "", "[MASK]")]
         mean = [sum(col) / 3 for col in zip(*per_input, strict=True)]
         assert [math.exp(c) for c in stage.calibration] == pytest.approx(mean, rel=1e-6, abs=1e-12)
@@ -154,47 +155,79 @@ def test_missing_runtime_says_what_to_install(tiny: tuple[Path, str], monkeypatc
         build_stage(model_cfg(path, sha))
 
 
-def test_abort_stops_a_long_evaluation_and_the_model_stays_usable(slow_tiny: tuple[Path, str]) -> None:
+def test_deadline_cancel_aborts_the_running_evaluation_and_the_model_stays_usable(slow_tiny: tuple[Path, str]) -> None:
+    """The engine's path: call() then cancel() at the deadline; llama_decode itself stops."""
     path, sha = slow_tiny
-    stage = build_stage(model_cfg(path, sha, n_batch=2048))
-    try:
-        fields = {"temperature_c": -3.5, "note": "warm"}
-        before = stage.score(render_event(stage.prompt, fields), None)
+
+    async def main() -> None:
+        stage = build_stage(model_cfg(path, sha, n_batch=2048, prompt={"max_field_chars": 4000}))
+        try:
+            fields = {"temperature_c": -3.5, "note": "warm"}
+            before = stage.score(stage.suffix_tokens(fields), None)
+            long_fields = {"temperature_c": 1.0, "note": "the door is open " * 100}
+            assert len(stage.suffix_tokens(long_fields)) > 500  # ~1 s of evaluation on this model
+            started = threading.Event()
+            real_eval = stage._llm.eval
+
+            def eval_and_signal(tokens: Any) -> None:
+                if len(tokens) > 500:
+                    started.set()
+                real_eval(tokens)
+
+            stage._llm.eval = eval_and_signal  # instrumentation only: the real llama.cpp eval runs
+            handle = stage.call(long_fields, time.monotonic() + 60)
+            assert await asyncio.to_thread(started.wait, 30)
+            handle.cancel()  # what the engine does when the decision's budget runs out
+            with pytest.raises(Cancelled, match="aborted"):
+                await handle.future
+            stage._llm.eval = real_eval
+            after = await stage.call(fields, time.monotonic() + 60).future  # the next call runs normally
+            assert after.scores == pytest.approx(dict(zip(LABELS, choice_distribution(before), strict=True)), abs=1e-4)
+        finally:
+            await stage.close()
+
+    asyncio.run(main())
+
+
+def test_close_with_calls_queued_refuses_them_and_never_frees_a_running_model(slow_tiny: tuple[Path, str]) -> None:
+    path, sha = slow_tiny
+
+    async def main() -> None:
+        stage = build_stage(model_cfg(path, sha, n_batch=2048, prompt={"max_field_chars": 4000}))
         long_fields = {"temperature_c": 1.0, "note": "the door is open " * 100}
-        long_stage_prompt = stage.prompt.model_copy(update={"max_field_chars": 4000})
-        stage.prompt = long_stage_prompt
-        cancel = threading.Event()
-        outcome: list[BaseException | object] = []
+        handles = [stage.call(long_fields, time.monotonic() + 600) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        await stage.close()  # used to free the model under a running evaluation (a segfault)
+        results = await asyncio.gather(*(h.future for h in handles), return_exceptions=True)
+        assert sum(isinstance(r, Cancelled) for r in results) >= 7
+        assert not stage._thread.is_alive()
 
-        def run() -> None:
-            try:
-                outcome.append(stage.predict(long_fields, cancel))
-            except BaseException as exc:
-                outcome.append(exc)
+    asyncio.run(main())
 
-        started = threading.Event()
-        real_eval = stage._llm.eval
 
-        def eval_and_signal(tokens: Any) -> None:
-            started.set()
-            real_eval(tokens)
+def test_long_and_non_ascii_events_are_cut_to_fit_the_context(tiny: tuple[Path, str]) -> None:
+    path, sha = tiny
+    stage = build_stage(model_cfg(path, sha, n_ctx=320, prompt={"max_field_chars": 1000}))
+    try:
+        for note in ("冷凍庫のドアが開いています。" * 60, "\U0001f9ca" * 500, "door " * 400):
+            tokens = stage.suffix_tokens({"temperature_c": -3.0, "note": note})
+            assert len(tokens) <= stage.suffix_room
+            answer = stage.predict({"temperature_c": -3.0, "note": note}, threading.Event())
+            assert answer.label in LABELS
+        text = render_event(stage.prompt, {"temperature_c": -3.0, "note": "Tür offen"})
+        assert "Tür offen" in text  # non-ASCII text reaches the model as text, not as \\u escapes
+    finally:
+        asyncio.run(stage.close())
 
-        stage._llm.eval = eval_and_signal  # instrumentation only: the real llama.cpp eval still runs
-        worker = threading.Thread(target=run)
-        worker.start()
-        assert started.wait(30)
-        time.sleep(0.05)  # inside llama_decode of a ~1 s prompt; if it already finished, the test skips
-        cancel.set()
-        stage._abort.set()  # what LlamaStage.call's cancel() does for the running call
-        worker.join()
-        stage._llm.eval = real_eval
-        assert len(outcome) == 1
-        if not isinstance(outcome[0], Cancelled):
-            pytest.skip("the evaluation finished before the abort (a very fast machine)")
-        assert "aborted" in str(outcome[0])  # llama_decode itself was stopped, not a check between calls
-        stage._abort.clear()
-        after = stage.score(render_event(stage.prompt, fields), None)
-        assert after == pytest.approx(before, abs=1e-4)
+
+def test_empty_suffix_scores_after_the_prefix_not_on_stale_logits(tiny: tuple[Path, str]) -> None:
+    path, sha = tiny
+    stage = build_stage(model_cfg(path, sha, prompt={"event": "{event}", "format": "text", "fields": ["note"]}))
+    try:
+        assert stage.suffix_tokens({"note": ""}) == []
+        first = stage.score([], None)
+        stage.predict({"temperature_c": 1.0, "note": "something else entirely"}, threading.Event())
+        assert stage.score([], None) == pytest.approx(first, abs=1e-6)
     finally:
         asyncio.run(stage.close())
 
@@ -240,6 +273,9 @@ def test_rationale_is_generated_within_the_budget_and_never_changes_the_choice(t
         explained.current_deadline = time.monotonic() - 1  # no budget left: no rationale, same choice
         late = explained.predict(fields, threading.Event())
         assert late.extra["rationale_tokens"] == 0 and late.label == without.label
+        # a budget smaller than one evaluation step: the rationale does not start
+        explained.current_deadline = time.monotonic() + explained._suffix_eval_s / 2
+        assert explained.predict(fields, threading.Event()).extra["rationale_tokens"] == 0
     finally:
         asyncio.run(plain.close())
         asyncio.run(explained.close())

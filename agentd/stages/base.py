@@ -78,6 +78,10 @@ class ModelStage(ABC):
     async def close(self) -> None:  # noqa: B027 - most stages have nothing to release
         """Release the runtime."""
 
+    def busy(self) -> bool:
+        """Whether the stage is working on or holding a call."""
+        return False
+
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "sha256": self.sha256}
 
@@ -115,6 +119,7 @@ class ThreadedStage(ModelStage):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.running_cancels: list[threading.Event] = []  # the cancel flags of the calls now running
         self.current_deadline = math.inf  # the running call's deadline (time.monotonic()), for backends that use spare time
+        self._closing = False
         self._thread = threading.Thread(target=self._work, name=f"stage-{name}", daemon=True)
         self._thread.start()
 
@@ -169,7 +174,7 @@ class ThreadedStage(ModelStage):
                     return
 
     def _run(self, batch: list[_Job]) -> list[StageAnswer | BaseException]:
-        live = [j for j in batch if not j.cancel.is_set()]
+        live = [] if self._closing else [j for j in batch if not j.cancel.is_set()]
         out: dict[int, StageAnswer | BaseException] = {id(j): Cancelled("cancelled while queued") for j in batch}
         if not live:
             return [out[id(j)] for j in batch]
@@ -187,6 +192,7 @@ class ThreadedStage(ModelStage):
             answers = [ModelError(f"{self.name}: {type(exc).__name__}: {exc}")] * len(live)  # type: ignore[list-item]
         finally:
             self.running_cancels = []
+            self.current_deadline = math.inf
         elapsed = time.perf_counter() - t0
         if isinstance(answers[0], StageAnswer):  # a cancelled or failed run says little about run time
             per_call = elapsed / len(live)
@@ -201,7 +207,14 @@ class ThreadedStage(ModelStage):
             return ModelError(f"{self.name}: model returned a non-finite score")
         return StageAnswer(a.label, a.confidence, a.scores, round(elapsed * 1000, 3), a.extra)
 
+    def busy(self) -> bool:
+        """Whether a call is running or queued (a shadow call then waits its turn: skipped)."""
+        with self._lock:
+            return self._queued > 0 or bool(self.running_cancels)
+
     async def close(self) -> None:
+        """Refuse queued calls, let the running one finish (or stop), and join the worker (5 s at most)."""
+        self._closing = True
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join, 5.0)
 

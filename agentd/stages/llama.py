@@ -35,25 +35,31 @@ if TYPE_CHECKING:
     from agentd.config import LlamaModelConfig, LlamaPromptConfig
 
 
-def render_event(prompt: LlamaPromptConfig, fields: Mapping[str, Any]) -> str:
+def render_event(prompt: LlamaPromptConfig, fields: Mapping[str, Any], max_chars: int | None = None) -> str:
     """The event as prompt text: its fields as escaped JSON (or escaped values) inside the suffix template.
 
     JSON escaping keeps quotes, newlines and control characters of event text from
-    reading as prompt structure; strings are cut to ``max_field_chars``.
+    reading as prompt structure (non-ASCII text stays as it is: the model reads it, and
+    ``\\uXXXX`` escapes would cost up to 12 tokens a character); strings are cut to
+    ``max_chars`` (default ``max_field_chars``).
     """
+    limit = prompt.max_field_chars if max_chars is None else max_chars
     names = prompt.fields if prompt.fields is not None else sorted(fields)
     data: dict[str, Any] = {}
     for name in names:
         if name not in fields:
             raise ModelError(f"prompt field {name!r} is not in the event")
         value = fields[name]
-        if isinstance(value, str) and len(value) > prompt.max_field_chars:
-            value = value[: prompt.max_field_chars]
+        if isinstance(value, str) and len(value) > limit:
+            value = value[:limit]
         data[name] = value
-    if prompt.format == "text":  # escaped like a JSON string, without its quotes: no newline or quote survives
-        text = " | ".join(json.dumps(v if isinstance(v, str) else json.dumps(v), ensure_ascii=True)[1:-1] for v in data.values())
+    if prompt.format == "text":  # escaped like a JSON string, without its quotes; | escaped as it separates fields
+        text = " | ".join(
+            json.dumps(v if isinstance(v, str) else json.dumps(v), ensure_ascii=False)[1:-1].replace("|", "\\|")
+            for v in data.values()
+        )
     else:
-        text = json.dumps(data, ensure_ascii=True, separators=(", ", ": "))
+        text = json.dumps(data, ensure_ascii=False, separators=(", ", ": "))
     return prompt.event.replace("{event}", text)
 
 
@@ -117,7 +123,11 @@ def _route_llama_logs(llama_cpp: Any) -> None:
 
 
 class _Abort:
-    """A flag llama.cpp polls from its compute thread without Python: ``strlen(buf) != 0``."""
+    """A flag llama.cpp polls from its compute thread without Python: ``strlen(buf) != 0``.
+
+    ``buf`` is two bytes and only ``buf[0]`` ever changes, so strlen returns 0 or 1: a valid
+    C ``bool`` in RAX/X0 on x86_64 and aarch64 however the caller tests it.
+    """
 
     def __init__(self) -> None:
         import llama_cpp
@@ -132,7 +142,7 @@ class _Abort:
         self.data = ctypes.cast(self.buf, ctypes.c_void_p)
 
     def set(self) -> None:
-        self.buf[0] = b"x"
+        self.buf[0] = b"x"  # buf[1] stays NUL: strlen is exactly 1
 
     def clear(self) -> None:
         self.buf[0] = b"\0"
@@ -170,6 +180,7 @@ class LlamaStage(ThreadedStage):
             self._llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_threads_batch=cfg.n_threads,
                 n_batch=cfg.n_batch, n_gpu_layers=cfg.n_gpu_layers, logits_all=False, verbose=False, seed=0,
+                swa_full=True,  # rewinding to the cached prefix (seq_rm) needs a full-size sliding-window cache
             )
         except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError on a bad file
             raise ModelError(f"model {cfg.name!r}: llama.cpp cannot load {path}: {exc}") from exc
@@ -188,16 +199,26 @@ class LlamaStage(ThreadedStage):
             if not toks:
                 raise ModelError(f"model {cfg.name!r}: choice text for {label!r} is empty after tokenizing")
         self._eol = set(self._llm.tokenize(b"\n", add_bos=False, special=False))
-        if len(self.prefix_tokens) + 64 > cfg.n_ctx:
+        self._rationale_prompt = self._llm.tokenize(cfg.rationale.prompt.encode(), add_bos=False, special=False)
+        # tokens an event's suffix may take: what n_ctx leaves after the prefix, the longest choice and a rationale
+        after = max(map(len, self.choice_tokens.values()))
+        if cfg.rationale.enabled:
+            after += len(self._rationale_prompt) + cfg.rationale.max_tokens
+        self.suffix_room = cfg.n_ctx - len(self.prefix_tokens) - after
+        template = len(self._llm.tokenize(self.prompt.event.replace("{event}", "").encode(), add_bos=False, special=False))
+        if self.suffix_room < template + 16:
             raise ModelError(
-                f"model {cfg.name!r}: the prompt prefix is {len(self.prefix_tokens)} tokens; n_ctx {cfg.n_ctx} leaves"
-                " too little room for events (raise n_ctx or shorten instructions/examples)"
+                f"model {cfg.name!r}: n_ctx {cfg.n_ctx} leaves {self.suffix_room} tokens for an event after the"
+                f" {len(self.prefix_tokens)}-token prefix, the choices and the rationale; raise n_ctx or shorten the prompt"
             )
+        self._closing = False
+        self._suffix_eval_s = 0.0
         self._eval(self.prefix_tokens, 0)  # the cached prefix: every decision starts from here
+        self._prefix_next = self._last_logprobs()  # what follows the prefix itself (an empty suffix)
         self.calibration: list[float] | None = None
         if self.prompt.calibrate:
             example = self.prompt.examples[0].input if self.prompt.examples else {}
-            probs = [choice_distribution(self.score(render_event(self.prompt, content_free(self.prompt, example, tok)), None))
+            probs = [choice_distribution(self.score(self.suffix_tokens(content_free(self.prompt, example, tok)), None))
                      for tok in CONTENT_FREE]
             mean = [sum(col) / len(col) for col in zip(*probs, strict=True)]
             self.calibration = [math.log(max(p, 1e-300)) for p in mean]
@@ -224,13 +245,14 @@ class LlamaStage(ThreadedStage):
         logits = self._np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
         return log_softmax(logits.astype(self._np.float64))
 
-    def score(self, suffix: str, cancel: threading.Event | None) -> list[float]:
-        """Log-likelihood of each label's continuation after prefix + ``suffix``, in label order."""
+    def score(self, suffix_tokens: Sequence[int], cancel: threading.Event | None) -> list[float]:
+        """Log-likelihood of each label's continuation after the prefix and ``suffix_tokens``, in label order."""
         base = len(self.prefix_tokens)
-        suffix_tokens = self._llm.tokenize(suffix.encode(), add_bos=False, special=False)
+        t = time.monotonic()
         self._eval(suffix_tokens, base)
+        self._suffix_eval_s = time.monotonic() - t
         after_suffix = base + len(suffix_tokens)
-        first = self._last_logprobs()
+        first = self._last_logprobs() if suffix_tokens else self._prefix_next  # eval([]) leaves stale logits
         out: list[float] = []
         for label in self.cfg.labels:
             toks = self.choice_tokens[label]
@@ -244,8 +266,16 @@ class LlamaStage(ThreadedStage):
         return out
 
     def suffix_tokens(self, fields: Mapping[str, Any]) -> list[int]:
-        """The event's suffix tokens (the bench's raw-eval baseline uses them)."""
-        return list(self._llm.tokenize(render_event(self.prompt, fields).encode(), add_bos=False, special=False))
+        """The event's suffix tokens, its text fields cut further where the suffix would not fit ``n_ctx``."""
+        limit = self.prompt.max_field_chars
+        while True:
+            tokens = self._llm.tokenize(render_event(self.prompt, fields, limit).encode(), add_bos=False, special=False)
+            if len(tokens) <= self.suffix_room:
+                return list(tokens)
+            if limit == 0:
+                raise ModelError(f"model {self.name!r}: the event's other fields alone take {len(tokens)} tokens"
+                                 f" ({self.suffix_room} fit after the prefix)")
+            limit = int(limit * min(0.9, 0.95 * self.suffix_room / len(tokens)))
 
     def raw_eval(self, tokens: Sequence[int]) -> None:
         """Plain llama.cpp evaluation of ``tokens`` after the cached prefix (the bench's baseline)."""
@@ -253,10 +283,13 @@ class LlamaStage(ThreadedStage):
 
     def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
         with self._abort_lock:  # a late cancel of the previous call must not abort this one
+            if self._closing:
+                raise Cancelled("the stage is closing")
             self._abort.clear()
             if cancel.is_set():
                 raise Cancelled("cancelled before run")
-        logliks = self.score(render_event(self.prompt, inputs), cancel)
+        suffix = self.suffix_tokens(inputs)
+        logliks = self.score(suffix, cancel)
         probs = choice_distribution(logliks, self.calibration)
         order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)
         top = order[0]
@@ -267,34 +300,36 @@ class LlamaStage(ThreadedStage):
             extra["uncalibrated"] = {label: round(p, 4) for label, p in zip(self.labels, raw, strict=True)}
         label = self.labels[top]
         if self.cfg.rationale.enabled:
-            extra["rationale"], extra["rationale_tokens"] = self._rationale(label, inputs, cancel)
+            extra["rationale"], extra["rationale_tokens"] = self._rationale(label, len(suffix), cancel)
         return StageAnswer(label, probs[top], dict(zip(self.labels, probs, strict=True)), extra=extra)
 
-    def _rationale(self, label: str, inputs: Mapping[str, Any], cancel: threading.Event) -> tuple[str, int]:
-        """Greedy tokens after the chosen label, while the decision's budget allows; never changes the choice."""
+    def _rationale(self, label: str, n_suffix: int, cancel: threading.Event) -> tuple[str, int]:
+        """Greedy tokens after the chosen label, while the decision's budget allows; never changes the choice.
+
+        A step starts only if its expected time (the last step's, or the suffix evaluation's
+        for the first, which evaluates several tokens) plus ``reserve_ms`` still fits.
+        """
         deadline = self.current_deadline
         reserve = self.cfg.rationale.reserve_ms / 1000
-        base = len(self.prefix_tokens) + len(self.suffix_tokens(inputs))
-        tokens = [*self.choice_tokens[label], *self._llm.tokenize(self.cfg.rationale.prompt.encode(), add_bos=False)]
+        pos = len(self.prefix_tokens) + n_suffix
+        pending = [*self.choice_tokens[label], *self._rationale_prompt]
+        step_s = max(self._suffix_eval_s, 0.001)
         out: list[int] = []
-        t_tok = 0.0
         try:
-            pos = base
-            pending = tokens
             for _ in range(self.cfg.rationale.max_tokens):
-                if cancel.is_set() or time.monotonic() + t_tok + reserve > deadline:
+                if cancel.is_set() or time.monotonic() + step_s + reserve > deadline or pos + len(pending) > self.cfg.n_ctx:
                     break
                 t = time.monotonic()
                 self._eval(pending, pos)
                 pos += len(pending)
                 nxt = int(self._np.argmax(self._last_logprobs()))
-                t_tok = time.monotonic() - t
+                step_s = time.monotonic() - t
                 if nxt in self._eol or self._llm.token_eos() == nxt:
                     break
                 out.append(nxt)
                 pending = [nxt]
-        except Cancelled:
-            pass
+        except (Cancelled, ModelError):
+            pass  # the answer stands without (the rest of) its rationale
         return self._llm.detokenize(out).decode("utf-8", errors="replace").strip(), len(out)
 
     def call(self, inputs: Mapping[str, Any], deadline: float) -> Any:
@@ -311,6 +346,11 @@ class LlamaStage(ThreadedStage):
         return handle
 
     async def close(self) -> None:
-        self._abort.set()
+        self._closing = True  # queued calls are refused from now on
+        with self._abort_lock:
+            self._abort.set()  # and the running one stops at its next graph node
         await super().close()
+        if self._thread.is_alive():  # freeing the model under a running evaluation would crash the process
+            logging.getLogger("agentd").warning("model %s: worker still busy at close; its memory is left to the OS", self.name)
+            return
         self._llm.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -122,19 +123,23 @@ def test_shadow_stages_are_recorded_never_acted_on_and_reported(tmp_path: Path) 
     d = _start(tmp_path, cfg)
     normal = {"temperature_c": -20.0, "door_open_s": 5.0, "compressor_a": 5.0}
     try:
-        records = [d.request({"op": "submit", "skill": "freezer_health", "data": normal})["result"] for _ in range(12)]
+        records = []
+        for _ in range(12):
+            records.append(d.request({"op": "submit", "skill": "freezer_health", "data": normal})["result"])
+            time.sleep(0.05)  # shadows sample the events that find their worker idle
         assert all(r["action"] == "none" for r in records)  # the shadow's "shutdown" was never acted on
         assert all(len(r["stages"]) == 1 for r in records)  # shadows are not part of the acted trace
     finally:
         assert d.stop() == 0
-    out = cli(d.config_path, "report", "--json")
+    assert json.loads(cli(d.config_path, "report", "--json", "--stage", "prod").stdout)["stages"] == []
+    out = cli(d.config_path, "report", "--json", "--stage", "canary", "--release", "it-1")
     assert out.returncode == 0, out.stderr
     rows = {(r["model"], r["role"]): r for r in json.loads(out.stdout)["stages"]}
     always = rows[("always_shutdown", "shadow")]
-    assert always["calls"] == 12 and always["answered"] == 12 and always["agreement"] == 0.0
-    assert always["outcomes"] == {"accepted": 12} and always["stage"] == "canary" and always["release"] == "it-1"
+    assert always["calls"] == 12 and always["answered"] >= 1 and always["agreement"] == 0.0
+    assert set(always["outcomes"]) <= {"accepted", "overloaded"} and always["stage"] == "canary" and always["release"] == "it-1"
     llm = rows[("tiny_llm", "shadow")]
-    assert llm["calls"] == 12 and llm["version"] == "tiny-1"
+    assert llm["calls"] == 12 and llm["version"] == "tiny-1" and llm["answered"] >= 1
     assert llm["latency_ms"]["p50"] is not None and llm["confidence"]["p50"] is not None
     acted = rows[("freezer_anomaly", "acted")]
     assert acted["calls"] == 12 and acted["agreement"] == 1.0
@@ -148,28 +153,46 @@ def test_llm_under_a_queue_sheds_load_and_decides_every_event(tmp_path: Path) ->
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llm extra) is not installed")
     from tests.tinygguf import write_tiny_gguf
 
-    wide = tmp_path / "wide.gguf"
-    sha = write_tiny_gguf(wide, seed=1, n_embd=512, n_layer=6, n_ff=2048, n_head=8)
+    tiny = tmp_path / "tiny.gguf"
+    sha = write_tiny_gguf(tiny)
     data = tmp_path / "data"
     cfg = freezer_config(data)
-    cfg["models"] = [{"name": "wide", "backend": "llama_cpp", "path": str(wide), "sha256": sha,
-                      "labels": ["none", "alert", "defrost", "shutdown"], "n_ctx": 2048,
+    cfg["models"] = [{"name": "tiny", "backend": "llama_cpp", "path": str(tiny), "sha256": sha,
+                      "labels": ["none", "alert", "defrost", "shutdown"], "n_ctx": 2048, "circuit_failures": 1000,
                       "prompt": {"max_field_chars": 2000}}]
-    cfg["skills"] = [{**cfg["skills"][0], "cascade": [{"model": "wide"}], "deadline_ms": 150, "approval": {}}]
+    cfg["skills"] = [{**cfg["skills"][0], "cascade": [{"model": "tiny"}], "deadline_ms": 150, "approval": {}}]
     loaded = parse_config(yaml.safe_dump(cfg))
     note = "the freezer door is open and the compressor is loud " * 9
 
     async def main() -> tuple[list[dict[str, Any]], int]:
         key, _ = create_key(data)
         async with Engine(loaded=loaded, key=key, run_handlers=False) as engine:
+            # two alone first: the stage learns its run time, as it would in service
+            warm = [await engine.decide("freezer_health", {"temperature_c": -20.0, "door_open_s": 5.0, "compressor_a": 5.0, "note": "x"})
+                    for _ in range(2)]
             events = [{"temperature_c": -20.0 + i % 5, "door_open_s": 5.0, "compressor_a": 5.0, "note": note} for i in range(40)]
             records = await asyncio.gather(*(engine.decide("freezer_health", e, event_id=f"q-{i}") for i, e in enumerate(events)))
             stored = await engine.store.read(lambda c: c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
-            return list(records), stored
+            return warm + list(records), stored
 
     records, stored = asyncio.run(main())
-    assert stored == 40 and len({r["event_id"] for r in records}) == 40
+    assert stored == 42 and len({r["event_id"] for r in records}) == 42
     reasons = Counter(r["fallback_reason"] or r["source"] for r in records)
-    assert reasons["overloaded"] + reasons["timeout"] > 0, reasons  # 40 long prompts cannot all fit in 150 ms
+    assert reasons["model"] > 0, reasons  # the model answered what fitted in the deadline
+    assert reasons["overloaded"] > 0, reasons  # and the queue was shed, not waited out
     assert set(reasons) <= {"model", "overloaded", "timeout", "low_confidence", "circuit_open"}, reasons
     assert all(r["action"] in ("none", "alert", "defrost", "shutdown") for r in records)
+
+
+def test_config_refuses_a_shadow_sharing_an_acted_model_and_prompt_fields_the_skill_lacks(tmp_path: Path) -> None:
+    from agentd.errors import ConfigError
+
+    cfg = freezer_config(tmp_path)
+    cfg["skills"][0]["cascade"].append({"model": "freezer_anomaly", "shadow": True})
+    with pytest.raises(ConfigError, match="shadow of model 'freezer_anomaly'"):
+        parse_config(yaml.safe_dump(cfg))
+    cfg = freezer_config(tmp_path)
+    cfg["models"].append({**_example_llm_model(), "prompt": {"fields": ["text", "location"], "event": "R: {event}"}})
+    cfg["skills"].append(_example_request_skill())
+    with pytest.raises(ConfigError, match="location"):
+        parse_config(yaml.safe_dump(cfg))
