@@ -46,7 +46,8 @@ DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count()
 MAX_SKEW_MS = 5 * 60 * 1000  # an HLC further ahead of our clock than this is refused
 MAX_INFLIGHT = 200  # outbox publishes waiting for their PUBACK
 PUBACK_TIMEOUT_S = 30.0
-RESEND_GRACE_S = 1.0  # time a resend is given to reach the peers before their digests count against it
+RESEND_GRACE_S = 1.0  # at most: time a resend is given to reach the peers before their digests count against it
+SUBSCRIBE_BATCH = 100
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5: keep the session like 3.1.1's clean_session=False
 
 
@@ -314,20 +315,24 @@ class MeshLink:
         }
         payload = envelope("status", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
         await client.publish(self._t("status"), payload, qos=1, retain=True)
-        await client.subscribe(self._t("events", "+"), qos=1)
+        topics = [self._t("events", "+")]
         # MQTT 3.1.1 has no "no local": a wildcard would bring every own decision back to us,
         # so subscribe per known peer unless unknown peers may be learned.
         if self.cfg.trust.allow_unknown_peers:
-            await client.subscribe(topic(self.fleet, "nodes", "+", "decisions"), qos=1)
-            await client.subscribe(topic(self.fleet, "gossip", "+"), qos=1)
+            topics += [topic(self.fleet, "nodes", "+", "decisions"), topic(self.fleet, "gossip", "+")]
         else:
             for peer in sorted(self.cfg.trust.peers):
-                await client.subscribe(topic(self.fleet, "nodes", peer, "decisions"), qos=1)
-                await client.subscribe(topic(self.fleet, "gossip", peer), qos=1)
-        await client.subscribe(topic(self.fleet, "nodes", "+", "status"), qos=1)
+                topics += [topic(self.fleet, "nodes", peer, "decisions"), topic(self.fleet, "gossip", peer)]
+        topics.append(topic(self.fleet, "nodes", "+", "status"))
         if self._on_command is not None:
-            await client.subscribe(topic(self.fleet, "cmd", self.node), qos=1)
-            await client.subscribe(topic(self.fleet, "cmd", "all"), qos=1)
+            topics += [topic(self.fleet, "cmd", self.node), topic(self.fleet, "cmd", "all")]
+        # A few SUBSCRIBE packets rather than one per topic: until a peer's topics are
+        # subscribed, what it gossips (a heal's resends included) passes this node by.
+        for i in range(0, len(topics), SUBSCRIBE_BATCH):
+            granted = await client.subscribe([(t, 1) for t in topics[i : i + SUBSCRIBE_BATCH]])
+            refused = [t for t, g in zip(topics[i : i + SUBSCRIBE_BATCH], granted, strict=False) if int(getattr(g, "value", g)) >= 0x80]
+            if refused:
+                log.warning("the broker refused %d subscription(s), e.g. %s (check its ACL)", len(refused), refused[0])
 
     async def _offline(self, client: Any) -> None:
         payload = envelope("status", node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
@@ -499,7 +504,8 @@ class MeshLink:
         # about that resend: resending again for it would only pile up behind congestion (and
         # every peer's digest would ask). A digest made after that and still lacking it does.
         wall = time.time()
-        records = [r for r in records if made_at >= self._resent_at.get(str(r.get("id")), -1e18) + RESEND_GRACE_S]
+        grace = min(RESEND_GRACE_S, self.cfg.mqtt.digest_interval_s)
+        records = [r for r in records if made_at >= self._resent_at.get(str(r.get("id")), -1e18) + grace]
         if not records:
             return
         if len(self._resent_at) > 100_000:

@@ -54,6 +54,21 @@ Op = Callable[[sqlite3.Connection], Any] | DecisionWrite
 OutboxRow = tuple[int, str, bytes, int, int]  # seq, topic, payload, qos, retain
 
 
+class Soft:
+    """A write whose loss on a power cut is repaired elsewhere: peer decisions and presence
+    (anti-entropy brings them again) and outbox deletes after a PUBACK (the row is sent
+    again, and receivers drop the repeat). A commit holding only such writes skips the
+    fsync (``synchronous=NORMAL`` for that commit). WAL keeps commits in order, so a later
+    durable commit's fsync covers it, and a crash of the process alone loses nothing.
+    """
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        return self.fn(conn)
+
+
 class DuplicateEvent(StateError):
     """The event id already has a decision; nothing was written."""
 
@@ -77,6 +92,7 @@ class Store:
         self._key = key
         self._node = node
         self._sync = synchronous.upper()
+        self._sync_now = self._sync
         self._checkpoint_every = checkpoint_every
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-store")
         self._conn: sqlite3.Connection | None = None
@@ -142,6 +158,10 @@ class Store:
         results: list[tuple[bool, Any]] = []
         head_before = self._head
         since_before = self._since_checkpoint
+        sync = "NORMAL" if all(isinstance(op, Soft) for op, _ in batch) else self._sync
+        if sync != self._sync_now:
+            conn.execute(f"PRAGMA synchronous={sync}")
+            self._sync_now = sync
         try:
             conn.execute("BEGIN IMMEDIATE")
             self._reload_head(conn)  # another writer (`agentd decide`, a restore) may have appended
@@ -425,7 +445,7 @@ class Store:
             )
             return fresh
 
-        return await self._submit(op)
+        return await self._submit(Soft(op))
 
     async def upsert_peer(self, node: str, *, status: str, hlc: str, public_key: str | None = None, learned: bool = False) -> None:
         """Record a peer's presence (and a key learned on first use)."""
@@ -441,7 +461,7 @@ class Store:
             if learned:
                 self._append_audit(conn, "peer_learned", node, {"node": node, "public_key": public_key})
 
-        await self._submit(op)
+        await self._submit(op if learned else Soft(op))
 
     async def claim_nonce(self, command_id: str, expires_at: float) -> bool:
         """Use a command id once: False if it was used before (a replay)."""
@@ -472,7 +492,7 @@ class Store:
 
     async def delete_outbox(self, seqs: list[int]) -> None:
         """Forget outbox rows the broker acknowledged."""
-        await self._submit(lambda conn: conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]))
+        await self._submit(Soft(lambda conn: conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])))
 
     async def set_late_answer(self, decision_id: str, late: dict[str, Any]) -> None:
         """Attach a model's late answer to a decision (never acted on) and audit it."""
