@@ -300,6 +300,9 @@ class MeshLink:
                     log.warning("mqtt connect to %s:%s failed: %s", self.cfg.mqtt.host, self.cfg.mqtt.port, exc)
             except* AgentdError as group:  # config (password file), or the store during a reload
                 log.error("mqtt: %s", group.exceptions[0])
+            except* Exception as group:  # a bug must cost a reconnect, never the node: it keeps deciding
+                self.counters["failures"] = self.counters.get("failures", 0) + 1
+                log.error("mqtt link failed unexpectedly; reconnecting", exc_info=group.exceptions[0])
             self.connected, self.protocol = False, None
             # Small first steps: a broker restart (or a healed link) is usually back within a
             # second; full jitter still spreads a fleet's reconnects, and the cap bounds the rate.
