@@ -104,8 +104,9 @@ _LOG_ROUTE: dict[str, Any] = {}  # keeps the ctypes callback referenced: llama.c
 def _route_llama_logs(llama_cpp: Any) -> None:
     """Send llama.cpp's own log lines to agentd's logger (JSON on stderr) instead of raw stderr.
 
-    Errors become warnings, except the line llama.cpp writes after every deadline abort
-    (agentd counts those as timeouts); everything else goes to debug.
+    Warnings and errors become warnings, except two that agentd causes on purpose: the
+    line llama.cpp writes after every deadline abort (counted as timeouts) and the notice
+    that the sliding-window cache is full size (``swa_full``); the rest goes to debug.
     """
     if _LOG_ROUTE:
         return
@@ -114,9 +115,9 @@ def _route_llama_logs(llama_cpp: Any) -> None:
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def callback(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
         line = text.decode("utf-8", errors="replace").strip()
-        if line:
-            error = level == 3 and "removing memory module entries" not in line
-            log.log(logging.WARNING if error else logging.DEBUG, "llama.cpp: %s", line)
+        if line:  # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation
+            expected = "removing memory module entries" in line or "full-size SWA cache" in line
+            log.log(logging.WARNING if level in (3, 4) and not expected else logging.DEBUG, "llama.cpp: %s", line)
 
     _LOG_ROUTE["callback"] = callback
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
