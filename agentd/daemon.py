@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import fcntl
 import json
 import logging
 import os
@@ -12,14 +13,14 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from agentd import __version__, logs, queries
 from agentd.commands import check_command
 from agentd.config import LoadedConfig, load_config, parse_config
 from agentd.engine import Engine
 from agentd.envelope import Rejected, envelope, topic
-from agentd.errors import AgentdError, ConfigError, InputError
+from agentd.errors import AgentdError, ConfigError, InputError, StateError
 from agentd.hlc import Clock
 from agentd.mesh import MeshLink
 from agentd.metrics import NodeMetrics
@@ -54,6 +55,7 @@ class Daemon:
         self.outbox_ready = asyncio.Event()
         self.link: MeshLink | None = None
         self.metrics: NodeMetrics | None = None
+        self._lock: TextIO | None = None
 
     @property
     def stopping(self) -> bool:
@@ -69,6 +71,7 @@ class Daemon:
         t0 = time.monotonic()
         cfg = self.loaded.config
         self._setup_logging()
+        self._lock = lock_data_dir(cfg.data_dir)  # held until the process exits
         key, created = await asyncio.to_thread(create_key, cfg.data_dir)
         if cfg.metrics.enabled:
             self.metrics = NodeMetrics(cfg=cfg, config_sha256=self.loaded.sha256, live=lambda: (self.engine, self.link))
@@ -391,7 +394,7 @@ class Daemon:
 
     # -- local socket API ----------------------------------------------------
 
-    async def _start_socket(self, path: Path) -> asyncio.AbstractServer:
+    async def _start_socket(self, path: Path) -> asyncio.AbstractServer:  # the data-dir lock makes the unlink safe
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # noqa: ASYNC240 - a stale socket from a crash, at start-up
@@ -499,6 +502,31 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
 
+
+
+def lock_data_dir(data_dir: Path) -> TextIO:
+    """Take the data folder's exclusive lock (``agentd.lock``), or StateError naming the holder.
+
+    Two daemons on one folder would steal each other's socket and MQTT session; the
+    kernel drops the lock when the process dies, so a crash leaves nothing to clean up.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(data_dir / "agentd.lock", "a+")  # noqa: SIM115 - held open for the process's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise StateError(
+            f"another agentd (pid {holder}) is running on {data_dir}; stop it first (e.g. systemctl stop agentd),"
+            " or give this one its own node.data_dir"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
 
 async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")

@@ -43,6 +43,7 @@ log = logging.getLogger("agentd")
 Submit = Callable[[str, Any, "str | None", float], Awaitable[dict[str, Any]]]
 OUTBOX_BATCH = 500
 DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count() can read
+STABLE_SESSION_S = 10.0  # a session shorter than this keeps growing the reconnect back-off (e.g. a client-id clash)
 MAX_SKEW_MS = 5 * 60 * 1000  # an HLC further ahead of our clock than this is refused
 MAX_INFLIGHT = 200  # outbox publishes waiting for their PUBACK
 PUBACK_TIMEOUT_S = 30.0
@@ -263,6 +264,7 @@ class MeshLink:
 
         attempt = 0
         while True:
+            connected_at: float | None = None
             try:
                 client = self._client(self._try_protocol)
                 client._client.manual_ack_set(True)  # ack events only after their decision is committed
@@ -277,7 +279,7 @@ class MeshLink:
                     client._client.manual_ack_set(True)
                     await client.__aenter__()
                 try:
-                    self.connected, attempt = True, 0
+                    self.connected, connected_at = True, time.monotonic()
                     self.protocol = self._try_protocol
                     log.info("mqtt connected to %s:%s with MQTT %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.protocol)
                     await self._online(client)
@@ -304,6 +306,8 @@ class MeshLink:
                 self.counters["failures"] = self.counters.get("failures", 0) + 1
                 log.error("mqtt link failed unexpectedly; reconnecting", exc_info=group.exceptions[0])
             self.connected, self.protocol = False, None
+            if connected_at is not None and time.monotonic() - connected_at >= STABLE_SESSION_S:
+                attempt = 0  # a session that lasted starts the back-off afresh; one dropped at once does not
             # Small first steps: a broker restart (or a healed link) is usually back within a
             # second; full jitter still spreads a fleet's reconnects, and the cap bounds the rate.
             delay = backoff_delay(attempt, base_s=0.1, cap_s=30.0)

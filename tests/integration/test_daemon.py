@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -163,3 +165,14 @@ def test_simulator_makes_decisions_on_its_own(tmp_path: Path, node_config: Path)
     assert len(rows) >= 20
     assert {r["origin"] for r in rows} == {"simulator"}
     assert cli(node_config, "audit", "verify").returncode == 0
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(daemon: DaemonProc) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "agentd.cli", "run", "--config", str(daemon.config_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert second.returncode != 0
+    assert f"another agentd (pid {daemon.proc.pid}) is running on" in second.stderr  # type: ignore[union-attr]
+    r = daemon.request({"op": "submit", "skill": "freezer_health", "data": NORMAL})
+    assert r["ok"], r  # its socket was left alone
