@@ -309,18 +309,26 @@ def status(config_path: Path | None, as_json: bool) -> None:
     click.echo(f"node {st['node']} (fleet {st['fleet']})  daemon {st.get('daemon')}  mode {st.get('mode')}")
     click.echo(f"lifecycle {lc['stage']} / {lc['release']}  config {lc['config_sha256'][:12]}")
     if "decisions" in st:
-        click.echo(
-            f"decisions {st['decisions']}  by source {st['by_source']}  fallback rate {st['fallback_rate']:.1%}"
-            f"  pending approvals {st['pending_approvals']}  outbox {st['outbox_depth']}  audit records {st['audit_records']}"
-        )
+        by_source = ", ".join(f"{k} {v}" for k, v in sorted(st["by_source"].items())) or "none"
+        click.echo(f"decisions {st['decisions']} ({by_source})  fallback rate {st['fallback_rate']:.1%}")
+        click.echo(f"pending approvals {st['pending_approvals']}  outbox {st['outbox_depth']}  audit records {st['audit_records']}")
     if st.get("broker"):
-        click.echo(f"broker    {st['broker']}")
+        b = st["broker"]
+        if not b.get("enabled", True):
+            click.echo("broker    disabled (mqtt.enabled: false)")
+        else:
+            state = f"connected, MQTT {b.get('protocol')}" if b.get("connected") else "not connected (reconnecting with back-off)"
+            counts = "  ".join(f"{k} {b[k]}" for k in ("published", "events_in", "events_refused", "reconnects") if k in b)
+            click.echo(f"broker    {b.get('host')}:{b.get('port')} {state}" + (f"  {counts}" if counts else ""))
+            rejected = b.get("rejected") or {}
+            if rejected:
+                click.echo("dropped   " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())))
     for m in st.get("models", []):
         if "available" not in m:
             state = "not loaded (daemon stopped)"
         else:
             state = f"circuit {m['circuit']}" if m["available"] else "MISSING"
-        click.echo(f"model     {m['name']} v{m['version']}: {state}" + (f" ({m['missing_reason']})" if m.get("missing_reason") else ""))
+        click.echo(f"model     {m['name']} (version {m['version']}): {state}" + (f" ({m['missing_reason']})" if m.get("missing_reason") else ""))
 
 
 @main.group()

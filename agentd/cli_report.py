@@ -45,16 +45,13 @@ def register(group: click.Group, cli: ModuleType) -> None:
         def fmt(v: float | None, pct: bool = False) -> str:
             return "-" if v is None else (f"{v:.0%}" if pct else f"{v:g}")
 
-        cli._table(
-            "model stages",
-            ["skill", "model", "version", "role", "stage/release", "calls", "answered", "agree", "conf p10/50/90", "ms p50/p99", "outcomes"],
-            (
-                [r["skill"], r["model"], r["version"], r["role"], f"{r['stage']}/{r['release']}", r["calls"], r["answered"],
-                 fmt(r["agreement"], True), "/".join(fmt(r["confidence"][k]) for k in ("p10", "p50", "p90")),
-                 "/".join(fmt(r["latency_ms"][k]) for k in ("p50", "p99")),
-                 " ".join(f"{k}:{v}" for k, v in sorted(r["outcomes"].items()))]
-                for r in rows
-            ),
-        )
+        # one block per stage: readable in an 80-column terminal whatever the names
+        for r in rows:
+            click.echo(f"{r['skill']}  {r['model']} (version {r['version']})  {r['role']}  {r['stage']}/{r['release']}")
+            conf = "/".join(fmt(r["confidence"][k]) for k in ("p10", "p50", "p90"))
+            lat = "/".join(fmt(r["latency_ms"][k]) for k in ("p50", "p99"))
+            click.echo(f"  calls {r['calls']}  answered {r['answered']}  agreement {fmt(r['agreement'], True)}")
+            click.echo(f"  confidence p10/p50/p90 {conf}  latency p50/p99 {lat} ms")
+            click.echo("  outcomes " + " ".join(f"{k}:{v}" for k, v in sorted(r["outcomes"].items())))
 
     group.add_command(report)

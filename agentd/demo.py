@@ -1,11 +1,13 @@
-"""`agentd demo`: one node deciding simulated freezer telemetry, with a live view."""
+"""`agentd demo --nodes 1`: one node, no broker, deciding simulated freezer telemetry, with a live view."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd import queries
@@ -19,10 +21,12 @@ def _with_simulator(loaded: LoadedConfig, rate: float) -> LoadedConfig:
     from dataclasses import replace
 
     cfg = loaded.config
+    # log lines would tear through the live view; errors only (the log is in the audit trail anyway)
     daemon = cfg.daemon.model_copy(
-        update={"log_level": "warning", "simulator": cfg.daemon.simulator.model_copy(update={"enabled": True, "rate_per_s": rate})}
+        update={"log_level": "error", "simulator": cfg.daemon.simulator.model_copy(update={"enabled": True, "rate_per_s": rate})}
     )
-    return replace(loaded, config=cfg.model_copy(update={"daemon": daemon}))
+    mqtt = cfg.mqtt.model_copy(update={"enabled": False})  # one node alone: no broker
+    return replace(loaded, config=cfg.model_copy(update={"daemon": daemon, "mqtt": mqtt}))
 
 
 def run_demo(loaded: LoadedConfig, *, seconds: float, rate: float) -> None:
@@ -54,9 +58,11 @@ async def _demo(loaded: LoadedConfig, seconds: float) -> None:
         daemon.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+    exe = sys.argv[0] if Path(sys.argv[0]).name == "agentd" else "agentd"
     console.print(
-        "Stopped. Try: [bold]agentd decisions[/], [bold]agentd explain <id>[/], [bold]agentd audit verify[/]"
-        f" (with --config {loaded.path})"
+        f"\nStopped. Try: [bold]{exe} decisions[/], [bold]{exe} explain <id>[/], [bold]{exe} audit verify[/]"
+        f" (with --config {loaded.path})",
+        highlight=False,
     )
 
 

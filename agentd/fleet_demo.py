@@ -218,8 +218,12 @@ def _view(snaps: list[dict[str, Any]], port: int) -> Any:
     for col in ("decided", "model/rules", "fallbacks", "pending", "gossip in", "peers"):
         nodes.add_column(col, overflow="fold")
     feed = Table(title="latest decisions", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("node", "input (°C / door s / A, or request)", "action", "source", "why"):
-        feed.add_column(col, no_wrap=True)
+    # fixed widths that fit 80 columns: the node and the action must never be cut
+    feed.add_column("node", no_wrap=True, min_width=6)
+    feed.add_column("input (°C / door s / A, or request)", no_wrap=True, overflow="ellipsis", max_width=30)
+    feed.add_column("action", no_wrap=True, min_width=8)
+    feed.add_column("source", no_wrap=True, min_width=6)
+    feed.add_column("why", overflow="fold")
     for s in snaps:
         if "decisions" not in s:
             nodes.add_row(s["name"], "starting…", "", "", "", "", "")
@@ -230,7 +234,7 @@ def _view(snaps: list[dict[str, Any]], port: int) -> Any:
         for d in s["recent"][:3]:
             i = d["inputs"]
             if "text" in i:
-                reading = repr(str(i["text"])[:40])
+                reading = repr(str(i["text"])[:28])
             else:
                 reading = " / ".join(f"{i.get(k, 0):.{p}f}" for k, p in (("temperature_c", 1), ("door_open_s", 0), ("compressor_a", 1)))
             feed.add_row(s["name"], reading, action_label(d), d["source"], (d["guard"] and f"guard {d['guard']}") or d["fallback_reason"] or "")
@@ -268,7 +272,7 @@ def run_fleet_demo(loaded: LoadedConfig, *, nodes: int, seconds: float, rate: fl
     exe = _display_path(Path(sys.argv[0])) if Path(sys.argv[0]).name == "agentd" else "agentd"
     cfg = _display_path(fleet[0].config)
     console.print(
-        ("Interrupted" if interrupted else "Stopped") + f". The fleet's data is in {_display_path(root)}; try:\n"
+        ("\nInterrupted" if interrupted else "\nStopped") + f". The fleet's data is in {_display_path(root)}; try:\n"
         f"  export AGENTD_CONFIG={cfg}\n  {exe} decisions\n  {exe} peers\n  {exe} fleet-state\n  {exe} audit verify",
         highlight=False,
     )
