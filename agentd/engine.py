@@ -483,6 +483,9 @@ class Engine:
             try:
                 async with asyncio.timeout(max(0.0, call.stop_at - time.monotonic())):
                     answer = await asyncio.shield(call.handle.future)
+            except asyncio.CancelledError:
+                call.handle.cancel()  # shutting down: free the worker
+                raise
             except TimeoutError:
                 call.handle.cancel()
                 trace.outcome = "timeout"
