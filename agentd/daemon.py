@@ -122,6 +122,7 @@ class Daemon:
                     await self.engine.store.flush()
             with contextlib.suppress(Exception):
                 await self.engine.store.audit("stop", {"reason": "signal", "inflight": self._inflight})
+                await self.engine.store.checkpoint()  # a clean stop leaves the whole chain under a signature
             await self.engine.__aexit__(None, None, None)
             if self.link is not None:
                 await self.link.close()

@@ -176,3 +176,19 @@ def test_a_second_daemon_on_the_same_data_dir_is_refused_and_the_first_keeps_ser
     assert f"another agentd (pid {daemon.proc.pid}) is running on" in second.stderr  # type: ignore[union-attr]
     r = daemon.request({"op": "submit", "skill": "freezer_health", "data": NORMAL})
     assert r["ok"], r  # its socket was left alone
+
+
+def test_a_clean_stop_signs_a_checkpoint_over_the_whole_chain(daemon: DaemonProc) -> None:
+    for _ in range(3):
+        assert daemon.request({"op": "submit", "skill": "freezer_health", "data": NORMAL})["ok"]
+    assert daemon.stop() == 0
+    conn = sqlite3.connect(daemon.data_dir / "agentd.db")
+    try:
+        last = conn.execute("SELECT MAX(seq) FROM audit").fetchone()[0]
+        last_kind = conn.execute("SELECT kind FROM audit WHERE seq = ?", (last,)).fetchone()[0]
+        signed = conn.execute("SELECT MAX(seq) FROM checkpoints").fetchone()[0]
+    finally:
+        conn.close()
+    assert last_kind == "stop" and signed == last  # the stop record itself is under the signature
+    verify = cli(daemon.config_path, "audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
