@@ -240,7 +240,10 @@ def explain(config_path: Path | None, as_json: bool, ident: str) -> None:
         lines.append("  stages    none ran")
     for i, s in enumerate(d["stages"], 1):
         conf = "" if s["confidence"] is None else f" confidence {s['confidence']:.3f}"
-        lines.append(f"  stage {i}   {s['model']}: {s['outcome']}  answer {s['answer']}{conf}  {s['latency_ms']} ms")
+        answer = "none (it did not answer in time)" if s["answer"] is None else s["answer"]
+        lines.append(f"  stage {i}   {s['model']}: {s['outcome']}  answer {answer}{conf}  {s['latency_ms']} ms")
+        if s.get("rationale"):
+            lines.append(f"            rationale: {s['rationale']}")
     if d.get("model"):
         lines.append(f"  model     {d['model']['name']} v{d['model']['version']} accepted")
     else:
@@ -270,9 +273,9 @@ def _find(conn: Any, ident: str) -> dict[str, Any]:
 
     try:
         return queries.get_decision(conn, ident)
-    except NotFound:
+    except NotFound as exc:
         if len(ident) < 8:
-            raise
+            raise NotFound(f"{exc}; a short id needs at least 8 characters") from None
         rows = conn.execute("SELECT id FROM decisions WHERE id LIKE ? LIMIT 2", (ident.replace("%", "") + "%",)).fetchall()
         if len(rows) != 1:
             raise
@@ -611,6 +614,9 @@ def fleet_send(config_path: Path | None, as_json: bool, cmd: str, target: str, a
             b = r["body"]
             click.echo(f"{r['node']}: {'ok' if b['ok'] else 'REFUSED'}  {json.dumps(b.get('result', b.get('error')), default=str)[:300]}")
         click.echo(f"{len(replies)} repl{'y' if len(replies) == 1 else 'ies'} in {time.monotonic() - t0:.1f} s")
+        if not replies:
+            click.echo(f"no node answered: is {'any node' if target == 'all' else target} online (agentd peers), on this"
+                       " broker and fleet, and does it list this operator key in trust.operators?", err=True)
     sys.exit(0 if replies and all(r["body"]["ok"] for r in replies) else 1)
 
 
