@@ -45,9 +45,10 @@ def run_bench(loaded: LoadedConfig, *, only: str | None = None, samples: int = 2
     return out
 
 
-def _bench_config(loaded: LoadedConfig, data_dir: Path, **skill_update: Any) -> LoadedConfig:
+def _bench_config(loaded: LoadedConfig, data_dir: Path, skill: SkillConfig | None = None, **skill_update: Any) -> LoadedConfig:
+    """The config with one skill (default: the first with an ONNX stage), a temporary data folder and quiet logs."""
     cfg = loaded.config
-    skill = _skill(cfg).model_copy(update=skill_update)
+    skill = (skill or _skill(cfg)).model_copy(update=skill_update)
     node = cfg.node.model_copy(update={"data_dir": str(data_dir)})
     daemon = cfg.daemon.model_copy(update={"socket": str(data_dir / "agentd.sock"), "log_level": "error"})
     new = cfg.model_copy(update={"node": node, "skills": [skill], "daemon": daemon})

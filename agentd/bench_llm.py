@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentd.bench import _start_child, _with_engine, pct
+from agentd.bench import _bench_config, _start_child, _with_engine, pct
 from agentd.config import LlamaModelConfig, OnnxModelConfig
 from agentd.errors import ModelError
 from agentd.labelled import freezer_events, operator_requests
@@ -41,12 +41,10 @@ def _llm_skill(cfg: Config) -> tuple[SkillConfig, LlamaModelConfig] | None:
 
 
 def _only_skill(loaded: LoadedConfig, skill: SkillConfig, data_dir: Path, **update: Any) -> LoadedConfig:
-    cfg = loaded.config
-    node = cfg.node.model_copy(update={"data_dir": str(data_dir)})
-    daemon = cfg.daemon.model_copy(update={"socket": str(data_dir / "agentd.sock"), "log_level": "error"})
-    mqtt = cfg.mqtt.model_copy(update={"enabled": False})
-    new = cfg.model_copy(update={"node": node, "daemon": daemon, "mqtt": mqtt, "skills": [skill.model_copy(update=update)]})
-    return replace(loaded, config=new)
+    """``_bench_config`` for ``skill``, without MQTT (these parts measure the model, not the mesh)."""
+    bl = _bench_config(loaded, data_dir, skill, **update)
+    mqtt = bl.config.mqtt.model_copy(update={"enabled": False})
+    return replace(bl, config=bl.config.model_copy(update={"mqtt": mqtt}))
 
 
 def llm_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:

@@ -32,16 +32,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from agentd.bench import pct
+from agentd.client import request
+from agentd.errors import AgentdError
+
 if TYPE_CHECKING:
     from agentd.config import LoadedConfig
 
 BROKER_CONF = "allow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_queued_messages 100000\n"
 FLEET = "bench"
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
 def free_port() -> int:
@@ -77,29 +76,13 @@ def broker(folder: Path, port: int, extra: str = "") -> Iterator[subprocess.Pope
         proc.wait(timeout=10)
 
 
-def request(sock_path: Path, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """One request to a node's local socket API."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock_path))
-        s.sendall(json.dumps(req).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    result: dict[str, Any] = json.loads(buf)
-    return result
-
-
 def _wait_connected(sock_path: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"agentd exited {proc.returncode} during the bench")
-        with contextlib.suppress(OSError, KeyError, ValueError):
-            status = request(sock_path, {"op": "status"})["result"]
+        with contextlib.suppress(AgentdError, KeyError):
+            status = request(sock_path, {"op": "status"})
             if status["broker"]["connected"]:
                 return status
         time.sleep(0.05)
@@ -249,7 +232,7 @@ def mqtt_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, A
             try:
                 lat, timeouts = _one_at_a_time(pub, sub, events_topic, _events(loaded, n_lat + 20, "lat"), warmup=20)
                 out.update({
-                    "mqtt_e2e_p50_ms": round(_pct(lat, 50), 3), "mqtt_e2e_p99_ms": round(_pct(lat, 99), 3),
+                    "mqtt_e2e_p50_ms": round(pct(lat, 50), 3), "mqtt_e2e_p99_ms": round(pct(lat, 99), 3),
                     "mqtt_e2e_samples": len(lat), "mqtt_e2e_timeouts": timeouts,
                 })
                 out.update(_throughput(pub, sub, events_topic, _events(loaded, n_tp, "tp")))
@@ -335,8 +318,8 @@ def _baselines(port: int, n: int) -> dict[str, Any]:
             c.disconnect()
         sub.close()
     return {
-        "mqtt_raw_hop_p50_ms": round(_pct(raw, 50), 3), "mqtt_raw_hop_p99_ms": round(_pct(raw, 99), 3),
-        "mqtt_echo_p50_ms": round(_pct(echo, 50), 3), "mqtt_echo_p99_ms": round(_pct(echo, 99), 3),
+        "mqtt_raw_hop_p50_ms": round(pct(raw, 50), 3), "mqtt_raw_hop_p99_ms": round(pct(raw, 99), 3),
+        "mqtt_echo_p50_ms": round(pct(echo, 50), 3), "mqtt_echo_p99_ms": round(pct(echo, 99), 3),
     }
 
 

@@ -79,28 +79,26 @@ def report(
         if lat is not None:
             g["lat"].append(lat)
 
-    where: list[str] = ["1=1"]
+    # the same filters on both tables, whose lifecycle columns are named differently
+    shadow_where, decision_where = ["1=1"], ["1=1"]
     args: list[Any] = []
-    if skill is not None:
-        where.append("skill = ?")
-        args.append(skill)
-    if since is not None:
-        where.append("created_at >= ?")
-        args.append(since)
-    cond = " AND ".join(where)
-    life_s, life_d, life_args = cond, cond, list(args)
-    for column_s, column_d, value in (("lifecycle_stage", "stage", stage), ("release", "release", release)):
+    for shadow_col, decision_col, value in (("skill", "skill", skill), ("lifecycle_stage", "stage", stage), ("release", "release", release)):
         if value is not None:
-            life_s += f" AND {column_s} = ?"
-            life_d += f" AND {column_d} = ?"
-            life_args.append(value)
+            shadow_where.append(f"{shadow_col} = ?")
+            decision_where.append(f"{decision_col} = ?")
+            args.append(value)
+    if since is not None:
+        shadow_where.append("created_at >= ?")
+        decision_where.append("created_at >= ?")
+        args.append(since)
     for row in conn.execute(
         f"SELECT skill, model, version, lifecycle_stage, release, outcome, action, acted_action, confidence, latency_ms"
-        f" FROM shadow_answers WHERE {life_s} ORDER BY created_at DESC LIMIT ?", (*life_args, limit)
+        f" FROM shadow_answers WHERE {' AND '.join(shadow_where)} ORDER BY created_at DESC LIMIT ?", (*args, limit)
     ):
         sk, model, version, stage, release, outcome, action, acted, conf, lat = row
         add((sk, model, version, "shadow", stage, release), outcome, action, acted, conf, lat)
-    for (raw,) in conn.execute(f"SELECT record FROM decisions WHERE {life_d} ORDER BY created_at DESC LIMIT ?", (*life_args, limit)):
+    decisions = f"SELECT record FROM decisions WHERE {' AND '.join(decision_where)} ORDER BY created_at DESC LIMIT ?"
+    for (raw,) in conn.execute(decisions, (*args, limit)):
         rec = json.loads(raw)
         life = rec.get("lifecycle") or {}
         acted = (rec.get("approval") or {}).get("requested_action") or rec.get("action")

@@ -212,7 +212,6 @@ class LlamaStage(ThreadedStage):
                 f"model {cfg.name!r}: n_ctx {cfg.n_ctx} leaves {self.suffix_room} tokens for an event after the"
                 f" {len(self.prefix_tokens)}-token prefix, the choices and the rationale; raise n_ctx or shorten the prompt"
             )
-        self._closing = False
         self._suffix_eval_s = 0.0
         self._eval(self.prefix_tokens, 0)  # the cached prefix: every decision starts from here
         self._prefix_next = self._last_logprobs()  # what follows the prefix itself (an empty suffix)
