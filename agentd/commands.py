@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from agentd.envelope import Rejected, check_envelope
+from agentd.envelope import check_envelope
+from agentd.errors import Rejected
 
 if TYPE_CHECKING:
     from agentd.config import Config
@@ -26,24 +27,49 @@ COMMANDS = ROLE_COMMANDS["admin"]
 MAX_VALIDITY_S = 24 * 3600
 
 
+# Refusals that a known operator's signature stands behind: audited one by one and answered.
+# Everything else (unsigned, forged, malformed, replayed, not for this node) is only counted and
+# summarised, so a flood costs no reply and bounded audit growth (DESIGN section 7).
+ANSWERED = frozenset({"unknown_command", "malformed", "expired", "forbidden"})
+
+
 def check_command(payload: bytes, *, cfg: Config, now: float, seen: set[str] | None = None) -> dict[str, Any]:
     """The verified command envelope; ``Rejected`` with a reason code otherwise.
 
+    A refusal after the signature verified is a ``CommandRefused``, which holds the envelope.
     ``seen`` holds envelope ids already used (the caller persists them).
     """
     operators = {o.name: o for o in cfg.trust.operators}
     try:
         env = check_envelope(
             payload,
+            fleet=cfg.node.fleet,
             max_bytes=cfg.mqtt.max_payload_bytes,
             key_for=lambda name, _env: operators[name].key if name in operators else None,
             now_ms=int(now * 1000),
-            max_skew_ms=5 * 60 * 1000,
+            max_skew_ms=int(cfg.mesh.max_clock_skew_s * 1000),
+            accept_v1=cfg.mesh.accept_v1,
         )
     except Rejected as exc:
         if exc.reason == "unknown_signer":
             raise Rejected("unknown_signer", "the operator is not in trust.operators on this node") from exc
         raise
+    try:
+        _check_body(env, cfg=cfg, now=now, operators=operators, seen=seen)
+    except Rejected as exc:
+        raise CommandRefused(exc, env) from None
+    return env
+
+
+class CommandRefused(Rejected):
+    """A command whose operator signature verified, refused for what it asks; ``env`` is the envelope."""
+
+    def __init__(self, exc: Rejected, env: dict[str, Any]) -> None:
+        super().__init__(exc.reason, str(exc))
+        self.env = env
+
+
+def _check_body(env: dict[str, Any], *, cfg: Config, now: float, operators: dict[str, Any], seen: set[str] | None) -> None:
     if env["kind"] != "command":
         raise Rejected("malformed", f"kind {env['kind'][:32]!r} on a command topic")
     body = env["body"]
@@ -65,7 +91,6 @@ def check_command(payload: bytes, *, cfg: Config, now: float, seen: set[str] | N
         raise Rejected("forbidden", f"operator {env['node']!r} ({role}) may not {cmd}")
     if seen is not None and env["id"] in seen:
         raise Rejected("replayed", f"command id {env['id'][:40]!r} was already used")
-    return env
 
 
 def new_command(cmd: str, *, target: str, args: dict[str, Any] | None = None, ttl_s: float = 300.0, now: float | None = None) -> dict[str, Any]:

@@ -112,6 +112,19 @@ class MqttConfig(_Model):
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
 
 
+class MeshConfig(_Model):
+    """What this node accepts from the wire (docs/SECURITY.md)."""
+
+    # v1 envelopes and commands do not sign the fleet; accept them only during a rolling upgrade
+    accept_v1: bool = False
+    # an envelope, command or peer decision dated further ahead of local time than this is refused
+    max_clock_skew_s: float = Field(default=30.0, ge=1, le=3600)
+    # a peer's HLC may move this node's clock at most this far ahead of its own wall clock
+    max_clock_advance_ms: int = Field(default=1000, ge=0, le=60_000)
+    # refusals of unsigned or malformed input are audited as one summary record per reason per interval
+    refusal_summary_s: float = Field(default=60.0, ge=1, le=86400)
+
+
 class OperatorConfig(_Model):
     name: str = Field(min_length=1, max_length=64)
     key: str = Field(min_length=40, max_length=64, description="base64 raw Ed25519 public key")
@@ -395,6 +408,7 @@ class Config(_Model):
     node: NodeConfig = Field(default_factory=NodeConfig)
     lifecycle: LifecycleConfig = LifecycleConfig()
     mqtt: MqttConfig = MqttConfig()
+    mesh: MeshConfig = MeshConfig()
     trust: TrustConfig = TrustConfig()
     state: StateConfig = StateConfig()
     daemon: DaemonConfig = DaemonConfig()

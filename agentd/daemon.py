@@ -16,18 +16,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agentd import __version__, logs, queries
-from agentd.commands import check_command
+from agentd.commands import ANSWERED, CommandRefused, check_command
 from agentd.config import LoadedConfig, load_config, parse_config
 from agentd.engine import Engine
-from agentd.envelope import Rejected, envelope, topic
-from agentd.errors import AgentdError, ConfigError, InputError, StateError
+from agentd.envelope import envelope, topic
+from agentd.errors import AgentdError, ConfigError, InputError, Rejected, StateError
 from agentd.hlc import Clock
 from agentd.mesh import MeshLink
 from agentd.metrics import NodeMetrics
 from agentd.notify import Notifier
+from agentd.refusals import RefusalTally
 from agentd.rules import compile_all
 from agentd.signing import create_key
 from agentd.simulator import event_for
+from agentd.untrusted import parse_json
 
 log = logging.getLogger("agentd")
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -50,7 +52,8 @@ class Daemon:
         self.started_at = time.time()
         self._tg: asyncio.TaskGroup | None = None
         self._reload_lock = asyncio.Lock()
-        self._refusal_logged: dict[str, float] = {}
+        self.refusals = RefusalTally()  # every refused input, by path and reason; audited as summaries
+        self._room = asyncio.Event()  # set when an event in flight finishes (back-pressure for MQTT)
         self.clock = Clock()
         self.outbox_ready = asyncio.Event()
         self.link: MeshLink | None = None
@@ -102,7 +105,7 @@ class Daemon:
                         submit=self._mqtt_submit, outbox_ready=self.outbox_ready,
                         on_peer_decision=lambda node, body: self._engine().fleet.add_decision(body["action"], float(body["created_at"])),
                         learned_keys={p["node"]: p["public_key"] for p in peers if p["learned"] and p["public_key"]},
-                        on_command=self.handle_command,
+                        on_command=self.handle_command, refusals=self.refusals,
                     )
                     self.link.metrics_source = self.metrics.snapshot_async if self.metrics else None
                     tg.create_task(self.link.run(), name="mqtt-link")
@@ -121,6 +124,7 @@ class Daemon:
                     await self._idle.wait()
                     await self.engine.store.flush()
             with contextlib.suppress(Exception):
+                await self._audit_refusals()
                 await self.engine.store.audit("stop", {"reason": "signal", "inflight": self._inflight})
                 await self.engine.store.checkpoint()  # a clean stop leaves the whole chain under a signature
             await self.engine.__aexit__(None, None, None)
@@ -134,41 +138,57 @@ class Daemon:
             log.info("stopped")
 
     async def handle_command(self, payload: bytes) -> None:
-        """A signed fleet command from MQTT: check, use its nonce, apply, audit, reply (signed)."""
+        """A signed fleet command from MQTT: check, use its nonce, apply, audit, reply (signed).
+
+        Only a command whose operator signature verifies is audited by itself and answered;
+        the rest (unsigned, forged, malformed, replayed, for another node) is counted and
+        audited as one summary per reason per interval (``mesh.refusal_summary_s``).
+        """
         await self._gate.wait()
         engine = self._engine()
         cfg = self.loaded.config
         try:
             env = check_command(payload, cfg=cfg, now=time.time())
+        except CommandRefused as exc:
+            if exc.reason in ANSWERED:
+                await self._command_done(exc.env, False, {"error": str(exc), "reason": exc.reason})
+            else:
+                self._command_refused(exc, exc.env["node"])
+            return
         except Rejected as exc:
-            ident = _loose_id(payload)
-            await self._command_done(ident, None, False, {"error": str(exc), "reason": exc.reason})
-            now = time.monotonic()
-            if now - self._refusal_logged.get(exc.reason, -1e9) > 60:  # every refusal is audited; the log is rate-limited
-                self._refusal_logged[exc.reason] = now
-                log.warning("fleet command %s refused: %s (further %s refusals this minute are only audited)", ident[:40], exc, exc.reason)
+            self._command_refused(exc, "")
             return
         body, operator = env["body"], env["node"]
         if not await engine.store.claim_nonce(env["id"], float(body["expires_at"])):
-            await self._command_done(env["id"], env, False, {"error": "replayed: this command id was already used", "reason": "replayed"})
+            self._command_refused(Rejected("replayed", f"command id {env['id'][:40]!r} was already used"), operator)
             return
         try:
             result = await self._apply_command(body["cmd"], body.get("args", {}), operator)
-            await self._command_done(env["id"], env, True, {"result": result})
+            await self._command_done(env, True, {"result": result})
             log.info("fleet command %s (%s) by %s applied", body["cmd"], env["id"][:12], operator)
         except AgentdError as exc:
-            await self._command_done(env["id"], env, False, {"error": str(exc), "reason": "failed"})
+            await self._command_done(env, False, {"error": str(exc), "reason": "failed"})
 
-    async def _command_done(self, ident: str, env: dict[str, Any] | None, ok: bool, outcome: dict[str, Any]) -> None:
+    def _command_refused(self, exc: Rejected, operator: str) -> None:
+        if self.refusals.add("command", exc.reason, sender=operator, detail=str(exc)):
+            log.warning("fleet command refused: %s: %s (further %s refusals are counted and audited as a summary)",
+                        exc.reason, exc, exc.reason)
+
+    async def _command_done(self, env: dict[str, Any], ok: bool, outcome: dict[str, Any]) -> None:
         engine = self._engine()
         cfg = self.loaded.config
-        body = env["body"] if env else {}
-        audit = {"command_id": ident, "cmd": body.get("cmd"), "operator": env["node"] if env else None, "accepted": ok,
+        body, ident = env["body"], env["id"]
+        audit = {"command_id": ident, "cmd": body.get("cmd"), "operator": env["node"], "accepted": ok,
                  "target": body.get("target"), **{k: v for k, v in outcome.items() if k != "result"}}
         reply_body = {"command_id": ident, "cmd": body.get("cmd"), "ok": ok, **outcome}
-        payload = envelope("reply", node=cfg.node.id, hlc=self.clock.now(), body=reply_body, key=engine.key)
+        payload = envelope("reply", fleet=cfg.node.fleet, node=cfg.node.id, hlc=self.clock.now(), body=reply_body, key=engine.key)
         await engine.store.command_outcome(ident, audit, (topic(cfg.node.fleet, "nodes", cfg.node.id, "reply"), payload))
         self.outbox_ready.set()
+
+    async def _audit_refusals(self) -> None:
+        """One audit record per path and reason refused since the last call (a flood costs a few records)."""
+        for summary in self.refusals.take():
+            await self._engine().store.audit("input_refused", summary)
 
     async def _apply_command(self, cmd: str, args: dict[str, Any], operator: str) -> Any:
         engine = self._engine()
@@ -229,7 +249,8 @@ class Daemon:
         return self.engine
 
     async def _mqtt_submit(self, skill: str, data: Any, event_id: str | None, received: float) -> dict[str, Any]:
-        return await self.submit(skill, data, event_id, origin="mqtt", received=received)
+        # Busy is back-pressure here: wait for room (the link reads no further meanwhile), never drop.
+        return await self.submit(skill, data, event_id, origin="mqtt", received=received, wait=True)
 
     async def _drain(self) -> None:
         """Let in-flight decisions finish and the outbox empty, for at most drain_timeout_s."""
@@ -280,6 +301,7 @@ class Daemon:
         st = self.loaded.config.state
         next_prune = time.monotonic() + 5.0
         next_checkpoint = time.monotonic() + st.checkpoint_interval_s
+        next_summary = time.monotonic() + self.loaded.config.mesh.refusal_summary_s
         while True:
             await asyncio.sleep(min(st.checkpoint_interval_s, 5.0))
             await self._gate.wait()  # not while a reload swaps the engine
@@ -287,6 +309,9 @@ class Daemon:
             if engine is None:
                 continue
             try:
+                if time.monotonic() >= next_summary:
+                    next_summary = time.monotonic() + self.loaded.config.mesh.refusal_summary_s
+                    await self._audit_refusals()
                 if time.monotonic() >= next_checkpoint:
                     await engine.store.checkpoint()
                     next_checkpoint = time.monotonic() + st.checkpoint_interval_s
@@ -377,11 +402,20 @@ class Daemon:
 
     # -- decisions through the gate ------------------------------------------
 
-    async def submit(self, skill: str, data: Any, event_id: str | None, *, origin: str, received: float | None = None) -> dict[str, Any]:
-        """Decide an event through the current engine, counting it as in flight."""
+    async def submit(
+        self, skill: str, data: Any, event_id: str | None, *, origin: str, received: float | None = None, wait: bool = False
+    ) -> dict[str, Any]:
+        """Decide an event through the current engine, counting it as in flight.
+
+        With ``daemon.max_pending`` events in flight, a caller that can retry (the socket)
+        gets ``busy``; with ``wait``, the call waits for room instead.
+        """
         received = received if received is not None else time.monotonic()
-        if self._inflight >= self.loaded.config.daemon.max_pending:
-            raise InputError(f"daemon busy: {self._inflight} events in flight (daemon.max_pending); retry later")
+        while self._inflight >= self.loaded.config.daemon.max_pending:
+            if not wait:
+                raise Rejected("busy", f"daemon busy: {self._inflight} events in flight (daemon.max_pending); retry later")
+            self._room.clear()
+            await self._room.wait()
         await self._gate.wait()
         assert self.engine is not None
         self._inflight += 1
@@ -390,6 +424,7 @@ class Daemon:
             return await self.engine.decide(skill, data, event_id=event_id, received=received, origin=origin)
         finally:
             self._inflight -= 1
+            self._room.set()
             if self._inflight == 0:
                 self._idle.set()
 
@@ -422,13 +457,11 @@ class Daemon:
 
     async def _handle(self, line: bytes, received: float) -> dict[str, Any]:
         try:
-            req = json.loads(line)
+            req = parse_json(line, max_bytes=MAX_REQUEST_BYTES, what="request")
             if not isinstance(req, dict) or not isinstance(req.get("op"), str):
                 raise InputError('a request is a JSON object with an "op" field')
             result = await self._dispatch(req, received)
             return {"ok": True, "result": result}
-        except json.JSONDecodeError as exc:
-            return {"ok": False, "code": 2, "error": f"request is not JSON: {exc.msg} at {exc.pos}"}
         except AgentdError as exc:
             return {"ok": False, "code": exc.exit_code, "error": str(exc)}
         except Exception as exc:  # a bug must not take the daemon down; log it with its traceback
@@ -460,6 +493,7 @@ class Daemon:
                 status["broker"].update(self.link.counters)
                 status["broker"]["protocol"] = self.link.protocol  # "5" or "3.1.1" while connected
                 status["broker"]["rejected"] = dict(self.link.rejected)
+            status["broker"]["refused"] = dict(self.refusals.total)
             status["peers"] = await engine.store.read(queries.list_peers)
             return status
         if op in ("approve", "reject"):
@@ -482,15 +516,6 @@ class Daemon:
 
 class _Shutdown(Exception):
     pass
-
-
-def _loose_id(payload: bytes) -> str:
-    """The id of a refused command if one can be read, for its reply and audit record."""
-    try:
-        ident = json.loads(payload).get("id")
-    except (ValueError, AttributeError):
-        return "unreadable"
-    return ident[:128] if isinstance(ident, str) and ident else "unreadable"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -362,7 +362,7 @@ class Engine:
         record_bytes = canonical(record)
         outbox = []
         if self.cfg.mqtt.enabled:
-            payload = envelope_raw("decision", node=self.node, hlc=hlc, body_canonical=record_bytes, key=self.key, ident=record["id"])
+            payload = envelope_raw("decision", fleet=self.cfg.node.fleet, node=self.node, hlc=hlc, body_canonical=record_bytes, key=self.key, ident=record["id"])
             outbox.append((topic(self.cfg.node.fleet, "nodes", self.node, "decisions"), payload, 1, False))
             if approval is not None:
                 outbox.append((topic(self.cfg.node.fleet, "nodes", self.node, "approvals"), payload, 1, False))

@@ -5,6 +5,7 @@ Callers catch ``AgentdError``; the CLI maps it to one stderr line and an exit co
     AgentdError
     ├── ConfigError    a config file or value is invalid (exit 2)
     ├── InputError     an event, request or argument is invalid (exit 2)
+    │   └── Rejected   untrusted bytes refused at the wire; ``reason`` is a code for counting
     ├── StateError     the SQLite store is unusable or a record is missing
     │   └── NotFound   a decision/approval id does not exist (exit 1)
     ├── ModelError     a model cannot be loaded or refused (hash, memory, runtime)
@@ -33,6 +34,15 @@ class InputError(AgentdError):
     """An event, request or CLI argument is invalid."""
 
     exit_code = 2
+    reason = "invalid"  # the code a counter files it under
+
+
+class Rejected(InputError):
+    """Untrusted input was refused (agentd.untrusted, envelopes, commands); ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class StateError(AgentdError):

@@ -41,8 +41,15 @@ def tick(last: Hlc, now_ms: int) -> Hlc:
     return _norm((last[0], last[1] + 1))
 
 
-def merge(last: Hlc, remote: Hlc, now_ms: int) -> Hlc:
-    """The HLC after receiving a message stamped ``remote``."""
+def merge(last: Hlc, remote: Hlc, now_ms: int, max_advance_ms: int | None = None) -> Hlc:
+    """The HLC after receiving a message stamped ``remote``.
+
+    With ``max_advance_ms``, a remote stamp further ahead of ``now_ms`` than that counts as
+    ``now_ms + max_advance_ms``: a peer (honest with a fast clock, or not) can move this
+    clock ahead by at most that much.
+    """
+    if max_advance_ms is not None and remote[0] > now_ms + max_advance_ms:
+        remote = (now_ms + max_advance_ms, 0)
     wall = max(last[0], remote[0], now_ms)
     if wall == last[0] == remote[0]:
         return _norm((wall, max(last[1], remote[1]) + 1))
@@ -66,7 +73,8 @@ class Clock:
             self._last = tick(self._last, self._now())
             return encode(self._last)
 
-    def observe(self, remote: str) -> str:
+    def observe(self, remote: str, *, max_advance_ms: int | None = None) -> str:
+        """Merge a received stamp (ValueError if malformed); see ``merge`` for ``max_advance_ms``."""
         with self._lock:
-            self._last = merge(self._last, decode(remote), self._now())
+            self._last = merge(self._last, decode(remote), self._now(), max_advance_ms)
             return encode(self._last)

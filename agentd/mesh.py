@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import socket
 import sqlite3
@@ -29,9 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from agentd import queries
 from agentd.backoff import backoff_delay
-from agentd.envelope import Rejected, check_envelope, envelope, topic
-from agentd.errors import AgentdError, InputError, MeshError
+from agentd.envelope import check_envelope, envelope, topic
+from agentd.errors import AgentdError, InputError, MeshError, Rejected, StateError
 from agentd.hlc import decode as hlc_decode
+from agentd.peerwire import check_peer_body
+from agentd.refusals import RefusalTally
+from agentd.untrusted import parse_json
 
 if TYPE_CHECKING:
     from agentd.config import Config
@@ -44,61 +46,11 @@ Submit = Callable[[str, Any, "str | None", float], Awaitable[dict[str, Any]]]
 OUTBOX_BATCH = 500
 DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count() can read
 STABLE_SESSION_S = 10.0  # a session shorter than this keeps growing the reconnect back-off (e.g. a client-id clash)
-MAX_SKEW_MS = 5 * 60 * 1000  # an HLC further ahead of our clock than this is refused
 MAX_INFLIGHT = 200  # outbox publishes waiting for their PUBACK
 PUBACK_TIMEOUT_S = 30.0
 RESEND_GRACE_S = 1.0  # at most: time a resend is given to reach the peers before their digests count against it
 SUBSCRIBE_BATCH = 100
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5: keep the session like 3.1.1's clean_session=False
-
-
-def send_command(cfg: Config, payload: bytes, *, command_id: str, target: str, timeout_s: float) -> list[dict[str, Any]]:
-    """Publish a signed command and collect the replies to it (all of them until ``timeout_s``,
-    or the first one for a single target). Used by `agentd fleet send`."""
-    import threading
-
-    import paho.mqtt.client as mqtt
-
-    replies: list[dict[str, Any]] = []
-    done = threading.Event()
-    fleet = cfg.node.fleet
-
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        try:
-            env = json.loads(msg.payload)
-            body = env.get("body", {})
-        except (ValueError, AttributeError):
-            return
-        if isinstance(body, dict) and body.get("command_id") == command_id:
-            replies.append(env)
-            if target != "all":
-                done.set()
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"agentd-fleet-send-{command_id[:12]}")
-    m = cfg.mqtt
-    if m.username:
-        client.username_pw_set(m.username, Path(m.password_file).read_text().strip() if m.password_file else None)
-    if m.tls is not None:
-        client.tls_set(ca_certs=m.tls.ca, certfile=m.tls.cert, keyfile=m.tls.key)
-    client.on_message = on_message
-    subscribed = threading.Event()
-    client.on_subscribe = lambda *_a: subscribed.set()
-    try:
-        client.connect(m.host, m.port, keepalive=30)
-    except OSError as exc:
-        raise MeshError(f"cannot reach the broker at {m.host}:{m.port}: {exc}") from exc
-    client.loop_start()
-    try:
-        client.subscribe(topic(fleet, "nodes", "+", "reply"), qos=1)
-        if not subscribed.wait(10):
-            raise MeshError("the broker did not confirm the subscription to replies")
-        info = client.publish(topic(fleet, "cmd", target), payload, qos=1)
-        info.wait_for_publish(10)
-        done.wait(timeout_s)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    return replies
 
 
 async def _close_client(client: Any) -> None:
@@ -136,6 +88,15 @@ async def publish_in_loop(client: Any, name: str, payload: bytes, *, qos: int) -
         raise asyncio.CancelledError
 
 
+class _Failed(InputError):
+    """An event the engine could not decide for a reason of its own (counted as ``failed``)."""
+
+    reason = "failed"
+
+    def __init__(self, exc: AgentdError) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+
+
 def aiomqtt_error(message: str) -> Exception:
     """An aiomqtt.MqttError, so that the connection loop treats it as a lost connection."""
     import aiomqtt
@@ -144,25 +105,41 @@ def aiomqtt_error(message: str) -> Exception:
 
 
 def parse_event(payload: bytes, *, max_bytes: int) -> tuple[str | None, Any]:
-    """An event message: ``{"id": optional str, "ts": optional number, "data": {...}}``; InputError otherwise."""
-    if len(payload) > max_bytes:
-        raise InputError(f"event payload is {len(payload)} bytes, over the limit of {max_bytes}")
-    try:
-        msg = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"event payload is not JSON: {exc}") from exc
+    """An event message: ``{"id": optional str, "ts": optional number, "data": {...}}``; InputError
+    (``Rejected`` with a reason code) otherwise. The bytes are parsed with every bound of
+    ``agentd.untrusted``."""
+    msg = parse_json(payload, max_bytes=max_bytes, what="event payload")
     if not isinstance(msg, dict):
-        raise InputError("event payload must be a JSON object with a \"data\" object")
+        raise Rejected("malformed", "event payload must be a JSON object with a \"data\" object")
     unknown = set(msg) - {"id", "ts", "data"}
     if unknown:
-        raise InputError(f"unknown event key(s) {sorted(map(str, unknown))[:5]} (known: id, ts, data)")
+        raise Rejected("malformed", f"unknown event key(s) {sorted(k[:40] for k in unknown)[:5]} (known: id, ts, data)")
     eid = msg.get("id")
     if eid is not None and not isinstance(eid, str):
-        raise InputError('"id" must be a string')
+        raise Rejected("malformed", '"id" must be a string')
     ts = msg.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
-        raise InputError('"ts" must be a number (epoch seconds)')
+        raise Rejected("malformed", '"ts" must be a number (epoch seconds)')
     return eid, msg.get("data")
+
+
+def subscriptions(cfg: Config, *, commands: bool = True) -> list[str]:
+    """The topic filters a node subscribes to: its events, its peers' decisions, gossip and status, its commands.
+
+    MQTT 3.1.1 has no "no local": a wildcard would bring every own decision back to us, so
+    peers are subscribed one by one unless unknown peers may be learned.
+    """
+    fleet, node = cfg.node.fleet, cfg.node.id
+    topics = [topic(fleet, "nodes", node, "events", "+")]
+    if cfg.trust.allow_unknown_peers:
+        topics += [topic(fleet, "nodes", "+", "decisions"), topic(fleet, "gossip", "+")]
+    else:
+        for peer in sorted(cfg.trust.peers):
+            topics += [topic(fleet, "nodes", peer, "decisions"), topic(fleet, "gossip", peer)]
+    topics.append(topic(fleet, "nodes", "+", "status"))
+    if commands:
+        topics += [topic(fleet, "cmd", node), topic(fleet, "cmd", "all")]
+    return topics
 
 
 class MeshLink:
@@ -183,6 +160,7 @@ class MeshLink:
         on_peer_decision: Callable[[str, dict[str, Any]], None] | None = None,
         on_command: Callable[[bytes], Awaitable[None]] | None = None,
         learned_keys: dict[str, str] | None = None,
+        refusals: RefusalTally | None = None,
     ) -> None:
         if not cfg.mqtt.enabled:
             raise ValueError("MeshLink needs mqtt.enabled: true")
@@ -191,16 +169,18 @@ class MeshLink:
         self._key, self._clock, self._store, self._submit = key, clock, store, submit
         self._outbox_ready = outbox_ready
         self.connected = False
-        self.counters: dict[str, int] = {"published": 0, "events_in": 0, "events_refused": 0, "reconnects": 0}
+        # failures: unexpected exceptions that cost a reconnect (a bug); handler_errors: bugs caught at a
+        # message handler's boundary, where the message was acknowledged and the session kept.
+        self.counters: dict[str, int] = {"published": 0, "events_in": 0, "events_refused": 0, "reconnects": 0,
+                                         "failures": 0, "handler_errors": 0}
+        self.refusals = refusals if refusals is not None else RefusalTally()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-outbox")
         self._read_conn: sqlite3.Connection | None = None
-        self._last_refusal_log = 0.0
         self._on_peer_decision = on_peer_decision
         self._on_command = on_command
         self._keys: dict[str, str] = {**(learned_keys or {}), **cfg.trust.peers}  # configured keys win
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.rejected: Counter[str] = Counter()
-        self._reject_log: dict[str, float] = {}
         self._answered: dict[str, float] = {}
         self._resend: list[dict[str, Any]] = []
         self._resent_at: dict[str, float] = {}  # decision id -> when we last resent it
@@ -229,7 +209,7 @@ class MeshLink:
             if m.tls.cert:
                 ctx.load_cert_chain(m.tls.cert, m.tls.key)
             tls = ctx
-        offline = envelope("status", node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
+        offline = envelope("status", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
         # The broker keeps our subscriptions and unacknowledged events across reconnects.
         session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
         if protocol == "5":
@@ -303,7 +283,7 @@ class MeshLink:
             except* AgentdError as group:  # config (password file), or the store during a reload
                 log.error("mqtt: %s", group.exceptions[0])
             except* Exception as group:  # a bug must cost a reconnect, never the node: it keeps deciding
-                self.counters["failures"] = self.counters.get("failures", 0) + 1
+                self.counters["failures"] += 1
                 log.error("mqtt link failed unexpectedly; reconnecting", exc_info=group.exceptions[0])
             self.connected, self.protocol = False, None
             if connected_at is not None and time.monotonic() - connected_at >= STABLE_SESSION_S:
@@ -320,19 +300,9 @@ class MeshLink:
             "status": "online", "stage": self.cfg.lifecycle.stage, "release": self.cfg.lifecycle.release,
             "ts": time.time(), "public_key": self._key.public_b64,
         }
-        payload = envelope("status", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
+        payload = envelope("status", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
         await client.publish(self._t("status"), payload, qos=1, retain=True)
-        topics = [self._t("events", "+")]
-        # MQTT 3.1.1 has no "no local": a wildcard would bring every own decision back to us,
-        # so subscribe per known peer unless unknown peers may be learned.
-        if self.cfg.trust.allow_unknown_peers:
-            topics += [topic(self.fleet, "nodes", "+", "decisions"), topic(self.fleet, "gossip", "+")]
-        else:
-            for peer in sorted(self.cfg.trust.peers):
-                topics += [topic(self.fleet, "nodes", peer, "decisions"), topic(self.fleet, "gossip", peer)]
-        topics.append(topic(self.fleet, "nodes", "+", "status"))
-        if self._on_command is not None:
-            topics += [topic(self.fleet, "cmd", self.node), topic(self.fleet, "cmd", "all")]
+        topics = subscriptions(self.cfg, commands=self._on_command is not None)
         # A few SUBSCRIBE packets rather than one per topic: until a peer's topics are
         # subscribed, what it gossips (a heal's resends included) passes this node by.
         for i in range(0, len(topics), SUBSCRIBE_BATCH):
@@ -342,7 +312,7 @@ class MeshLink:
                 log.warning("the broker refused %d subscription(s), e.g. %s (check its ACL)", len(refused), refused[0])
 
     async def _offline(self, client: Any) -> None:
-        payload = envelope("status", node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
+        payload = envelope("status", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await client.publish(self._t("status"), payload, qos=1, retain=True)
@@ -392,6 +362,8 @@ class MeshLink:
             await self._on_command(payload if isinstance(payload, bytes) else str(payload).encode())
         except AgentdError as exc:
             log.error("fleet command not handled: %s", exc)
+        except Exception as exc:  # the handler boundary: a bug costs this message, never the session
+            self._handler_failed("command", exc)
         finally:
             sem.release()
 
@@ -400,8 +372,25 @@ class MeshLink:
             await self._peer_message(node, kind, payload)
         except AgentdError as exc:
             log.error("peer message from %s not stored: %s", node[:64], exc)
+        except Exception as exc:  # the handler boundary: a bug costs this message, never the session
+            self._handler_failed("peer", exc)
         finally:
             sem.release()
+
+    def _handler_failed(self, path: str, exc: BaseException) -> None:
+        """A bug met at a handler's boundary: counted, its traceback logged once a minute; the message was acknowledged."""
+        self.counters["handler_errors"] += 1
+        if self.refusals.add(path, "internal_error", detail=f"{type(exc).__name__}: {str(exc)[:160]}"):
+            log.error("%s message handler failed; the message is acknowledged and counted (further ones this minute are only counted)",
+                      path, exc_info=exc)
+
+    def _refused(self, path: str, sender: str, exc: InputError) -> None:
+        """Count a refused message by path and reason; log the first of each kind a minute."""
+        if path == "peer":
+            self.rejected[exc.reason] += 1
+        if self.refusals.add(path, exc.reason, sender=sender, detail=str(exc)):
+            log.warning("refused a %s message from %s: %s: %s (further ones this minute are only counted)",
+                        path, sender[:120], exc.reason, exc)
 
     def update_trust(self, peers: dict[str, str]) -> None:
         """After a reload: configured peer keys replace the old ones; learned keys stay."""
@@ -421,15 +410,18 @@ class MeshLink:
         payload = raw if isinstance(raw, bytes) else str(raw).encode()
         if not payload:  # a cleared retained status
             return
+        mesh = self.cfg.mesh
+        now = time.time()
         try:
             env = check_envelope(
-                payload, max_bytes=self.cfg.mqtt.max_payload_bytes, key_for=self._key_for,
-                now_ms=time.time_ns() // 1_000_000, max_skew_ms=MAX_SKEW_MS,
+                payload, fleet=self.fleet, max_bytes=self.cfg.mqtt.max_payload_bytes, key_for=self._key_for,
+                now_ms=int(now * 1000), max_skew_ms=int(mesh.max_clock_skew_s * 1000), accept_v1=mesh.accept_v1,
             )
             if env["node"] != node:
-                raise Rejected("malformed", f"envelope of {env['node'][:64]!r} on {node!r}'s topic")
+                raise Rejected("malformed", f"envelope of {env['node'][:64]!r} on {node[:64]!r}'s topic")
+            check_peer_body(kind, env, now_s=now, max_skew_s=mesh.max_clock_skew_s)
         except Rejected as exc:
-            self._reject(node, exc)
+            self._refused("peer", node, exc)
             return
         if env["id"] in self._seen:
             self.rejected["duplicate"] += 1
@@ -437,19 +429,18 @@ class MeshLink:
         self._seen[env["id"]] = None
         if len(self._seen) > 100_000:
             self._seen.popitem(last=False)
-        self._clock.observe(env["hlc"])
+        self._clock.observe(env["hlc"], max_advance_ms=mesh.max_clock_advance_ms)
         store = self._store()
         body = env["body"]
-        if kind == "status":
+        if env["kind"] == "status":
             learned = node not in self._keys
             if learned:
                 self._keys[node] = str(body["public_key"])
                 log.warning("learned the key of peer %s on first use (trust.allow_unknown_peers)", node)
-            await store.upsert_peer(node, status=str(body.get("status", "unknown"))[:16], hlc=env["hlc"],
-                                    public_key=self._keys[node], learned=learned)
+            await store.upsert_peer(node, status=body["status"], hlc=env["hlc"], public_key=self._keys[node], learned=learned)
         elif env["kind"] == "digest":
             await self._answer_digest(node, body, hlc_decode(env["hlc"])[0] / 1000)
-        elif env["kind"] == "decision" and isinstance(body.get("action"), str) and isinstance(body.get("created_at"), int | float):
+        else:
             fresh = await store.record_peer_decision(node, body, env["hlc"])
             if fresh and self._on_peer_decision is not None:  # a resend must not count twice
                 self._on_peer_decision(node, body)
@@ -465,7 +456,7 @@ class MeshLink:
             since = time.time() - DIGEST_WINDOW_S
             counts = await self._store().read(functools.partial(queries.fleet_digest, since=since))
             body = {"since": since, "counts": counts}
-            payload = envelope("digest", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
+            payload = envelope("digest", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
             await publish_in_loop(client, topic(self.fleet, "gossip", self.node), payload, qos=0)
             await asyncio.sleep(self.cfg.mqtt.digest_interval_s)
 
@@ -478,7 +469,7 @@ class MeshLink:
             await asyncio.sleep(interval)
             try:
                 body = await self.metrics_source()
-                payload = envelope("metrics", node=self.node, hlc=self._clock.now(), body=body, key=self._key)
+                payload = envelope("metrics", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
             except Exception:  # a metrics bug must not take the MQTT session down; it is logged with its traceback
                 log.exception("metrics snapshot failed")
                 continue
@@ -524,33 +515,32 @@ class MeshLink:
         log.info("anti-entropy: %s holds %s of our %s decisions; resending %d", peer[:64], theirs[0], ours[0], len(records))
         self._outbox_ready.set()
 
-    def _reject(self, node: str, exc: Rejected) -> None:
-        self.rejected[exc.reason] += 1
-        key = f"{node}:{exc.reason}"
-        now = time.monotonic()
-        if now - self._reject_log.get(key, -1e9) > 60:  # once per sender, reason and minute
-            self._reject_log[key] = now
-            log.warning("dropped a message from %s: %s (%d dropped for this reason so far)", node[:64], exc, self.rejected[exc.reason])
-
     async def _one_event(self, client: Any, message: Any, prefix: str, received: float, sem: asyncio.Semaphore) -> None:
+        """Decide one MQTT event, then acknowledge it: after its commit, or at once when it is refused.
+
+        Poison (refused input, or a bug met on the way) is acknowledged and counted, so the
+        broker never redelivers it. Only a commit that failed (disk) leaves the event
+        unacknowledged, and ends the session so that the broker redelivers it.
+        """
+        name = str(message.topic)
         try:
-            name = str(message.topic)
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             try:
-                if not name.startswith(prefix):
-                    raise InputError(f"unexpected topic {name[:120]!r}")
                 eid, data = parse_event(payload, max_bytes=self.cfg.mqtt.max_payload_bytes)
                 await self._submit(name[len(prefix):], data, eid, received)
                 self.counters["events_in"] += 1
-            except InputError as exc:
-                self.counters["events_refused"] += 1  # acknowledged: a resend would be refused again
-                now = time.monotonic()
-                if now - self._last_refusal_log > 60:
-                    self._last_refusal_log = now
-                    log.warning("mqtt event refused on %s: %s (further refusals this minute are only counted)", name[:120], exc)
+            except InputError as exc:  # acknowledged: a redelivery would be refused again
+                self.counters["events_refused"] += 1
+                self._refused("event", name, exc)
+            except StateError as exc:
+                log.error("mqtt event on %s not committed; reconnecting so that the broker delivers it again: %s", name[:120], exc)
+                raise aiomqtt_error(f"an event's commit failed: {exc}") from exc
             except AgentdError as exc:
-                log.error("mqtt event on %s not decided, left unacknowledged for redelivery: %s", name[:120], exc)
-                return
+                self.counters["events_refused"] += 1
+                self._refused("event", name, _Failed(exc))
+            except Exception as exc:  # the handler boundary: a bug costs this event, never the session
+                self.counters["events_refused"] += 1
+                self._handler_failed("event", exc)
             if message.qos > 0:
                 client._client.ack(message.mid, message.qos)
         finally:
@@ -647,7 +637,7 @@ class MeshLink:
                     raise aiomqtt_error(f"no PUBACK in {PUBACK_TIMEOUT_S:.0f} s")
                 while self._resend:  # anti-entropy: our own decisions again, freshly enveloped, on gossip/<node>
                     record = self._resend.pop(0)
-                    payload = envelope("decision", node=self.node, hlc=self._clock.now(), body=record, key=self._key)
+                    payload = envelope("decision", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=record, key=self._key)
                     await wait_for_room()
                     publish(-1, topic(self.fleet, "gossip", self.node), payload, 1, False)
                 rows = self._take_fresh(after) if after else []

@@ -6,13 +6,13 @@ decision record. The engine (``agentd.engine``) does the I/O around them.
 
 from __future__ import annotations
 
-import math
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import InputError
+from agentd.untrusted import check_value
 
 if TYPE_CHECKING:
     from agentd.config import FieldSpec, SkillConfig, StageConfig
@@ -72,19 +72,13 @@ def _field(skill_name: str, name: str, spec: FieldSpec, data: dict[str, Any]) ->
     if spec.type in ("number", "integer"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(f"{skill_name}.{name}: expected a number, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"{skill_name}.{name}: {value} is not a finite number")
-        if isinstance(value, int) and abs(value) > 2**53:
-            raise InputError(f"{skill_name}.{name}: {str(value)[:30]} is beyond ±2^53, which JSON cannot carry exactly")
+        check_value(value, what=f"{skill_name}.{name}")  # finite, and within what canonical JSON carries exactly
         if spec.type == "integer":
             if isinstance(value, float) and not value.is_integer():
                 raise InputError(f"{skill_name}.{name}: expected an integer, got {value}")
             value = int(value)
         else:
-            try:
-                value = float(value)
-            except OverflowError as exc:
-                raise InputError(f"{skill_name}.{name}: {str(value)[:30]}... is too large for a number") from exc
+            value = float(value)
         if spec.min is not None and value < spec.min:
             raise InputError(f"{skill_name}.{name}: {value} is below the minimum {spec.min}")
         if spec.max is not None and value > spec.max:
@@ -94,6 +88,7 @@ def _field(skill_name: str, name: str, spec: FieldSpec, data: dict[str, Any]) ->
             raise InputError(f"{skill_name}.{name}: expected a string, got {type(value).__name__}")
         if len(value) > spec.max_length:
             raise InputError(f"{skill_name}.{name}: {len(value)} characters, over the limit of {spec.max_length}")
+        check_value(value, what=f"{skill_name}.{name}")  # no lone surrogates: the record must be signable
     elif not isinstance(value, bool):
         raise InputError(f"{skill_name}.{name}: expected true or false, got {type(value).__name__}")
     return value

@@ -91,8 +91,9 @@ class FleetView:
         times = self._times.get(action)
         if not times:
             return 0
-        since = (now if now is not None else time.time()) - float(window_s)
-        return len(times) - bisect.bisect_left(times, since)
+        now = now if now is not None else time.time()
+        # A decision dated ahead of now (a peer's clock, or a forgery within the skew bound) counts only from its time on.
+        return bisect.bisect_right(times, now) - bisect.bisect_left(times, now - float(window_s))
 
     def set_value(self, key: str, value: Any) -> None:
         self._values[key] = value

@@ -599,7 +599,7 @@ async def test_decision_queues_a_signed_envelope_when_mqtt_is_enabled(
         "agentd/v1/test-fleet/nodes/test-node/approvals",
     ]
     env = json.loads(rows[0][1])
-    assert env["body"] == rec and env["kind"] == "decision" and env["v"] == 1 and env["node"] == "test-node"
+    assert env["body"] == rec and env["kind"] == "decision" and env["v"] == 2 and env["fleet"] == "test-fleet" and env["node"] == "test-node"
     sig = env.pop("sig")
     from agentd.signing import canonical
 

@@ -32,21 +32,21 @@ def test_canonical_equals_rfc8785(value: object) -> None:
 def test_spliced_envelope_is_canonical_and_verifies(tmp_path: Path) -> None:
     key, _ = create_key(tmp_path)
     body = {"b": 1.5, "a": ["x", None, True], "ü": "ß"}
-    raw = envelope_raw("decision", node="n1", hlc="1795600000000-0001", body_canonical=canonical(body), key=key, ident="id1")
+    raw = envelope_raw("decision", fleet="f1", node="n1", hlc="1795600000000-0001", body_canonical=canonical(body), key=key, ident="id1")
     env = json.loads(raw)
     assert raw == rfc8785.dumps(env)  # the spliced bytes are the canonical form
-    assert raw == envelope("decision", node="n1", hlc="1795600000000-0001", body=body, key=key, ident="id1")
-    checked = check_envelope(raw, max_bytes=65536, key_for=lambda n, e: key.public_b64, now_ms=1795600000000, max_skew_ms=1000)
+    assert raw == envelope("decision", fleet="f1", node="n1", hlc="1795600000000-0001", body=body, key=key, ident="id1")
+    checked = check_envelope(raw, fleet="f1", max_bytes=65536, key_for=lambda n, e: key.public_b64, now_ms=1795600000000, max_skew_ms=1000)
     assert checked["body"] == body
 
 
 def test_tampered_or_future_envelopes_are_rejected(tmp_path: Path) -> None:
     key, _ = create_key(tmp_path)
-    raw = envelope("decision", node="n1", hlc="1795600000000-0000", body={"action": "none"}, key=key)
+    raw = envelope("decision", fleet="f1", node="n1", hlc="1795600000000-0000", body={"action": "none"}, key=key)
 
-    def reason(payload: bytes, now_ms: int = 1795600000000) -> str:
+    def reason(payload: bytes, now_ms: int = 1795600000000, fleet: str = "f1") -> str:
         try:
-            check_envelope(payload, max_bytes=4096, key_for=lambda n, e: key.public_b64, now_ms=now_ms, max_skew_ms=1000)
+            check_envelope(payload, fleet=fleet, max_bytes=4096, key_for=lambda n, e: key.public_b64, now_ms=now_ms, max_skew_ms=1000)
         except Rejected as exc:
             return exc.reason
         return "accepted"
@@ -56,3 +56,12 @@ def test_tampered_or_future_envelopes_are_rejected(tmp_path: Path) -> None:
     assert reason(raw, now_ms=1795600000000 - 60_000) == "clock_skew"
     assert reason(b"x" * 5000) == "oversized"
     assert reason(json.dumps({k: v for k, v in json.loads(raw).items() if k != "sig"}).encode()) == "unsigned"
+    assert reason(raw, fleet="f2") == "wrong_fleet"  # the fleet is in the signed bytes: no cross-fleet replay
+    v1 = {k: v for k, v in json.loads(raw).items() if k not in ("sig", "fleet")} | {"v": 1}
+    v1["sig"] = key.sign(rfc8785.dumps(v1))
+    assert reason(rfc8785.dumps(v1)) == "old_version"
+    assert check_envelope(rfc8785.dumps(v1), fleet="f1", max_bytes=4096, key_for=lambda n, e: key.public_b64,
+                          now_ms=1795600000000, max_skew_ms=1000, accept_v1=True)["v"] == 1  # mesh.accept_v1
+    assert reason(b'{"v":2,' * 3000) == "oversized"
+    assert reason(b"[" * 2000 + b"]" * 2000) == "too_deep"
+    assert reason(rb'{"v":2,"fleet":"f1","kind":"decision","id":"x","node":"n1","hlc":"1795600000000-0000","body":{"a":"\ud800"},"sig":"x"}') == "bad_string"

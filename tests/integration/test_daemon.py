@@ -80,6 +80,11 @@ def test_bad_requests_get_specific_errors_and_the_daemon_lives(daemon: DaemonPro
         (json.dumps({"op": "submit", "skill": "freezer_health", "data": {**NORMAL, "temperature_c": 1e9}}).encode() + b"\n", "above the maximum"),
         (json.dumps({"op": "submit", "skill": "freezer_health", "data": NORMAL, "id": "bad id with spaces"}).encode() + b"\n", "event id"),
         (b"x" * (2 * 1024 * 1024) + b"\n", "over"),
+        # hostile input takes the same bounded parser as MQTT (agentd.untrusted)
+        (b"[" * 50_000 + b"\n", "nested deeper"),
+        (b'{"op": "submit", "skill": "freezer_health", "data": {"temperature_c": ' + b"9" * 5000 + b"}}\n", "number of 5000 characters"),
+        (json.dumps({"op": "submit", "skill": "freezer_health", "data": {**NORMAL, "note": "\ud800"}}).encode() + b"\n", "surrogate"),
+        (json.dumps({"op": "submit", "skill": "freezer_health", "data": {**NORMAL, "compressor_a": 2**53}}).encode() + b"\n", "2^53"),
     ]
     for payload, expected in cases:
         reply = json.loads(daemon.raw(payload).splitlines()[0])
@@ -87,7 +92,7 @@ def test_bad_requests_get_specific_errors_and_the_daemon_lives(daemon: DaemonPro
         assert expected in reply["error"], (expected, reply)
     assert daemon.request({"op": "ping"})["result"] == {"pong": True}
     r = cli(daemon.config_path, "submit", "freezer_health", "--data", "{broken")
-    assert r.returncode == 2 and "not valid JSON" in r.stderr
+    assert r.returncode == 2 and "--data is not JSON" in r.stderr
 
 
 json_values = st.recursive(

@@ -96,7 +96,7 @@ def test_mosquitto_pub_event_gets_a_signed_decision(tmp_path: Path, broker: Brok
         )
         [env] = sub.wait(1)
         key = _public_key(node.config_path)
-        assert env["v"] == 1 and env["kind"] == "decision" and env["node"] == "it-node"
+        assert env["v"] == 2 and env["fleet"] == "it" and env["kind"] == "decision" and env["node"] == "it-node"
         assert _signed_by(env, key)
         assert env["body"]["event_id"] == "pub-1" and env["body"]["origin"] == "mqtt"
         with sub.lock:

@@ -62,18 +62,18 @@ def test_configured_peers_see_each_others_decisions_and_forgeries_are_dropped(tm
 
         # forged: a decision "from node-a" signed with another key; unsigned; garbage
         intruder, _ = create_key(tmp_path / "intruder")
-        forged = envelope("decision", node="node-a", hlc=f"{time.time_ns() // 1_000_000:013d}-0000",
+        forged = envelope("decision", fleet="it", node="node-a", hlc=f"{time.time_ns() // 1_000_000:013d}-0000",
                           body={"id": "x", "action": "shutdown", "created_at": time.time()}, key=intruder)
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
-        for payload in (forged, b'{"v":1,"kind":"decision","id":"y","node":"node-a","hlc":"0000000000001-0000","body":{}}', b"junk"):
+        for payload in (forged, b'{"v":2,"fleet":"it","kind":"decision","id":"y","node":"node-a","hlc":"0000000000001-0000","body":{}}', b"junk"):
             pub.publish("agentd/v1/it/nodes/node-a/decisions", payload, qos=1).wait_for_publish(10)
         pub.loop_stop()
         pub.disconnect()
         _wait(lambda: sum(b.request({"op": "status"})["result"]["broker"]["rejected"].values()) >= 3)
         rejected = b.request({"op": "status"})["result"]["broker"]["rejected"]
-        assert rejected.get("bad_signature") == 1 and rejected.get("unsigned") == 1 and rejected.get("malformed") == 1
+        assert rejected.get("bad_signature") == 1 and rejected.get("unsigned") == 1 and rejected.get("not_json") == 1
         assert sum(_fleet(b).get("node-a", {}).values()) == 5  # the forgery changed nothing
         assert b.proc is not None and b.proc.poll() is None
         assert cli(b.config_path, "audit", "verify").returncode == 0

@@ -18,6 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentd.envelope import check_envelope
+from agentd.errors import Rejected
 from tests.integration.broker import Broker, free_port
 from tests.integration.conftest import DaemonProc, cli, freezer_config
 from tests.integration.test_mesh_link import wait_connected
@@ -124,7 +125,7 @@ def test_the_mqtt_snapshot_is_signed_and_matches(node: tuple[DaemonProc, int], b
             with lock:
                 payloads = list(got)
             if payloads:
-                env = check_envelope(payloads[-1], max_bytes=65536, key_for=lambda node, _e: key if node == "it-node" else None,
+                env = check_envelope(payloads[-1], fleet="it", max_bytes=65536, key_for=lambda node, _e: key if node == "it-node" else None,
                                      now_ms=time.time_ns() // 1_000_000, max_skew_ms=60_000)
                 body = env["body"]
                 total = sum(v for _labels, v in body["metrics"].get("agentd_decisions_total", []))
@@ -140,8 +141,9 @@ def test_the_mqtt_snapshot_is_signed_and_matches(node: tuple[DaemonProc, int], b
         assert not any(name.endswith("_bucket") for name in body["metrics"])
         # a forged copy does not verify
         tampered = payloads[-1].replace(b'"kind":"metrics"', b'"kind":"metricz"')
-        with pytest.raises(Exception, match="bad_signature"):
-            check_envelope(tampered, max_bytes=65536, key_for=lambda _n, _e: key, now_ms=time.time_ns() // 1_000_000, max_skew_ms=60_000)
+        with pytest.raises(Rejected) as refused:
+            check_envelope(tampered, fleet="it", max_bytes=65536, key_for=lambda _n, _e: key, now_ms=time.time_ns() // 1_000_000, max_skew_ms=60_000)
+        assert refused.value.reason == "bad_signature"
     finally:
         sub.loop_stop()
         sub.disconnect()

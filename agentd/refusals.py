@@ -1,0 +1,67 @@
+"""Counting refused input without letting a flood cost more than a few records.
+
+Every handler of untrusted bytes files what it refuses here under ``<path>.<reason>``
+(``event.not_json``, ``command.unsigned``, ``peer.bad_signature``, ...). The counts are
+what ``agentd status`` and the metrics show; ``take()`` hands the daemon one summary per
+path and reason for the interval just ended, which it audits as one record each. A junk
+flood of any size therefore costs at most one audit record per reason per interval, no
+reply and no log line beyond one per reason per minute.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_SENDERS = 5  # senders named per summary (the most frequent)
+LOG_EVERY_S = 60.0
+
+
+@dataclass
+class _Window:
+    count: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    example: str = ""
+    senders: Counter[str] = field(default_factory=Counter)
+
+
+class RefusalTally:
+    """Counts refusals by ``path.reason``, and summarises them per interval."""
+
+    def __init__(self) -> None:
+        self.total: Counter[str] = Counter()
+        self._window: dict[str, _Window] = {}
+        self._logged: dict[str, float] = {}
+
+    def add(self, path: str, reason: str, *, sender: str = "", detail: str = "", now: float | None = None) -> bool:
+        """Count one refusal; True when it is the first of its kind this minute (log it then)."""
+        key = f"{path}.{reason}"
+        now = time.time() if now is None else now
+        self.total[key] += 1
+        w = self._window.get(key)
+        if w is None:
+            w = self._window[key] = _Window(first_at=now, example=detail[:200])
+        w.count += 1
+        w.last_at = now
+        if sender and (sender in w.senders or len(w.senders) < 1000):  # bounded even under a flood of names
+            w.senders[sender[:64]] += 1
+        if now - self._logged.get(key, -1e18) >= LOG_EVERY_S:
+            self._logged[key] = now
+            return True
+        return False
+
+    def take(self) -> list[dict[str, Any]]:
+        """One summary per ``path.reason`` refused since the last call, and start a new interval."""
+        out = []
+        for key, w in sorted(self._window.items()):
+            path, _, reason = key.partition(".")
+            out.append({
+                "path": path, "reason": reason, "count": w.count,
+                "first_at": round(w.first_at, 3), "last_at": round(w.last_at, 3), "example": w.example,
+                "senders": dict(w.senders.most_common(MAX_SENDERS)),
+            })
+        self._window.clear()
+        return out
