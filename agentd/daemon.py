@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from agentd import __version__, logs, queries
 from agentd.commands import ANSWERED, CommandRefused, check_command
 from agentd.config import LoadedConfig, load_config, parse_config
-from agentd.engine import Engine
+from agentd.engine import Engine, open_store, store_settings
 from agentd.envelope import envelope, topic
 from agentd.errors import AgentdError, ConfigError, InputError, Rejected, StateError
 from agentd.hlc import Clock
@@ -29,6 +29,8 @@ from agentd.refusals import RefusalTally
 from agentd.rules import compile_all
 from agentd.signing import create_key
 from agentd.simulator import event_for
+from agentd.stages.pool import ModelPool
+from agentd.store import Store
 from agentd.untrusted import parse_json
 
 log = logging.getLogger("agentd")
@@ -58,6 +60,10 @@ class Daemon:
         self.outbox_ready = asyncio.Event()
         self.link: MeshLink | None = None
         self.metrics: NodeMetrics | None = None
+        # Long-lived resources: they outlive a reload, which only swaps the engine over them.
+        self.store: Store | None = None
+        self.store_opened_at: float | None = None
+        self.pool = ModelPool()
         self._lock: TextIO | None = None
 
     @property
@@ -128,6 +134,8 @@ class Daemon:
                 await self.engine.store.audit("stop", {"reason": "signal", "inflight": self._inflight})
                 await self.engine.store.checkpoint()  # a clean stop leaves the whole chain under a signature
             await self.engine.__aexit__(None, None, None)
+            await self.pool.close()
+            await self._close_store()
             if self.link is not None:
                 await self.link.close()
             if self.metrics is not None:
@@ -275,11 +283,22 @@ class Daemon:
         )
 
     async def _open_engine(self, loaded: LoadedConfig, key: Any) -> Engine:
-        engine = Engine(loaded=loaded, key=key, clock=self.clock, outbox_ready=self.outbox_ready)
+        """An engine over ``loaded`` on the node's store and model pool (opening the store if it is not)."""
+        if self.store is None:
+            store = open_store(loaded, key)
+            store.on_outbox = lambda rows: self.link.offer(rows) if self.link is not None else None
+            await store.__aenter__()
+            self.store, self.store_opened_at = store, time.time()
+        engine = Engine(loaded=loaded, key=key, clock=self.clock, outbox_ready=self.outbox_ready, store=self.store, pool=self.pool)
         engine.on_decision = self.metrics.observe if self.metrics else None
-        engine.store.on_outbox = lambda rows: self.link.offer(rows) if self.link is not None else None
         await engine.__aenter__()
+        await self.pool.retain([loaded.config.model(n) for n in engine.stages if engine.stages[n].available])
         return engine
+
+    async def _close_store(self) -> None:
+        if self.store is not None:
+            store, self.store = self.store, None
+            await store.__aexit__(None, None, None)
 
     # -- background tasks -----------------------------------------------------
 
@@ -357,11 +376,16 @@ class Daemon:
         await self._idle.wait()
         key = self.engine.key
         await self.engine.__aexit__(None, None, None)
+        if store_settings(new) != store_settings(old):  # e.g. state.synchronous: the store is reopened
+            await self._close_store()
+        await self.pool.retain(list(new.config.models))  # a changed model's old runtime goes before the new one loads
         try:
             self.engine = await self._open_engine(new, key)
             self.loaded = new
         except AgentdError as exc:
             log.error("new config failed to start, rolling back: %s", exc)
+            if store_settings(new) != store_settings(old):
+                await self._close_store()
             self.engine = await self._open_engine(old, key)
             await self.engine.store.audit("config_reload_failed", {"error": str(exc)[:2000]})
             self._gate.set()
@@ -495,6 +519,9 @@ class Daemon:
                 status["broker"]["rejected"] = dict(self.link.rejected)
             status["broker"]["refused"] = dict(self.refusals.total)
             status["peers"] = await engine.store.read(queries.list_peers)
+            # What a reload kept: the store's open time and each model runtime's load time stay put.
+            status["resources"] = {"store_opened_at": self.store_opened_at, "models_loaded_at": self.pool.loaded(),
+                                   "model_loads": self.pool.loads}
             return status
         if op in ("approve", "reject"):
             did, by = req.get("id"), req.get("by") or "local-cli"

@@ -35,7 +35,7 @@ from agentd.pipeline import (
 from agentd.rules import FleetView, SkillRules, compile_all, evaluate, first_match, make_context
 from agentd.signing import canonical
 from agentd.stages.base import CallHandle, Cancelled, ModelStage
-from agentd.stages.registry import MissingStage, build_stage
+from agentd.stages.pool import ModelPool
 from agentd.store import DecisionWrite, DuplicateEvent, Store
 
 if TYPE_CHECKING:
@@ -63,7 +63,12 @@ class ShadowCall:
 
 
 class Engine:
-    """Owns the store, the model stages and the compiled rules of one node."""
+    """The decision pipeline over one config: compiled rules, stages, modes, approvals.
+
+    The daemon passes the long-lived ``store`` and model ``pool`` it owns, so a reload
+    (a new Engine) keeps the database, its writer and every unchanged model loaded. Without
+    them (``agentd decide``, tests) the engine opens and closes its own.
+    """
 
     def __init__(
         self,
@@ -73,19 +78,17 @@ class Engine:
         run_handlers: bool = True,
         clock: Clock | None = None,
         outbox_ready: asyncio.Event | None = None,
+        store: Store | None = None,
+        pool: ModelPool | None = None,
     ) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
         self.key = key
         self.node = self.cfg.node.id
         self._run_handlers = run_handlers
-        self.store = Store(
-            data_dir=self.cfg.data_dir,
-            key=key,
-            node=self.node,
-            synchronous=self.cfg.state.synchronous,
-            checkpoint_every=self.cfg.state.checkpoint_every,
-        )
+        self._owns_store, self._owns_pool = store is None, pool is None
+        self.store = store if store is not None else open_store(loaded, key)
+        self.pool = pool if pool is not None else ModelPool()
         self.clock = clock or Clock()
         self.fleet = FleetView()
         self.stages: dict[str, ModelStage] = {}
@@ -109,7 +112,8 @@ class Engine:
 
     async def __aenter__(self) -> Engine:
         self.rules = compile_all(self.loaded)
-        await self.store.__aenter__()
+        if self._owns_store:
+            await self.store.__aenter__()
         try:
             await self._load_state()
             await self._load_models()
@@ -117,7 +121,10 @@ class Engine:
             await self._tasks.__aenter__()
             self._expiry_task = self._tasks.create_task(self._expiry_loop(), name="approval-expiry")
         except BaseException:
-            await self.store.__aexit__(None, None, None)
+            if self._owns_pool:
+                await self.pool.close()
+            if self._owns_store:
+                await self.store.__aexit__(None, None, None)
             raise
         return self
 
@@ -133,9 +140,10 @@ class Engine:
             if self._tasks is not None:
                 await self._tasks.__aexit__(None, None, None)
         finally:
-            for stage in self.stages.values():
-                await stage.close()
-            await self.store.__aexit__(None, None, None)
+            if self._owns_pool:
+                await self.pool.close()
+            if self._owns_store:
+                await self.store.__aexit__(None, None, None)
 
     async def _load_state(self) -> None:
         def load(conn: Any) -> tuple[list[tuple[str, float]], dict[str, str | None], list[tuple[str, str, str]]]:
@@ -180,14 +188,13 @@ class Engine:
         if name in self.stages:
             return self.stages[name]
         m = self.cfg.model(name)
-        try:
-            stage = await asyncio.to_thread(build_stage, m)
+        stage, fresh, missing = await self.pool.acquire(m)
+        if fresh:
             await self.store.audit("model_load", {"model": m.name, "version": m.version, "backend": m.backend, "sha256": getattr(m, "sha256", None)})
             log.info("model %s loaded (%s, version %s)", m.name, m.backend, m.version)
-        except ModelError as exc:
-            stage = MissingStage(m.name, m.version, str(exc))
-            await self.store.audit("model_refused", {"model": m.name, "version": m.version, "reason": str(exc)})
-            log.error("model %s not loaded: %s", m.name, exc)
+        elif missing is not None:
+            await self.store.audit("model_refused", {"model": m.name, "version": m.version, "reason": missing})
+            log.error("model %s not loaded: %s", m.name, missing)
         self.stages[m.name] = stage
         self.circuits[m.name] = CircuitBreaker(m.circuit_failures, m.circuit_cooldown_s)
         return stage
@@ -649,6 +656,19 @@ class Engine:
             "counters": dict(self.counters),
             **totals,
         }
+
+
+def open_store(loaded: LoadedConfig, key: NodeKey) -> Store:
+    """The node's store, configured from ``loaded`` (not yet open: use ``async with``)."""
+    cfg = loaded.config
+    return Store(data_dir=cfg.data_dir, key=key, node=cfg.node.id, synchronous=cfg.state.synchronous,
+                 checkpoint_every=cfg.state.checkpoint_every)
+
+
+def store_settings(loaded: LoadedConfig) -> tuple[Any, ...]:
+    """What a store is opened with: a reload that changes any of it reopens the store."""
+    cfg = loaded.config
+    return (cfg.data_dir, cfg.node.id, cfg.state.synchronous, cfg.state.checkpoint_every)
 
 
 async def _logged(coro: Any, name: str) -> None:

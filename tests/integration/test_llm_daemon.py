@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -196,3 +197,43 @@ def test_config_refuses_a_shadow_sharing_an_acted_model_and_prompt_fields_the_sk
     cfg["skills"].append(_example_request_skill())
     with pytest.raises(ConfigError, match="location"):
         parse_config(yaml.safe_dump(cfg))
+
+
+def test_a_reload_that_changes_only_rules_keeps_the_database_and_every_model_loaded(tmp_path: Path) -> None:
+    _need_gemma()
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = freezer_config(data)
+    cfg["models"].append(_example_llm_model())
+    cfg["skills"].append(_example_request_skill(deadline_ms=20_000))
+    d = _start(tmp_path, cfg)
+    try:
+        event = {"op": "submit", "skill": "freezer_health", "data": {"temperature_c": -20.0, "door_open_s": 90.0, "compressor_a": 5.0}}
+        first = d.request(event)["result"]
+        before = d.request({"op": "status"})["result"]["resources"]
+        assert set(before["models_loaded_at"]) == {"freezer_anomaly", "slow", "request_llm"}
+        cfg["skills"][0]["rules"][1]["when"] = "door_open_s > 60.0"  # a rule changes; no model, no state setting
+        d.config_path.write_text(yaml.safe_dump(cfg))
+        d.messages.clear()
+        d.signal(signal.SIGHUP)
+        d.wait_for("config reloaded", timeout=60)
+        after = d.request({"op": "status"})["result"]
+        assert after["resources"] == before  # same store (opened once), same runtimes, no model loaded again
+        assert d.request(event)["result"]["lifecycle"]["config_sha256"] != first["lifecycle"]["config_sha256"]  # the new config decides
+        # a changed model setting reloads that model only
+        cfg["models"][-1]["n_threads"] = 1
+        d.config_path.write_text(yaml.safe_dump(cfg))
+        d.messages.clear()
+        d.signal(signal.SIGHUP)
+        d.wait_for("config reloaded", timeout=120)
+        changed = d.request({"op": "status"})["result"]["resources"]
+        assert changed["store_opened_at"] == before["store_opened_at"]
+        assert changed["model_loads"] == before["model_loads"] + 1
+        assert changed["models_loaded_at"]["freezer_anomaly"] == before["models_loaded_at"]["freezer_anomaly"]
+        assert changed["models_loaded_at"]["request_llm"] > before["models_loaded_at"]["request_llm"]
+        assert d.stop() == 0
+        audit = [json.loads(line) for line in cli(d.config_path, "audit", "export").stdout.splitlines()]
+        assert [a["body"]["model"] for a in audit if a["kind"] == "model_load"].count("request_llm") == 2
+        assert cli(d.config_path, "audit", "verify").returncode == 0
+    finally:
+        d.stop()
