@@ -98,7 +98,7 @@ def main() -> None:
         export = subprocess.run([sys.executable, "-m", "agentd.cli", "audit", "export", "--config", str(path)],
                                 cwd=args.tree, env=env, capture_output=True, text=True, check=True)
         loads = [json.loads(line)["body"]["model"] for line in export.stdout.splitlines() if '"kind": "model_load"' in line or '"kind":"model_load"' in line]
-        commit = subprocess.run(["git", "-C", str(args.tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "-C", str(args.tree), "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
         result = {
             "tree": str(args.tree), "commit": commit, "reloads": args.reloads, "startup_to_socket_s": round(start_s, 2),
             "reload_ms_p50": round(statistics.median(times), 1), "reload_ms_max": round(max(times), 1),
