@@ -159,6 +159,7 @@ class Daemon:
             env = check_command(payload, cfg=cfg, now=time.time())
         except CommandRefused as exc:
             if exc.reason in ANSWERED:
+                self.refusals.add("command", exc.reason, summarise=False)  # counted; audited by itself below
                 await self._command_done(exc.env, False, {"error": str(exc), "reason": exc.reason})
             else:
                 self._command_refused(exc, exc.env["node"])

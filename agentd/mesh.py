@@ -425,6 +425,7 @@ class MeshLink:
             return
         if env["id"] in self._seen:
             self.rejected["duplicate"] += 1
+            self.refusals.add("peer", "duplicate", summarise=False)
             return
         self._seen[env["id"]] = None
         if len(self._seen) > 100_000:

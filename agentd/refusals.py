@@ -36,11 +36,19 @@ class RefusalTally:
         self._window: dict[str, _Window] = {}
         self._logged: dict[str, float] = {}
 
-    def add(self, path: str, reason: str, *, sender: str = "", detail: str = "", now: float | None = None) -> bool:
-        """Count one refusal; True when it is the first of its kind this minute (log it then)."""
+    def add(
+        self, path: str, reason: str, *, sender: str = "", detail: str = "", now: float | None = None, summarise: bool = True
+    ) -> bool:
+        """Count one refusal; True when it is the first of its kind this minute (log it then).
+
+        ``summarise=False`` only counts it: for refusals audited one by one (a command a known
+        operator signed) and for duplicates, which at-least-once delivery makes normal.
+        """
         key = f"{path}.{reason}"
         now = time.time() if now is None else now
         self.total[key] += 1
+        if not summarise:
+            return False
         w = self._window.get(key)
         if w is None:
             w = self._window[key] = _Window(first_at=now, example=detail[:200])
