@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from agentd.bench_mesh import convergence
+from agentd.devtools.bench_mesh import convergence
 
 
 def main() -> None:

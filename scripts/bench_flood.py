@@ -46,19 +46,19 @@ from typing import Any
 
 import yaml
 
-from agentd import queries
-from agentd.bench import pct
-from agentd.bench_mesh import _nodelay, _publisher, _start_node, _stop, _wait_connected, broker, free_port
-from agentd.client import request
-from agentd.commands import new_command
-from agentd.config import load_config
-from agentd.envelope import envelope
+from agentd.config.loader import load_config
+from agentd.control.client import request
+from agentd.control.commands import new_command
+from agentd.daemon.sources import event_for
+from agentd.devtools.bench import pct
+from agentd.devtools.bench_mesh import _nodelay, _publisher, _start_node, _stop, _wait_connected, broker, free_port
 from agentd.errors import AgentdError
-from agentd.hlc import Clock
-from agentd.mesh import subscriptions
-from agentd.pipeline import new_id
-from agentd.signing import NodeKey, create_key_file
-from agentd.simulator import event_for
+from agentd.ids import new_id
+from agentd.mesh.link import subscriptions
+from agentd.state import queries
+from agentd.trust.envelope import envelope
+from agentd.trust.hlc import Clock
+from agentd.trust.keys import NodeKey, create_key_file
 
 REPO = Path(__file__).resolve().parents[1]
 FLEET, NODE, SKILL = "flood", "flood-node", "freezer_health"

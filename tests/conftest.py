@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agentd.config import LoadedConfig, load_config
-from agentd.signing import NodeKey, create_key
+from agentd.config.loader import LoadedConfig, load_config
+from agentd.trust.keys import NodeKey, create_key
 
 SKILL = "freezer"
 

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from agentd.audit import GENESIS, AuditRow, Checkpoint, checkpoint_payload, record_hash, verify_chain
-from agentd.signing import NodeKey, canonical, create_key
+from agentd.trust.audit import GENESIS, AuditRow, Checkpoint, checkpoint_payload, record_hash, verify_chain
+from agentd.trust.canonical import canonical
+from agentd.trust.keys import NodeKey, create_key
 
 
 def chain(n: int, *, start_seq: int = 0, start_hash: str = GENESIS) -> list[AuditRow]:

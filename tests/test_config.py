@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentd.config import find_config, load_config, parse_config
+from agentd.config.loader import find_config, load_config, parse_config
 from agentd.errors import ConfigError
 
 

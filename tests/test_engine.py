@@ -21,11 +21,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from agentd import queries
-from agentd.config import LoadedConfig
-from agentd.engine import Engine
+from agentd.config.loader import LoadedConfig
+from agentd.decision.engine import Engine
 from agentd.errors import InputError, NotFound
-from agentd.signing import NodeKey
+from agentd.state import queries
+from agentd.trust.keys import NodeKey
 
 SKILL = "freezer"
 COLD = {"temperature_c": -20.0}
@@ -586,7 +586,7 @@ async def test_concurrent_duplicates_make_exactly_one_decision(config_factory: F
 async def test_decision_queues_a_signed_envelope_when_mqtt_is_enabled(
     config_factory: Factory, node_key: NodeKey
 ) -> None:
-    from agentd.signing import verify
+    from agentd.trust.keys import verify
 
     async with engine(config_factory(mqtt={"enabled": True}, skill=RULES_ONLY), node_key) as eng:
         rec = await eng.decide(SKILL, HOT)
@@ -601,7 +601,7 @@ async def test_decision_queues_a_signed_envelope_when_mqtt_is_enabled(
     env = json.loads(rows[0][1])
     assert env["body"] == rec and env["kind"] == "decision" and env["v"] == 2 and env["fleet"] == "test-fleet" and env["node"] == "test-node"
     sig = env.pop("sig")
-    from agentd.signing import canonical
+    from agentd.trust.canonical import canonical
 
     assert verify(node_key.public_b64, canonical(env), sig)
 

@@ -14,10 +14,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from agentd.config import LoadedConfig, load_config
-from agentd.engine import Engine
-from agentd.rules import FleetView, compile_all, first_match, make_context
-from agentd.signing import create_key
+from agentd.config.loader import LoadedConfig, load_config
+from agentd.decision.engine import Engine
+from agentd.decision.fleet import FleetView
+from agentd.decision.rules import compile_all, first_match, make_context
+from agentd.trust.keys import create_key
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "agentd.yaml"

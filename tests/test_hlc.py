@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentd.hlc import Clock, decode, encode, merge, tick
+from agentd.trust.hlc import Clock, decode, encode, merge, tick
 
 walls = st.integers(min_value=0, max_value=10**13 - 1)
 counters = st.integers(min_value=0, max_value=9999)

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from agentd.config import LoadedConfig, MetricsConfig
+from agentd.config.loader import LoadedConfig
+from agentd.config.schema import MetricsConfig
+from agentd.daemon.metrics import NodeMetrics
 from agentd.errors import ConfigError
-from agentd.metrics import NodeMetrics
 
 
 def _record(**over: Any) -> dict[str, Any]:

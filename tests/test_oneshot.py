@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from agentd.envelope import envelope
 from agentd.errors import InputError
-from agentd.hlc import Clock, encode
-from agentd.oneshot import Outcome, Reply, parse_peer_keys, read_reply
-from agentd.pipeline import new_id
-from agentd.signing import NodeKey, canonical, create_key_file
+from agentd.ids import new_id
+from agentd.mesh.oneshot import Outcome, Reply, parse_peer_keys, read_reply
+from agentd.trust.canonical import canonical
+from agentd.trust.envelope import envelope
+from agentd.trust.hlc import Clock, encode
+from agentd.trust.keys import NodeKey, create_key_file
 
 FLEET = "it"
 CMD = "cmd-1"

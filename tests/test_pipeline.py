@@ -10,17 +10,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentd.config import SkillConfig, StageConfig, parse_config
+from agentd.config.loader import parse_config
+from agentd.config.schema import SkillConfig, StageConfig
+from agentd.decision.policy import CircuitBreaker, StageTrace, gate, interim_action, needs_approval
+from agentd.decision.validate import validate_event
 from agentd.errors import InputError
-from agentd.pipeline import (
-    CircuitBreaker,
-    StageTrace,
-    check_event_id,
-    gate,
-    interim_action,
-    needs_approval,
-    validate_event,
-)
+from agentd.ids import check_event_id
 from agentd.stages.base import StageAnswer
 
 SKILL_YAML = """\

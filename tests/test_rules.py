@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agentd.config import LoadedConfig, parse_config
+from agentd.config.loader import LoadedConfig, parse_config
+from agentd.decision.fleet import FleetView
+from agentd.decision.rules import SkillRules, compile_all, compile_skill, evaluate, first_match, make_context
 from agentd.errors import RuleError
-from agentd.rules import FleetView, SkillRules, compile_all, compile_skill, evaluate, first_match, make_context
 
 
 def skill_yaml(rules: list[dict[str, Any]], guards: list[dict[str, Any]] | None = None) -> str:

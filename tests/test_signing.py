@@ -9,8 +9,9 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentd.envelope import Rejected, check_envelope, envelope, envelope_raw
-from agentd.signing import canonical, create_key
+from agentd.trust.canonical import canonical
+from agentd.trust.envelope import Rejected, check_envelope, envelope, envelope_raw
+from agentd.trust.keys import create_key
 
 json_values = st.recursive(
     st.none()

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from agentd import queries
-from agentd.audit import checkpoint_payload
 from agentd.errors import NotFound, StateError, TrustError
-from agentd.schema import MIGRATIONS
-from agentd.signing import NodeKey, canonical, create_key, key_path, load_key
-from agentd.signing import verify as verify_signature
-from agentd.store import DecisionWrite, DuplicateEvent, Store
+from agentd.state import queries
+from agentd.state.migrations import MIGRATIONS
+from agentd.state.store import DecisionWrite, DuplicateEvent, Store
+from agentd.trust.audit import checkpoint_payload
+from agentd.trust.canonical import canonical
+from agentd.trust.keys import NodeKey, create_key, key_path, load_key
+from agentd.trust.keys import verify as verify_signature
 
 NODE = "test-node"
 
@@ -559,7 +560,7 @@ async def test_an_edited_approval_expiry_is_detected(data_dir: Path, node_key: N
 
 async def test_only_soft_writes_skip_the_fsync_and_outbox_seqs_are_reported(data_dir: Path, node_key: NodeKey) -> None:
     """Peer state and outbox deletes alone commit with synchronous=NORMAL; anything else with FULL."""
-    from agentd.store import Soft
+    from agentd.state.store import Soft
 
     def sync(conn: sqlite3.Connection) -> int:
         return int(conn.execute("PRAGMA synchronous").fetchone()[0])

@@ -14,14 +14,14 @@ import rfc8785
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentd import queries
-from agentd.config import LoadedConfig
-from agentd.engine import Engine
-from agentd.envelope import check_envelope
+from agentd.config.loader import LoadedConfig
+from agentd.decision.engine import Engine
 from agentd.errors import InputError, Rejected
-from agentd.peerwire import check_peer_body
-from agentd.signing import NodeKey, create_key
-from agentd.untrusted import MAX_SAFE_INT, parse_json
+from agentd.mesh.peerwire import check_peer_body
+from agentd.state import queries
+from agentd.trust.envelope import check_envelope
+from agentd.trust.keys import NodeKey, create_key
+from agentd.trust.untrusted import MAX_SAFE_INT, parse_json
 from tests.conftest import SKILL, make_config
 
 surrogates = st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)

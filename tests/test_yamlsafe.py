@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from agentd.config.yamlsafe import MAX_NODES, load_yaml
 from agentd.errors import ConfigError
-from agentd.yamlsafe import MAX_NODES, load_yaml
 
 DOC = """\
 node:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage
 
 if TYPE_CHECKING:
-    from agentd.config import DelayModelConfig
+    from agentd.config.models import DelayModelConfig
 
 
 class DelayStage(ThreadedStage):

@@ -32,7 +32,7 @@ from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage
 from agentd.stages.loading import check_memory, verify_file
 
 if TYPE_CHECKING:
-    from agentd.config import LlamaModelConfig, LlamaPromptConfig
+    from agentd.config.models import LlamaModelConfig, LlamaPromptConfig
 
 
 def render_event(prompt: LlamaPromptConfig, fields: Mapping[str, Any], max_chars: int | None = None) -> str:

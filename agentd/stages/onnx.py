@@ -12,7 +12,7 @@ from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage, softmax_to
 from agentd.stages.loading import check_memory, verify_file
 
 if TYPE_CHECKING:
-    from agentd.config import OnnxModelConfig
+    from agentd.config.models import OnnxModelConfig
 
 
 class OnnxStage(ThreadedStage):

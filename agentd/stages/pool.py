@@ -19,7 +19,7 @@ from agentd.errors import ModelError
 from agentd.stages.registry import MissingStage, build_stage
 
 if TYPE_CHECKING:
-    from agentd.config import ModelConfig
+    from agentd.config.models import ModelConfig
     from agentd.stages.base import ModelStage
 
 

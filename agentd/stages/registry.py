@@ -10,7 +10,7 @@ from agentd.errors import ModelError
 from agentd.stages.base import CallHandle, ModelStage, StageAnswer
 
 if TYPE_CHECKING:
-    from agentd.config import DelayModelConfig, LlamaModelConfig, OnnxModelConfig
+    from agentd.config.models import DelayModelConfig, LlamaModelConfig, OnnxModelConfig
 
 
 class MissingStage(ModelStage):

@@ -11,8 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
-from agentd.signing import canonical, load_key
 from agentd.stages.loading import file_sha256
+from agentd.trust.canonical import canonical
+from agentd.trust.keys import load_key
 from tests.integration.conftest import DaemonProc, cli
 
 EVENT = {"temperature_c": -19.0, "door_open_s": 3.0, "compressor_a": 5.2}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agentd.bench_mesh import convergence, mqtt_part
-from agentd.config import load_config
+from agentd.config.loader import load_config
+from agentd.devtools.bench_mesh import convergence, mqtt_part
 
 REPO = Path(__file__).resolve().parents[2]
 

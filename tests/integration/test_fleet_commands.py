@@ -16,13 +16,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 
-from agentd.commands import new_command
-from agentd.config import load_config
-from agentd.envelope import envelope, topic
-from agentd.hlc import Clock
-from agentd.oneshot import send_command
-from agentd.pipeline import new_id
-from agentd.signing import NodeKey, create_key_file, load_key
+from agentd.config.loader import load_config
+from agentd.control.commands import new_command
+from agentd.ids import new_id
+from agentd.mesh.oneshot import send_command
+from agentd.mesh.topics import topic
+from agentd.trust.envelope import envelope
+from agentd.trust.hlc import Clock
+from agentd.trust.keys import NodeKey, create_key_file, load_key
 from tests.integration.broker import Broker
 from tests.integration.conftest import DaemonProc, cli, freezer_config
 from tests.integration.test_mesh_link import wait_connected

@@ -25,15 +25,16 @@ from typing import Any
 import pytest
 import yaml
 
-from agentd import queries
-from agentd.commands import new_command
-from agentd.config import load_config
-from agentd.envelope import envelope
+from agentd.config.loader import load_config
+from agentd.control.commands import new_command
 from agentd.errors import TrustError
-from agentd.hlc import Clock, encode
-from agentd.mesh import subscriptions
-from agentd.pipeline import new_id
-from agentd.signing import NodeKey, canonical, create_key_file
+from agentd.ids import new_id
+from agentd.mesh.link import subscriptions
+from agentd.state import queries
+from agentd.trust.canonical import canonical
+from agentd.trust.envelope import envelope
+from agentd.trust.hlc import Clock, encode
+from agentd.trust.keys import NodeKey, create_key_file
 from tests.integration.broker import Broker
 from tests.integration.conftest import DaemonProc, freezer_config
 from tests.integration.test_mesh_link import wait_connected

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from agentd.config import parse_config
-from agentd.engine import Engine
-from agentd.signing import create_key
+from agentd.config.loader import parse_config
+from agentd.decision.engine import Engine
+from agentd.trust.keys import create_key
 from tests.integration.conftest import REPO, DaemonProc, cli, freezer_config
 
 GEMMA = REPO / "models" / "gemma-3-270m-q4_k_m.gguf"

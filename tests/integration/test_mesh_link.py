@@ -12,7 +12,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 
-from agentd.signing import canonical, verify
+from agentd.trust.canonical import canonical
+from agentd.trust.keys import verify
 from tests.integration.broker import Broker
 from tests.integration.conftest import DaemonProc, cli, freezer_config
 

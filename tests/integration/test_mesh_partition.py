@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from agentd.signing import create_key
+from agentd.trust.keys import create_key
 from tests.integration.broker import Broker, free_port
 from tests.integration.conftest import DaemonProc, cli, freezer_config
 from tests.integration.test_mesh_link import wait_connected

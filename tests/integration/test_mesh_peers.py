@@ -10,8 +10,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 
-from agentd.envelope import envelope
-from agentd.signing import create_key
+from agentd.trust.envelope import envelope
+from agentd.trust.keys import create_key
 from tests.integration.broker import Broker
 from tests.integration.conftest import DaemonProc, cli, freezer_config
 from tests.integration.test_mesh_link import wait_connected

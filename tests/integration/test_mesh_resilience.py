@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-from agentd.config import parse_config
-from agentd.engine import Engine
+from agentd.config.loader import parse_config
+from agentd.decision.engine import Engine
 from agentd.errors import StateError
-from agentd.mesh import MeshLink
-from agentd.signing import create_key
+from agentd.mesh.link import MeshLink
+from agentd.trust.keys import create_key
 from tests.integration.broker import Broker
 from tests.integration.conftest import freezer_config
 

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentd.envelope import check_envelope
 from agentd.errors import Rejected
+from agentd.trust.envelope import check_envelope
 from tests.integration.broker import Broker, free_port
 from tests.integration.conftest import DaemonProc, cli, freezer_config
 from tests.integration.test_mesh_link import wait_connected

@@ -1,0 +1,5 @@
+"""``python -m agentd.cli``."""
+
+from agentd.cli import main
+
+main()

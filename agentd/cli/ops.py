@@ -1,0 +1,95 @@
+"""Operations commands of the `agentd` CLI: doctor, backup, restore.
+
+Thin wrappers: the logic lives in ``agentd.doctor`` and ``agentd.backup``. ``agentd.cli``
+calls ``register(main, module)`` with itself, so that these commands share its options and
+helpers without a circular import (``python -m agentd.cli`` runs cli.py as ``__main__``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import click
+
+
+def register(group: click.Group, cli: ModuleType) -> None:
+    """Add doctor, backup and restore to the `agentd` group; ``cli`` is the module that holds
+    ``config_option``, ``json_option``, ``_load`` and ``_emit_json``."""
+    config_option, json_option, _load, _emit_json = cli.config_option, cli.json_option, cli._load, cli._emit_json
+
+    @click.command()
+    @config_option
+    @json_option
+    def doctor(config_path: Path | None, as_json: bool) -> None:
+        """Check config, keys and permissions, model hashes, runtimes, database and audit chain,
+        free disk, the broker (a real connect: reachable, TLS, auth), the clock and the service.
+
+        Each failure comes with a one-line fix. Exit 0 if nothing failed (warnings allowed), 1 otherwise.
+        Example: agentd doctor --config /etc/agentd/agentd.yaml
+        """
+        from agentd.config.loader import find_config
+        from agentd.ops.doctor import run_checks
+
+        checks = run_checks(find_config(config_path))
+        failed = [c for c in checks if c.status == "fail"]
+        if as_json:
+            _emit_json({"ok": not failed, "checks": [c.as_dict() for c in checks]})
+        else:
+            width = max(len(c.name) for c in checks)
+            for c in checks:
+                click.echo(f"{c.status.upper():<4}  {c.name:<{width}}  {c.detail}")
+                if c.fix:
+                    click.echo(f"{'':<4}  {'':<{width}}  fix: {c.fix}")
+            click.echo(f"{len(failed)} check(s) failed" if failed else "all checks passed")
+        sys.exit(1 if failed else 0)
+
+
+    @click.command()
+    @config_option
+    @json_option
+    @click.argument("path", type=click.Path(path_type=Path))
+    def backup(config_path: Path | None, as_json: bool, path: Path) -> None:
+        """Back up the node: a consistent copy of the database (safe while the daemon runs), the
+        node's public key and the config's SHA-256, with a signed manifest.
+
+        PATH is a new directory, or a file ending in .tar.gz / .tgz / .tar.
+        Example: agentd backup /srv/backups/cold-store-01-$(date +%F).tar.gz
+        """
+        from agentd.ops.backup import create_backup
+
+        manifest = create_backup(_load(config_path), path)
+        if as_json:
+            _emit_json(manifest)
+            return
+        a = manifest["audit"]
+        click.echo(f"backup of node {manifest['node']} written to {path}")
+        click.echo(f"  database {manifest['database']['bytes'] / 2**20:.1f} MiB, {manifest['decisions']} decision(s),"
+                   f" audit records up to {a['head_seq']} ({a['checkpoints']} signed checkpoint(s)), chain verified")
+
+
+    @click.command()
+    @config_option
+    @json_option
+    @click.argument("path", type=click.Path(exists=True, path_type=Path))
+    def restore(config_path: Path | None, as_json: bool, path: Path) -> None:
+        """Restore the node's database from a backup made by `agentd backup`.
+
+        Refuses a backup whose audit chain or manifest does not verify, and a node that is
+        running (stop it first). The database it replaces is kept next to it as
+        agentd.db.replaced-<time>. Example: agentd restore /srv/backups/cold-store-01-2026-11-25.tar.gz
+        """
+        from agentd.ops.backup import restore_backup
+
+        result = restore_backup(_load(config_path), path)
+        if as_json:
+            _emit_json(result)
+            return
+        click.echo(f"restored {result['database']} from {path} ({result['audit_records']} audit record(s), chain verified)")
+        if result.get("replaced"):
+            click.echo(f"the previous database is kept as {result['replaced']}")
+        click.echo("start the node again: `systemctl start agentd` (or `agentd run`)")
+
+    for command in (doctor, backup, restore):
+        group.add_command(command)

@@ -1,0 +1,1 @@
+"""Configuration: the schema (frozen pydantic models), the loader, the YAML reader."""

@@ -1,0 +1,118 @@
+"""The model sections of the config (``models:``): ONNX, llama.cpp and the delay test backend."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from agentd.config.base import ConfigPath, Name, _Model
+
+
+class _ModelBase(_Model):
+    name: Name
+    version: str = Field(default="1", min_length=1, max_length=64)
+    circuit_failures: int = Field(default=3, ge=1, le=1000)
+    circuit_cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class OnnxModelConfig(_ModelBase):
+    backend: Literal["onnx"]
+    path: ConfigPath
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: list[str] = Field(min_length=1)
+    labels: list[str] = Field(min_length=2)
+    input_name: str | None = None
+    output_name: str | None = None
+    threads: int = Field(default=1, ge=1, le=64)
+    memory_headroom_mb: float = Field(default=64.0, ge=0)
+
+
+class DelayModelConfig(_ModelBase):
+    """A synthetic stage for tests and benchmarks: waits, then answers a fixed label."""
+
+    backend: Literal["delay"]
+    delay_ms: float = Field(ge=0, le=600_000)
+    label: str
+    confidence: float = Field(default=0.99, ge=0, le=1)
+    cancellable: bool = True
+
+
+class PromptExample(_Model):
+    """One few-shot example: event fields and the label the model should answer."""
+
+    input: dict[str, str | float | int | bool]
+    label: str
+
+
+class LlamaPromptConfig(_Model):
+    """The fixed prefix (instructions, examples) and how an event becomes the suffix.
+
+    ``event`` is the suffix template; ``{event}`` is replaced by the event's fields as
+    escaped JSON (``format: text``: the values alone, each escaped as in a JSON string,
+    joined by " | "), strings cut to ``max_field_chars``, so event text is data, never
+    instructions. ``choices`` maps a label to the text scored after the suffix (default:
+    a space and the label).
+    """
+
+    instructions: str = Field(default="", max_length=16384)
+    examples: list[PromptExample] = Field(default_factory=list, max_length=64)
+    event: str = Field(default="Event: {event}\nAnswer:", min_length=1, max_length=4096)
+    fields: list[str] | None = None
+    format: Literal["json", "text"] = "json"  # text: the values only, each escaped like a JSON string
+    choices: dict[str, str] = Field(default_factory=dict)
+    max_field_chars: int = Field(default=200, ge=1, le=4096)
+    calibrate: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> LlamaPromptConfig:
+        if self.event.count("{event}") != 1:
+            raise ValueError("prompt.event must contain {event} exactly once")
+        return self
+
+
+class RationaleConfig(_Model):
+    """A short generated explanation, only within the decision's remaining budget."""
+
+    enabled: bool = False
+    max_tokens: int = Field(default=24, ge=1, le=256)
+    prompt: str = Field(default="\nReason:", max_length=256)
+    reserve_ms: float = Field(default=5.0, ge=0, le=10_000)
+
+
+class LlamaModelConfig(_ModelBase):
+    backend: Literal["llama_cpp"]
+    path: ConfigPath
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    labels: list[str] = Field(min_length=2, max_length=64)
+    n_ctx: int = Field(default=1024, ge=64, le=131072)
+    n_threads: int = Field(default=2, ge=1, le=256)
+    n_batch: int = Field(default=256, ge=1, le=8192)
+    n_gpu_layers: int = Field(default=0, ge=-1)
+    nice: int = Field(default=10, ge=0, le=19)  # inference threads yield the CPU to the event loop (deadlines)
+    memory_headroom_mb: float = Field(default=128.0, ge=0)
+    prompt: LlamaPromptConfig = LlamaPromptConfig()
+    rationale: RationaleConfig = RationaleConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> LlamaModelConfig:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        for label in self.prompt.choices:
+            if label not in self.labels:
+                raise ValueError(f"prompt.choices: {label!r} is not one of the labels ({', '.join(self.labels)})")
+        for i, ex in enumerate(self.prompt.examples):
+            if ex.label not in self.labels:
+                raise ValueError(f"prompt.examples[{i}].label: {ex.label!r} is not one of the labels")
+            lacking = [f for f in self.prompt.fields or () if f not in ex.input]
+            if lacking:
+                raise ValueError(f"prompt.examples[{i}].input: lacks prompt field(s) {', '.join(lacking)}")
+        return self
+
+
+ModelConfig = Annotated[
+    OnnxModelConfig | DelayModelConfig | LlamaModelConfig, Field(discriminator="backend")
+]

@@ -1,0 +1,1 @@
+"""Control: fleet commands (roles, checks) and the local socket client."""

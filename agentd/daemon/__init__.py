@@ -1,0 +1,1 @@
+"""The daemon: the node (composition root), logs, systemd notify, metrics, built-in sources."""

@@ -1,0 +1,106 @@
+"""Decision semantics as plain functions over plain data (DESIGN section 3).
+
+Event validation, the confidence gate, the circuit breaker, approval policy and the
+decision record. The engine (``agentd.engine``) does the I/O around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentd.config.schema import SkillConfig, StageConfig
+    from agentd.stages.base import StageAnswer
+
+
+ACCEPTED = "accepted"
+
+
+def gate(answer: StageAnswer, stage: StageConfig, actions: list[str]) -> tuple[str | None, str]:
+    """Map a model answer to an action and apply the confidence gate.
+
+    Returns ``(action, "accepted")`` or ``(None, reason)`` with reason ``invalid_output``
+    (the label maps to no allowed action) or ``low_confidence``.
+    """
+    action = stage.map.get(answer.label, answer.label)
+    if action not in actions:
+        return None, "invalid_output"
+    if not (answer.confidence >= stage.min_confidence):  # NaN fails too
+        return None, "low_confidence"
+    return action, ACCEPTED
+
+
+@dataclass
+class CircuitBreaker:
+    """Per-model breaker: opens after ``failures`` consecutive timeouts/errors, then after
+    ``cooldown_s`` lets one probe call through, whose outcome closes or re-opens it."""
+
+    failures: int
+    cooldown_s: float
+    consecutive: int = 0
+    opened_at: float | None = None
+    probing: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if self.probing else "open"
+
+    def allow(self, now: float) -> bool:
+        """May a call go through now? (Starts the probe when the cool-down is over.)"""
+        if self.opened_at is None:
+            return True
+        if self.probing:
+            return False
+        if now - self.opened_at >= self.cooldown_s:
+            self.probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.consecutive, self.opened_at, self.probing = 0, None, False
+
+    def failure(self, now: float) -> None:
+        self.consecutive += 1
+        if self.probing or self.consecutive >= self.failures:
+            self.opened_at, self.probing = now, False
+
+
+def needs_approval(skill: SkillConfig, mode: str, action: str) -> bool:
+    """Whether ``action`` must wait for a human (listed, or every action in manual mode)."""
+    if mode == "manual":
+        return True
+    return action in skill.approval.actions and action != skill.approval.interim
+
+
+def interim_action(skill: SkillConfig) -> str:
+    """What applies while a decision waits: the configured interim, else the default rule's action."""
+    return skill.approval.interim or skill.rules[-1].action
+
+
+@dataclass
+class StageTrace:
+    model: str
+    answer: str | None = None
+    confidence: float | None = None
+    latency_ms: float | None = None
+    outcome: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    action: str | None = None  # the answer mapped to an action, whether or not it was acted on
+    extra: dict[str, Any] = field(default_factory=dict)  # backend details: margin, rationale, ...
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "model": self.model,
+            "answer": self.answer,
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "latency_ms": self.latency_ms,
+            "outcome": self.outcome,
+        }
+        if self.action is not None:
+            d["action"] = self.action
+        if self.scores:
+            d["scores"] = {k: round(v, 4) for k, v in self.scores.items()}
+        d.update(self.extra)
+        return d

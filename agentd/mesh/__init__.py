@@ -1,0 +1,1 @@
+"""The MQTT mesh: topics, the link (session, inbound, outbox), peer checks, refusals, the one-shot client."""

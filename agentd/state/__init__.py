@@ -1,0 +1,1 @@
+"""State: the SQLite store (the only writer), migrations, read-only queries, retention."""

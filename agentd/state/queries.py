@@ -1,0 +1,248 @@
+"""Read queries over the store, shared by the daemon and the read-only CLI commands."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from agentd.errors import NotFound, StateError
+from agentd.trust.audit import GENESIS, AuditRow, Checkpoint, VerifyResult, verify_chain
+from agentd.trust.canonical import canonical, sha256_hex
+
+DB_FILE = "agentd.db"
+
+
+def db_path(data_dir: Path) -> Path:
+    return data_dir / DB_FILE
+
+
+def open_readonly(data_dir: Path) -> sqlite3.Connection:
+    """A read-only connection; works while the daemon runs (WAL) or is stopped."""
+    path = db_path(data_dir)
+    if not path.exists():
+        raise NotFound(f"{path}: no database yet; start the daemon or run `agentd decide` once")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        conn.execute("SELECT 1 FROM decisions LIMIT 1")
+    except sqlite3.Error as exc:
+        raise StateError(f"{path}: cannot open database: {exc}") from exc
+    return conn
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """The SHA-256 of a decision record's canonical JSON, as kept in the audit trail."""
+    return sha256_hex(canonical(record))
+
+
+def _decision(row: tuple[str, str | None]) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(row[0])
+    if row[1] is not None:
+        record["late_answer"] = json.loads(row[1])
+    return record
+
+
+def get_decision(conn: sqlite3.Connection, ident: str) -> dict[str, Any]:
+    """A decision by its id or its event id."""
+    row = conn.execute(
+        "SELECT record, late_answer FROM decisions WHERE id = ? OR event_id = ? LIMIT 1", (ident, ident)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no decision with id or event id {ident!r}")
+    return _decision(row)
+
+
+def find_by_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT record, late_answer FROM decisions WHERE event_id = ?", (event_id,)).fetchone()
+    return None if row is None else _decision(row)
+
+
+def list_decisions(
+    conn: sqlite3.Connection,
+    *,
+    skill: str | None = None,
+    source: str | None = None,
+    stage: str | None = None,
+    release: str | None = None,
+    status: str | None = None,
+    limit: int = 20,
+) -> list[dict[str, Any]]:
+    """The newest decisions, filtered."""
+    where, args = [], []
+    for column, value in (("skill", skill), ("source", source), ("stage", stage), ("release", release), ("status", status)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    sql = "SELECT record, late_answer FROM decisions"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+    args.append(str(max(1, min(limit, 10_000))))
+    return [_decision(r) for r in conn.execute(sql, args)]
+
+
+def audit_for(conn: sqlite3.Connection, ref: str) -> list[dict[str, Any]]:
+    """Audit records that refer to a decision."""
+    rows = conn.execute("SELECT seq, ts, kind, body, hash FROM audit WHERE ref = ? ORDER BY seq", (ref,))
+    return [{"seq": s, "ts": ts, "kind": k, "body": json.loads(b), "hash": h} for s, ts, k, b, h in rows]
+
+
+def pending_approvals(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    cols = ("decision_id", "skill", "requested_action", "interim_action", "status", "created_at", "expires_at")
+    rows = conn.execute(
+        f"SELECT {', '.join(cols)} FROM approvals WHERE status = 'pending' ORDER BY expires_at"
+    ).fetchall()
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def get_setting(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def counts(conn: sqlite3.Connection, since: float | None = None) -> dict[str, Any]:
+    """Totals for `agentd status`: decisions, by source, fallback rate, outbox depth."""
+    cond, args = ("WHERE created_at >= ?", (since,)) if since is not None else ("", ())
+    by_source = dict(conn.execute(f"SELECT source, COUNT(*) FROM decisions {cond} GROUP BY source", args).fetchall())
+    total = sum(by_source.values())
+    fallbacks = conn.execute(
+        f"SELECT COUNT(*) FROM decisions {cond} {'AND' if cond else 'WHERE'} fallback_reason IS NOT NULL", args
+    ).fetchone()[0]
+    return {
+        "decisions": total,
+        "by_source": by_source,
+        "fallback_rate": round(fallbacks / total, 4) if total else 0.0,
+        "outbox_depth": conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0],
+        "pending_approvals": conn.execute("SELECT COUNT(*) FROM approvals WHERE status = 'pending'").fetchone()[0],
+        "audit_records": conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0],
+    }
+
+
+def iter_audit(conn: sqlite3.Connection, after: int = 0) -> Iterator[AuditRow]:
+    for row in conn.execute(
+        "SELECT seq, ts, kind, ref, body, prev_hash, hash FROM audit WHERE seq > ? ORDER BY rowid", (after,)
+    ):
+        yield AuditRow(*row)
+
+
+def verify_audit(conn: sqlite3.Connection, *, trusted_key: str | None = None) -> VerifyResult:
+    """Verify the hash chain, the checkpoints, and that every decision matches its last audit digest."""
+    base = get_setting(conn, "audit_base")
+    base_seq, base_hash = (0, GENESIS)
+    if base:
+        b = json.loads(base)
+        base_seq, base_hash = int(b["seq"]), str(b["hash"])
+    cps = [Checkpoint(*r) for r in conn.execute("SELECT seq, hash, ts, node, public_key, sig FROM checkpoints")]
+    base_ts = 0.0
+    if base_seq:
+        # A pruned chain starts at a signed checkpoint; a base without one is a forgery.
+        anchor = next((c for c in cps if c.seq == base_seq and c.hash == base_hash), None)
+        if anchor is None:
+            return VerifyResult(False, 0, len(cps), base_seq, f"the chain starts after record {base_seq}, but no signed checkpoint covers that start")
+        base_ts = anchor.ts
+    result = verify_chain(iter_audit(conn, 0), cps, base_seq=base_seq, base_hash=base_hash, trusted_key=trusted_key)
+    if not result.ok:
+        return result
+    # The decisions table must match the digests the chain holds.
+    latest: dict[str, tuple[int, str]] = {}
+    status: dict[str, str] = {}
+    pruned_through = 0
+    for seq, kind, ref, body in conn.execute(
+        "SELECT seq, kind, ref, body FROM audit WHERE kind IN ('decision', 'approval', 'retention') ORDER BY seq"
+    ):
+        parsed = json.loads(body)
+        if kind == "retention":
+            pruned_through = max(pruned_through, int(parsed.get("pruned_through_seq") or 0))
+            continue
+        digest = parsed.get("record_sha256")
+        if ref and digest:
+            latest[ref] = (seq, digest)
+            status[ref] = str(parsed.get("status"))
+    present = {i for (i,) in conn.execute("SELECT id FROM decisions")}
+    for ref, (seq, _) in latest.items():
+        # retention never prunes a pending approval, nor anything newer than it pruned
+        if ref not in present and (seq > pruned_through or status.get(ref) == "pending_approval"):
+            return VerifyResult(False, result.records, result.checkpoints, seq, f"decision {ref} (audit record {seq}) is missing from the decisions table (deleted?)")
+    late_audited = {
+        ref: body for ref, body in conn.execute("SELECT ref, body FROM audit WHERE kind = 'late_answer' ORDER BY seq")
+    }
+    columns = ("event_id", "skill", "action", "status", "source")
+    for decision_id, record, late, created_at, *cols in conn.execute(
+        f"SELECT id, record, late_answer, created_at, {', '.join(columns)} FROM decisions"
+    ):
+        known = latest.get(decision_id)
+        if known is None:
+            if base_seq and created_at <= base_ts:  # its audit record was pruned under the base checkpoint
+                continue
+            return VerifyResult(False, result.records, result.checkpoints, None, f"decision {decision_id} has no audit record (inserted?)")
+        parsed = json.loads(record)
+        if record_digest(parsed) != known[1]:
+            return VerifyResult(False, result.records, result.checkpoints, known[0], f"decision {decision_id} was edited after audit record {known[0]}")
+        for name, value in zip(columns, cols, strict=True):
+            if parsed.get(name) != value:
+                return VerifyResult(False, result.records, result.checkpoints, known[0], f"decision {decision_id} was edited: its {name} column differs from the audited record")
+        if late is not None and (decision_id not in late_audited or json.loads(late) != json.loads(late_audited[decision_id])):
+            return VerifyResult(False, result.records, result.checkpoints, known[0], f"decision {decision_id}: its late answer differs from the audited one")
+    for decision_id, status_, expires_at, requested in conn.execute(
+        "SELECT a.decision_id, a.status, a.expires_at, a.requested_action FROM approvals a"
+    ):
+        row = conn.execute("SELECT record FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+        approval = json.loads(row[0]).get("approval", {}) if row else {}
+        if (approval.get("status"), approval.get("expires_at"), approval.get("requested_action")) != (status_, expires_at, requested):
+            return VerifyResult(False, result.records, result.checkpoints, latest.get(decision_id, (None,))[0], f"approval of decision {decision_id} differs from the audited decision record")
+    return result
+
+
+def list_peers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Peers this node has heard from: presence, last seen, decisions received."""
+    cols = ("node", "status", "last_seen", "last_hlc", "decisions", "learned", "public_key")
+    return [dict(zip(cols, r, strict=True)) for r in conn.execute(f"SELECT {', '.join(cols)} FROM peers ORDER BY node")]
+
+
+def fleet_digest(conn: sqlite3.Connection, since: float) -> dict[str, list[float]]:
+    """Per origin node: [decisions known since ``since``, newest decision time]; for anti-entropy."""
+    rows = conn.execute("SELECT node, COUNT(*), MAX(ts) FROM fleet_decisions WHERE ts >= ? GROUP BY node", (since,))
+    return {node: [int(n), float(ts)] for node, n, ts in rows}
+
+
+def own_decisions_since(conn: sqlite3.Connection, node: str, since: float, limit: int = 5000) -> list[dict[str, Any]]:
+    """This node's decision records newer than ``since`` (oldest first), to send a peer that missed them."""
+    ids = [r[0] for r in conn.execute(
+        "SELECT decision_id FROM fleet_decisions WHERE node = ? AND ts > ? ORDER BY ts LIMIT ?", (node, since, limit)
+    )]
+    out = []
+    for decision_id in ids:
+        row = conn.execute("SELECT record FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+        if row is not None:
+            out.append(json.loads(row[0]))
+    return out
+
+
+def fleet_summary(conn: sqlite3.Connection, window_s: float = 600.0, now: float | None = None) -> dict[str, Any]:
+    """Decisions per node and action in the last ``window_s`` seconds, and the fleet-state map."""
+    since = (now if now is not None else time.time()) - window_s
+    rows = conn.execute(
+        "SELECT node, action, COUNT(*) FROM fleet_decisions WHERE ts >= ? GROUP BY node, action ORDER BY node, action", (since,)
+    ).fetchall()
+    by_node: dict[str, dict[str, int]] = {}
+    for node, action, n in rows:
+        by_node.setdefault(node, {})[action] = n
+    state = {k: {"value": json.loads(v), "hlc": h, "node": n} for k, v, h, n in conn.execute("SELECT key, value, hlc, node FROM fleet_state")}
+    return {"window_s": window_s, "decisions": by_node, "state": state}
+
+
+def export_audit(conn: sqlite3.Connection, after: int = 0) -> Iterator[dict[str, Any]]:
+    """Audit records as dicts, for JSON lines export."""
+    for row in iter_audit(conn, after):
+        yield {
+            "seq": row.seq,
+            "ts": row.ts,
+            "kind": row.kind,
+            "ref": row.ref,
+            "body": json.loads(row.body),
+            "prev_hash": row.prev_hash,
+            "hash": row.hash,
+        }

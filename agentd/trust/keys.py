@@ -1,0 +1,111 @@
+"""Canonical JSON (RFC 8785), Ed25519 node keys and signatures."""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agentd.errors import TrustError
+from agentd.trust.canonical import b64
+
+KEY_FILE = "node.key"
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """The node's Ed25519 identity."""
+
+    private: Ed25519PrivateKey
+    path: Path
+
+    @property
+    def public_b64(self) -> str:
+        raw = self.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return b64(raw)
+
+    def sign(self, data: bytes) -> str:
+        """Base64 Ed25519 signature of ``data``."""
+        return b64(self.private.sign(data))
+
+
+def public_key_from_b64(text: str) -> Ed25519PublicKey:
+    """Parse a base64 raw 32-byte Ed25519 public key."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, TypeError) as exc:
+        raise TrustError(f"not a base64 raw Ed25519 public key: {text[:60]!r}") from exc
+
+
+def verify(public_b64: str, data: bytes, signature_b64: str) -> bool:
+    """True when ``signature_b64`` is a valid signature of ``data`` by ``public_b64``."""
+    try:
+        sig = base64.b64decode(signature_b64, validate=True)
+        public_key_from_b64(public_b64).verify(sig, data)
+    except (InvalidSignature, ValueError, TypeError, TrustError):
+        return False
+    return True
+
+
+def key_path(data_dir: Path) -> Path:
+    return data_dir / "keys" / KEY_FILE
+
+
+def load_key(data_dir: Path) -> NodeKey:
+    """Load the node key; TrustError if it is missing, unreadable or readable by others."""
+    return load_key_file(key_path(data_dir))
+
+
+def load_key_file(path: Path) -> NodeKey:
+    """Load an Ed25519 private key file (a node's or an operator's); it must be mode 0600."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise TrustError(f"{path}: no such key file; create one with `agentd keys init`") from exc
+    if st.st_mode & 0o077:
+        raise TrustError(
+            f"{path}: key file mode is {oct(st.st_mode & 0o777)}, must be 0600; run `chmod 600 {path}`"
+        )
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, OSError) as exc:
+        raise TrustError(f"{path}: cannot read node key: {exc}") from exc
+    if not isinstance(private, Ed25519PrivateKey):
+        raise TrustError(f"{path}: not an Ed25519 private key")
+    return NodeKey(private=private, path=path)
+
+
+def create_key(data_dir: Path) -> tuple[NodeKey, bool]:
+    """Load the node key, creating it (mode 0600) if absent. Returns (key, created)."""
+    return create_key_file(key_path(data_dir))
+
+
+def create_key_file(path: Path) -> tuple[NodeKey, bool]:
+    """Load the key at ``path``, creating it (mode 0600) if absent. Returns (key, created)."""
+    if path.exists():
+        return load_key_file(path), False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if another process created the key meanwhile
+    except FileExistsError:
+        os.unlink(tmp)
+        return load_key_file(path), False
+    os.unlink(tmp)
+    return NodeKey(private=private, path=path), True
