@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from agentd.config.loader import LoadedConfig
 from agentd.decision.engine import Engine
 from agentd.errors import InputError, NotFound
+from agentd.mesh.wire import decision_wire
 from agentd.state import queries
 from agentd.trust.keys import NodeKey
 
@@ -588,7 +589,8 @@ async def test_decision_queues_a_signed_envelope_when_mqtt_is_enabled(
 ) -> None:
     from agentd.trust.keys import verify
 
-    async with engine(config_factory(mqtt={"enabled": True}, skill=RULES_ONLY), node_key) as eng:
+    cfg = config_factory(mqtt={"enabled": True}, skill=RULES_ONLY)
+    async with engine(cfg, node_key, outbound=decision_wire(cfg.config, node_key)) as eng:
         rec = await eng.decide(SKILL, HOT)
         rows = await eng.store.read(
             lambda c: c.execute("SELECT topic, payload, qos FROM outbox ORDER BY seq").fetchall()

@@ -18,6 +18,7 @@ from agentd.config.loader import LoadedConfig
 from agentd.decision.engine import Engine
 from agentd.errors import InputError, Rejected
 from agentd.mesh.peerwire import check_peer_body
+from agentd.mesh.wire import decision_wire
 from agentd.state import queries
 from agentd.trust.envelope import check_envelope
 from agentd.trust.keys import NodeKey, create_key
@@ -82,7 +83,7 @@ def test_every_accepted_event_round_trips_to_a_peer(wire: tuple[LoadedConfig, No
 
 
 async def _decide(loaded: LoadedConfig, key: NodeKey, data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    async with Engine(loaded=loaded, key=key, run_handlers=False) as eng:
+    async with Engine(loaded=loaded, key=key, run_handlers=False, outbound=decision_wire(loaded.config, key)) as eng:
         try:
             record = await eng.decide(SKILL, data)
         except InputError:

@@ -8,16 +8,21 @@ helpers without a circular import (``python -m agentd.cli`` runs cli.py as ``__m
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import click
 
+Decorator = Callable[[Callable[..., None]], Callable[..., None]]
+
 
 def register(group: click.Group, cli: ModuleType) -> None:
     """Add doctor, backup and restore to the `agentd` group; ``cli`` is the module that holds
     ``config_option``, ``json_option``, ``_load`` and ``_emit_json``."""
-    config_option, json_option, _load, _emit_json = cli.config_option, cli.json_option, cli._load, cli._emit_json
+    config_option: Decorator = cli.config_option
+    json_option: Decorator = cli.json_option
+    _load, _emit_json = cli._load, cli._emit_json
 
     @click.command()
     @config_option

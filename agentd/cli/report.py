@@ -6,18 +6,24 @@ Registered on the main group by ``agentd.cli`` (see ``register``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import click
 
+Decorator = Callable[[Callable[..., None]], Callable[..., None]]
+
 
 def register(group: click.Group, cli: ModuleType) -> None:
     """Add `report` to the `agentd` group; ``cli`` holds the shared options and helpers."""
 
+    config_option: Decorator = cli.config_option
+    json_option: Decorator = cli.json_option
+
     @click.command()
-    @cli.config_option
-    @cli.json_option
+    @config_option
+    @json_option
     @click.option("--skill", default=None, help="Only this skill.")
     @click.option("--hours", type=click.FloatRange(0, 24 * 3650, min_open=True), default=None, help="Only the last H hours (default: all kept).")
     @click.option("--stage", type=click.Choice(["dev", "canary", "prod"]), default=None, help="Lifecycle stage.")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from agentd.decision.engine import Engine
     from agentd.mesh.link import MeshLink
 
-log = logging.getLogger("agentd")
+log = logging.getLogger(__name__)
 Live = Callable[[], "tuple[Engine | None, MeshLink | None]"]
 DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MODEL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

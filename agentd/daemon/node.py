@@ -28,6 +28,7 @@ from agentd.errors import AgentdError, ConfigError, InputError, Rejected, StateE
 from agentd.mesh.link import MeshLink
 from agentd.mesh.refusals import RefusalTally
 from agentd.mesh.topics import topic
+from agentd.mesh.wire import decision_wire
 from agentd.stages.pool import ModelPool
 from agentd.state import queries
 from agentd.state.store import Store
@@ -36,7 +37,7 @@ from agentd.trust.hlc import Clock
 from agentd.trust.keys import create_key
 from agentd.trust.untrusted import parse_json
 
-log = logging.getLogger("agentd")
+log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1024 * 1024
 
 
@@ -293,7 +294,8 @@ class Daemon:
             store.on_outbox = lambda rows: self.link.offer(rows) if self.link is not None else None
             await store.__aenter__()
             self.store, self.store_opened_at = store, time.time()
-        engine = Engine(loaded=loaded, key=key, clock=self.clock, outbox_ready=self.outbox_ready, store=self.store, pool=self.pool)
+        engine = Engine(loaded=loaded, key=key, clock=self.clock, outbox_ready=self.outbox_ready, store=self.store, pool=self.pool,
+                        outbound=decision_wire(loaded.config, key))
         engine.on_decision = self.metrics.observe if self.metrics else None
         await engine.__aenter__()
         await self.pool.retain([loaded.config.model(n) for n in engine.stages if engine.stages[n].available])

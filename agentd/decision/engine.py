@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentd.decision import shadow
 from agentd.decision.fleet import FleetView
@@ -24,13 +24,11 @@ from agentd.decision.rules import SkillRules, compile_all, evaluate, first_match
 from agentd.decision.validate import validate_event
 from agentd.errors import AgentdError, ConfigError, InputError, ModelError, NotFound
 from agentd.ids import check_event_id, new_id
-from agentd.mesh.topics import topic
 from agentd.stages.base import CallHandle, Cancelled, ModelStage
 from agentd.stages.pool import ModelPool
 from agentd.state import queries
 from agentd.state.store import DecisionWrite, DuplicateEvent, Store
 from agentd.trust.canonical import canonical
-from agentd.trust.envelope import envelope_raw
 from agentd.trust.hlc import Clock
 
 if TYPE_CHECKING:
@@ -40,7 +38,7 @@ if TYPE_CHECKING:
     from agentd.config.schema import SkillConfig
     from agentd.trust.keys import NodeKey
 
-log = logging.getLogger("agentd")
+log = logging.getLogger(__name__)
 RECENT_IDS = 100_000
 MODES = ("auto", "rules_only", "observe", "manual")
 
@@ -56,6 +54,16 @@ class ShadowCall:
     stop_at: float
     started: float
     handle: CallHandle | None = None
+
+
+class Outbound(Protocol):
+    """What the engine sends for a decision, committed with it (the node passes ``agentd.mesh.wire.DecisionWire``).
+
+    The engine knows no topics and no envelopes; the rows it gets back are
+    ``(topic, payload, qos, retain)`` and go into the decision's transaction.
+    """
+
+    def decision_messages(self, record: dict[str, Any], record_bytes: bytes) -> list[tuple[str, bytes, int, bool]]: ...
 
 
 class Engine:
@@ -76,6 +84,7 @@ class Engine:
         outbox_ready: asyncio.Event | None = None,
         store: Store | None = None,
         pool: ModelPool | None = None,
+        outbound: Outbound | None = None,
     ) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
@@ -85,6 +94,7 @@ class Engine:
         self._owns_store, self._owns_pool = store is None, pool is None
         self.store = store if store is not None else open_store(loaded, key)
         self.pool = pool if pool is not None else ModelPool()
+        self.outbound = outbound  # what a decision sends (the mesh's wire format); None: nothing
         self.clock = clock or Clock()
         self.fleet = FleetView()
         self.stages: dict[str, ModelStage] = {}
@@ -363,12 +373,7 @@ class Engine:
         if rule_errors:
             record["rule_errors"] = rule_errors[:5]
         record_bytes = canonical(record)
-        outbox = []
-        if self.cfg.mqtt.enabled:
-            payload = envelope_raw("decision", fleet=self.cfg.node.fleet, node=self.node, hlc=hlc, body_canonical=record_bytes, key=self.key, ident=record["id"])
-            outbox.append((topic(self.cfg.node.fleet, "nodes", self.node, "decisions"), payload, 1, False))
-            if approval is not None:
-                outbox.append((topic(self.cfg.node.fleet, "nodes", self.node, "approvals"), payload, 1, False))
+        outbox = self.outbound.decision_messages(record, record_bytes) if self.outbound is not None else []
         write = DecisionWrite(eid, skill.name, wall0, fields, record, self.node, outbox, expires_at, record_bytes)
         try:
             await self.store.record_decision(write)

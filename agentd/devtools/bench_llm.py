@@ -128,7 +128,7 @@ def _grammar(model_cfg: LlamaModelConfig, stage: LlamaStage, events: list[dict[s
     llm = llama_cpp.Llama(model_path=model_cfg.path, n_ctx=model_cfg.n_ctx, n_threads=model_cfg.n_threads,
                           n_threads_batch=model_cfg.n_threads, n_batch=model_cfg.n_batch, verbose=False, seed=0)
     schema = {"type": "object", "properties": {"action": {"type": "string", "enum": list(model_cfg.labels)}}, "required": ["action"]}
-    grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)  # type: ignore[attr-defined]  # not in its stubs
     prefix = render_prefix(stage.prompt, stage.choices)
     reused: list[float] = []
     fresh: list[float] = []
@@ -138,7 +138,7 @@ def _grammar(model_cfg: LlamaModelConfig, stage: LlamaStage, events: list[dict[s
             prompt = prefix + render_event(stage.prompt, e) + " "
             for mode in ("reused", "fresh"):
                 if mode == "fresh":
-                    llm.reset()  # forget the evaluated tokens: the whole prompt is evaluated again
+                    llm.reset()  # type: ignore[no-untyped-call]  # forget the evaluated tokens: the whole prompt is evaluated again
                 t = time.perf_counter()
                 res = llm.create_completion(prompt, grammar=grammar, max_tokens=24, temperature=0.0)
                 ms = (time.perf_counter() - t) * 1000

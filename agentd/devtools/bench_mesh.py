@@ -84,7 +84,7 @@ def _wait_connected(sock_path: Path, proc: subprocess.Popen[bytes], timeout: flo
         with contextlib.suppress(AgentdError, KeyError):
             status = request(sock_path, {"op": "status"})
             if status["broker"]["connected"]:
-                return status
+                return dict(status)
         time.sleep(0.05)
     raise RuntimeError(f"the node behind {sock_path} did not connect to the broker in {timeout} s")
 
@@ -117,12 +117,13 @@ class _Collector:
 
     def __init__(self, port: int, topics: list[str], *, key: str = "event_id") -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.arrived: dict[str, float] = {}
         self.duplicates = 0
         self.waiting: tuple[str, threading.Event] | None = None
         self._key = key
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}-{time.monotonic_ns()}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}-{time.monotonic_ns()}")
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *_a: subscribed.set()
@@ -158,8 +159,9 @@ class _Collector:
 
 def _publisher(port: int, inflight: int = 1000) -> Any:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}-{time.monotonic_ns()}")
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}-{time.monotonic_ns()}")
     pub.max_inflight_messages_set(inflight)
     pub.max_queued_messages_set(0)
     pub.connect("127.0.0.1", port)
@@ -293,10 +295,11 @@ def _check_store(data_dir: Path, ids: list[str]) -> dict[str, Any]:
 def _baselines(port: int, n: int) -> dict[str, Any]:
     """Same broker, no agentd: one hop (publish → subscriber) and a trivial relay (two hops)."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     sub = _Collector(port, ["bench/raw", "bench/echo/out"], key="id")
     pub = _publisher(port)
-    relay = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-relay-{os.getpid()}")
+    relay = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-relay-{os.getpid()}")
 
     def relay_once(c: Any, _u: Any, m: Any) -> None:
         c.publish("bench/echo/out", m.payload, qos=1)

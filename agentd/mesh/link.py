@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from agentd.trust.hlc import Clock
     from agentd.trust.keys import NodeKey
 
-log = logging.getLogger("agentd")
+log = logging.getLogger(__name__)
 Submit = Callable[[str, Any, "str | None", float], Awaitable[dict[str, Any]]]
 OUTBOX_BATCH = 500
 DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count() can read
@@ -214,7 +214,7 @@ class MeshLink:
         # The broker keeps our subscriptions and unacknowledged events across reconnects.
         session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
         if protocol == "5":
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho's constructor is unannotated
             props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
             # How many unacknowledged events the broker may send us at once. Events are acked
             # only after their commit, so this bounds the batch a commit can hold (mosquitto's

@@ -29,7 +29,7 @@ from agentd.trust.untrusted import parse_json
 if TYPE_CHECKING:
     from agentd.config.schema import Config
 
-log = logging.getLogger("agentd")
+log = logging.getLogger(__name__)
 MAX_UNVERIFIED = 100  # unverified replies kept per command; past this they are only counted
 MAX_NODE_CHARS = 64
 
@@ -172,6 +172,7 @@ def send_command(
     Targeted nodes: ``target`` itself, or for ``all`` every node of ``trust.peers`` and
     ``peer_keys``; those without a verified reply are ``Outcome.missing``."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     peer_keys = dict(peer_keys or {})
     keys = known_keys(cfg, peer_keys)
@@ -209,7 +210,7 @@ def send_command(
         except Exception as exc:
             log.debug("fleet send: unreadable reply on %s: %s", getattr(msg, "topic", "?"), exc)
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"agentd-fleet-send-{command_id[:12]}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"agentd-fleet-send-{command_id[:12]}")
     m = cfg.mqtt
     if m.username:
         client.username_pw_set(m.username, Path(m.password_file).read_text().strip() if m.password_file else None)

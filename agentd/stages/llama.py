@@ -351,6 +351,6 @@ class LlamaStage(ThreadedStage):
             self._abort.set()  # and the running one stops at its next graph node
         await super().close()
         if self._thread.is_alive():  # freeing the model under a running evaluation would crash the process
-            logging.getLogger("agentd").warning("model %s: worker still busy at close; its memory is left to the OS", self.name)
+            logging.getLogger(__name__).warning("model %s: worker still busy at close; its memory is left to the OS", self.name)
             return
         self._llm.close()

@@ -11,7 +11,7 @@ from typing import Any
 
 from agentd.state import queries
 
-log = logging.getLogger("agentd")
+log = logging.getLogger(__name__)
 KEEP = "id NOT IN (SELECT decision_id FROM approvals WHERE status = 'pending')"
 
 

@@ -31,7 +31,7 @@ from agentd.trust.canonical import canonical, sha256_hex
 from agentd.trust.keys import NodeKey
 
 T = TypeVar("T")
-log = logging.getLogger("agentd")
+log = logging.getLogger(__name__)
 MAX_BATCH = 512
 
 
@@ -423,7 +423,7 @@ class Store:
             self._append_audit(conn, "approval", decision_id, {**_audit_body(record, sha256_hex(text)), "by": by, "reason": reason})
             if row[1] is not None:
                 record["late_answer"] = json.loads(row[1])
-            return record
+            return dict(record)
 
         return await self._submit(op)
 

@@ -1,4 +1,4 @@
-"""Signed MQTT envelopes, version 2 (DESIGN section 6), and topic names."""
+"""Signed MQTT envelopes, version 2 (DESIGN section 6)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from typing import Any
 
 from agentd.errors import Rejected, TrustError
 from agentd.ids import new_id
-from agentd.mesh.topics import topic
 from agentd.trust import hlc
 from agentd.trust.canonical import canonical
 from agentd.trust.keys import NodeKey, verify
 from agentd.trust.untrusted import parse_json
 
-__all__ = ["Rejected", "check_envelope", "envelope", "envelope_raw", "topic"]
+__all__ = ["Rejected", "check_envelope", "envelope", "envelope_raw"]
 
 
 VERSION = 2

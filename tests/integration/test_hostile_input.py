@@ -427,7 +427,7 @@ def broker_status(node: DaemonProc) -> dict[str, Any]:
     return dict(reply["result"]["broker"])
 
 
-def settle(node: DaemonProc, *, quiet_s: float = 1.0, give_up_s: float = 300.0) -> dict[str, Any]:
+def settle(node: DaemonProc, *, quiet_s: float = 1.0, give_up_s: float = 120.0) -> dict[str, Any]:
     """The node's broker status once it has handled everything sent to it: connected, and no
     counter moved for ``quiet_s``. Gives up (returning what it has) only after ``give_up_s``:
     the assertions that follow then say what is wrong; no test asserts how long this takes."""
