@@ -565,13 +565,13 @@ async def test_only_soft_writes_skip_the_fsync_and_outbox_seqs_are_reported(data
     def sync(conn: sqlite3.Connection) -> int:
         return int(conn.execute("PRAGMA synchronous").fetchone()[0])
 
-    fresh: list[Any] = []
     async with open_store(data_dir, node_key) as store:
-        store.on_outbox = fresh.extend
         assert await store._submit(Soft(sync)) == 1  # NORMAL
         assert await store._submit(sync) == 2  # FULL
         assert await store._submit(Soft(sync)) == 1
         await store.record_decision(write_for(record("d1", "e1"), outbox=2))
         assert await store._submit(sync) == 2
         rows = await store.read(lambda c: c.execute("SELECT seq, payload FROM outbox ORDER BY seq").fetchall())
-    assert [(r[0], r[2]) for r in fresh] == [(s, bytes(p)) for s, p in rows] and len(rows) == 2
+        assert store.outbox.ready.is_set()  # the publisher's wake-up
+        fresh = store.outbox.take_fresh(0)
+    assert [(m.seq, m.payload) for m in fresh] == [(s, bytes(p)) for s, p in rows] and len(rows) == 2

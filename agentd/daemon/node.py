@@ -61,7 +61,6 @@ class Daemon:
         self.refusals = RefusalTally()  # every refused input, by path and reason; audited as summaries
         self._room = asyncio.Event()  # set when an event in flight finishes (back-pressure for MQTT)
         self.clock = Clock()
-        self.outbox_ready = asyncio.Event()
         self.link: MeshLink | None = None
         self.metrics: NodeMetrics | None = None
         # Long-lived resources: they outlive a reload, which only swaps the engine over them.
@@ -112,7 +111,7 @@ class Daemon:
                     peers = await self._engine().store.read(queries.list_peers)
                     self.link = MeshLink(
                         cfg=cfg, key=key, clock=self.clock, store=lambda: self._engine().store,
-                        submit=self._mqtt_submit, outbox_ready=self.outbox_ready,
+                        submit=self._mqtt_submit,
                         on_peer_decision=lambda node, body: self._engine().fleet.add_decision(body["action"], float(body["created_at"])),
                         learned_keys={p["node"]: p["public_key"] for p in peers if p["learned"] and p["public_key"]},
                         on_command=self.handle_command, refusals=self.refusals,
@@ -196,7 +195,6 @@ class Daemon:
         reply_body = {"command_id": ident, "cmd": body.get("cmd"), "ok": ok, **outcome}
         payload = envelope("reply", fleet=cfg.node.fleet, node=cfg.node.id, hlc=self.clock.now(), body=reply_body, key=engine.key)
         await engine.store.command_outcome(ident, audit, (topic(cfg.node.fleet, "nodes", cfg.node.id, "reply"), payload))
-        self.outbox_ready.set()
 
     async def _audit_refusals(self) -> None:
         """One audit record per path and reason refused since the last call (a flood costs a few records)."""
@@ -291,10 +289,9 @@ class Daemon:
         """An engine over ``loaded`` on the node's store and model pool (opening the store if it is not)."""
         if self.store is None:
             store = open_store(loaded, key)
-            store.on_outbox = lambda rows: self.link.offer(rows) if self.link is not None else None
             await store.__aenter__()
             self.store, self.store_opened_at = store, time.time()
-        engine = Engine(loaded=loaded, key=key, clock=self.clock, outbox_ready=self.outbox_ready, store=self.store, pool=self.pool,
+        engine = Engine(loaded=loaded, key=key, clock=self.clock, store=self.store, pool=self.pool,
                         outbound=decision_wire(loaded.config, key))
         engine.on_decision = self.metrics.observe if self.metrics else None
         await engine.__aenter__()

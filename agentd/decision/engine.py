@@ -81,7 +81,6 @@ class Engine:
         key: NodeKey,
         run_handlers: bool = True,
         clock: Clock | None = None,
-        outbox_ready: asyncio.Event | None = None,
         store: Store | None = None,
         pool: ModelPool | None = None,
         outbound: Outbound | None = None,
@@ -111,7 +110,6 @@ class Engine:
         self._expiry_wake = asyncio.Event()
         self._expiry_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self.outbox_ready = outbox_ready or asyncio.Event()  # set when a commit added outbox rows (the MQTT link waits on it)
         self.on_decision: Callable[[dict[str, Any]], None] | None = None  # metrics: called once per committed decision
 
     # -- lifecycle -----------------------------------------------------------
@@ -381,8 +379,6 @@ class Engine:
             self.counters["duplicates"] += 1
             return await self.store.read(lambda c: queries.find_by_event(c, eid) or record)
         self._remember(eid)
-        if outbox:
-            self.outbox_ready.set()
         self.fleet.add_decision(record["action"], record["created_at"])
         self.counters[f"source:{source}"] += 1
         if fallback:

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import logging
 import socket
-import sqlite3
 import ssl
 import time
 from collections import Counter, OrderedDict
@@ -32,6 +31,7 @@ from agentd.mesh.peerwire import check_peer_body
 from agentd.mesh.refusals import RefusalTally
 from agentd.mesh.topics import topic
 from agentd.state import queries
+from agentd.state.outbox import OutboxReader
 from agentd.trust.envelope import check_envelope, envelope
 from agentd.trust.hlc import decode as hlc_decode
 from agentd.trust.untrusted import parse_json
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Submit = Callable[[str, Any, "str | None", float], Awaitable[dict[str, Any]]]
-OUTBOX_BATCH = 500
 DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count() can read
 STABLE_SESSION_S = 10.0  # a session shorter than this keeps growing the reconnect back-off (e.g. a client-id clash)
 MAX_INFLIGHT = 200  # outbox publishes waiting for their PUBACK
@@ -157,7 +156,6 @@ class MeshLink:
         clock: Clock,
         store: Callable[[], Store],
         submit: Submit,
-        outbox_ready: asyncio.Event,
         on_peer_decision: Callable[[str, dict[str, Any]], None] | None = None,
         on_command: Callable[[bytes], Awaitable[None]] | None = None,
         learned_keys: dict[str, str] | None = None,
@@ -168,7 +166,6 @@ class MeshLink:
         self.cfg = cfg
         self.node, self.fleet = cfg.node.id, cfg.node.fleet
         self._key, self._clock, self._store, self._submit = key, clock, store, submit
-        self._outbox_ready = outbox_ready
         self.connected = False
         # failures: unexpected exceptions that cost a reconnect (a bug); handler_errors: bugs caught at a
         # message handler's boundary, where the message was acknowledged and the session kept.
@@ -176,7 +173,7 @@ class MeshLink:
                                          "failures": 0, "handler_errors": 0}
         self.refusals = refusals if refusals is not None else RefusalTally()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-outbox")
-        self._read_conn: sqlite3.Connection | None = None
+        self._outbox_reader = OutboxReader(cfg.data_dir)
         self._on_peer_decision = on_peer_decision
         self._on_command = on_command
         self._keys: dict[str, str] = {**(learned_keys or {}), **cfg.trust.peers}  # configured keys win
@@ -185,7 +182,6 @@ class MeshLink:
         self._answered: dict[str, float] = {}
         self._resend: list[dict[str, Any]] = []
         self._resent_at: dict[str, float] = {}  # decision id -> when we last resent it
-        self._fresh: list[tuple[int, str, bytes, int, int]] = []  # rows just committed (see offer)
         # "5" or "3.1.1": what the next connect asks for; auto starts with 5 and falls back once
         self._try_protocol = "3.1.1" if cfg.mqtt.protocol == "3.1.1" else "5"
         self.protocol: str | None = None  # the protocol of the live session
@@ -323,9 +319,7 @@ class MeshLink:
         self._reader.shutdown(wait=False)
 
     def _close_reader(self) -> None:
-        if self._read_conn is not None:
-            self._read_conn.close()
-            self._read_conn = None
+        self._outbox_reader.close()
 
     # -- events in -----------------------------------------------------------
 
@@ -392,6 +386,11 @@ class MeshLink:
         if self.refusals.add(path, exc.reason, sender=sender, detail=str(exc)):
             log.warning("refused a %s message from %s: %s: %s (further ones this minute are only counted)",
                         path, sender[:120], exc.reason, exc)
+
+    @property
+    def _ready(self) -> asyncio.Event:
+        """The publisher's wake-up: the store sets it on every commit with outbox rows."""
+        return self._store().outbox.ready
 
     def update_trust(self, peers: dict[str, str]) -> None:
         """After a reload: configured peer keys replace the old ones; learned keys stay."""
@@ -515,7 +514,7 @@ class MeshLink:
         self._resend.extend(records)
         self.counters["resent"] = self.counters.get("resent", 0) + len(records)
         log.info("anti-entropy: %s holds %s of our %s decisions; resending %d", peer[:64], theirs[0], ours[0], len(records))
-        self._outbox_ready.set()
+        self._ready.set()
 
     async def _one_event(self, client: Any, message: Any, prefix: str, received: float, sem: asyncio.Semaphore) -> None:
         """Decide one MQTT event, then acknowledge it: after its commit, or at once when it is refused.
@@ -550,36 +549,6 @@ class MeshLink:
 
     # -- outbox out ----------------------------------------------------------
 
-    def _read_outbox(self, after: int) -> tuple[list[tuple[int, str, bytes, int, int]], int]:
-        """Rows after ``after``, and the outbox's sequence as it was before they were read."""
-        if self._read_conn is None:
-            self._read_conn = sqlite3.connect(f"file:{queries.db_path(self.cfg.data_dir)}?mode=ro", uri=True, timeout=10)
-        last = self._read_conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        rows = self._read_conn.execute(
-            "SELECT seq, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, OUTBOX_BATCH)
-        ).fetchall()
-        return [(int(s), str(t), bytes(p), int(q), int(r)) for s, t, p, q, r in rows], int(last[0]) if last else 0
-
-    def offer(self, rows: list[tuple[int, str, bytes, int, int]]) -> None:
-        """Outbox rows just committed: publish them without reading them back, when they follow on.
-
-        Only a shortcut: rows that do not continue what was sent (other writers, a new
-        session, an overflow) are read from the outbox table as before.
-        """
-        if len(self._fresh) + len(rows) > 10 * OUTBOX_BATCH:
-            self._fresh.clear()  # the publisher is behind; the table has them all
-            return
-        self._fresh.extend(rows)
-        self._outbox_ready.set()
-
-    def _take_fresh(self, after: int) -> list[tuple[int, str, bytes, int, int]]:
-        """The committed rows that continue from ``after`` without a gap; [] when the table must be read."""
-        fresh = [r for r in self._fresh if r[0] > after]
-        self._fresh.clear()
-        if not fresh or fresh[0][0] != after + 1 or fresh[-1][0] - fresh[0][0] != len(fresh) - 1:
-            return []  # a gap (seqs only grow, so first and last tell)
-        return fresh
-
     async def _drain_outbox(self, client: Any) -> None:
         """Publish outbox rows (and anti-entropy resends) at QoS 1; delete a row once its PUBACK came.
 
@@ -606,7 +575,7 @@ class MeshLink:
             self.counters["published"] += 1
             if entry[0] >= 0:
                 if not acked:
-                    self._outbox_ready.set()  # wake the loop below to delete the acknowledged rows
+                    self._ready.set()  # wake the loop below to delete the acknowledged rows
                 acked.append(entry[0])
             if len(pending) < MAX_INFLIGHT:
                 room.set()
@@ -634,7 +603,7 @@ class MeshLink:
         paho.on_publish = on_publish
         try:
             while True:
-                self._outbox_ready.clear()
+                self._ready.clear()
                 if pending and time.monotonic() - min(t for _, t in pending.values()) > PUBACK_TIMEOUT_S:
                     raise aiomqtt_error(f"no PUBACK in {PUBACK_TIMEOUT_S:.0f} s")
                 while self._resend:  # anti-entropy: our own decisions again, freshly enveloped, on gossip/<node>
@@ -642,22 +611,22 @@ class MeshLink:
                     payload = envelope("decision", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=record, key=self._key)
                     await wait_for_room()
                     publish(-1, topic(self.fleet, "gossip", self.node), payload, 1, False)
-                rows = self._take_fresh(after) if after else []
+                rows = self._store().outbox.take_fresh(after) if after else []
                 if not rows:
-                    rows, last = await loop.run_in_executor(self._reader, self._read_outbox, after)
+                    rows, last = await loop.run_in_executor(self._reader, self._outbox_reader.read, after)
                     if not rows:  # nothing after `after` up to `last`: the next fresh row may follow on from there
                         after = max(after, last)
-                for seq, name, payload, qos, retain in rows:
+                for m in rows:
                     await wait_for_room()
-                    publish(seq, name, payload, qos, bool(retain))
-                    after = seq
+                    publish(m.seq, m.topic, m.payload, m.qos, m.retain)
+                    after = m.seq
                 if acked:
                     done, acked[:] = list(acked), []
                     await self._store().delete_outbox(done)
-                if not rows and not self._outbox_ready.is_set():
+                if not rows and not self._ready.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1.0):
-                            await self._outbox_ready.wait()
+                            await self._ready.wait()
         finally:
             paho.on_publish = previous
             if acked:  # acknowledged before the session ended: forget them now (unacknowledged rows stay)

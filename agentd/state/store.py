@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from agentd.errors import NotFound, StateError
 from agentd.state import queries, retention
 from agentd.state.migrations import migrate
+from agentd.state.outbox import Message, Outbox
 from agentd.trust.audit import GENESIS, checkpoint_payload, record_hash
 from agentd.trust.canonical import canonical, sha256_hex
 from agentd.trust.keys import NodeKey
@@ -52,7 +53,6 @@ class DecisionWrite:
 
 
 Op = Callable[[sqlite3.Connection], Any] | DecisionWrite
-OutboxRow = tuple[int, str, bytes, int, int]  # seq, topic, payload, qos, retain
 
 
 class Soft:
@@ -106,9 +106,9 @@ class Store:
         self._pending_audit: list[tuple[Any, ...]] | None = None
         self._closed = False
         self.commits = 0
-        # Called on the event loop with the outbox rows of each commit, so the MQTT link can
-        # publish them without reading them back (the rows stay until their PUBACK).
-        self.on_outbox: Callable[[list[OutboxRow]], None] | None = None
+        # The rows each commit added, so the MQTT publisher can send them without reading them
+        # back (they stay in the table until their PUBACK), and its wake-up.
+        self.outbox = Outbox()
 
     async def __aenter__(self) -> Store:
         self._loop = asyncio.get_running_loop()
@@ -273,15 +273,14 @@ class Store:
     def _finish(self, batch: list[tuple[Op, asyncio.Future[Any]]], done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
         exc = done.exception()
         results = [(False, exc)] * len(batch) if exc else done.result()
-        if self.on_outbox is not None:
-            fresh = [
-                (seq, *row[:3], int(row[3]))
-                for (op, _), (ok, _) in zip(batch, results, strict=True)
-                if ok and isinstance(op, DecisionWrite)
-                for seq, row in zip(op.outbox_seqs, op.outbox, strict=True)
-            ]
-            if fresh:
-                self.on_outbox(fresh)
+        fresh = [
+            Message(seq, row[0], row[1], row[2], bool(row[3]))
+            for (op, _), (ok, _) in zip(batch, results, strict=True)
+            if ok and isinstance(op, DecisionWrite)
+            for seq, row in zip(op.outbox_seqs, op.outbox, strict=True)
+        ]
+        if fresh:
+            self.outbox.committed(fresh)
         for (_, fut), (ok, value) in zip(batch, results, strict=True):
             if fut.done():
                 continue
@@ -486,6 +485,8 @@ class Store:
                 )
 
         await self._submit(op)
+        if reply is not None:
+            self.outbox.ready.set()
 
     async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` in a transaction on the writer thread (batched with other writes)."""

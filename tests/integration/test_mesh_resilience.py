@@ -47,7 +47,7 @@ def _run(tmp_path: Path, failure: Exception) -> tuple[dict[str, int], list[str],
                     return record
 
                 link = MeshLink(cfg=loaded.config, key=key, clock=engine.clock, store=lambda: engine.store,
-                                submit=submit, outbox_ready=engine.outbox_ready)
+                                submit=submit)
                 task = asyncio.create_task(link.run())
                 try:
                     for _ in range(300):
