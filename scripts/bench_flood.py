@@ -50,12 +50,12 @@ from agentd.config.loader import load_config
 from agentd.control.client import request
 from agentd.control.commands import new_command
 from agentd.daemon.sources import event_for
-from agentd.devtools.bench import pct
 from agentd.devtools.bench_mesh import _nodelay, _publisher, _start_node, _stop, _wait_connected, broker, free_port
 from agentd.errors import AgentdError
 from agentd.ids import new_id
 from agentd.mesh.link import subscriptions
 from agentd.state import queries
+from agentd.stats import percentile
 from agentd.trust.envelope import envelope
 from agentd.trust.hlc import Clock
 from agentd.trust.keys import NodeKey, create_key_file
@@ -301,9 +301,9 @@ def decision_figures(conn: sqlite3.Connection, sent: dict[str, float], listener:
     return {
         "events": len(sent), "decided": len(lat), "received": len(e2e),
         "on_time": sum(1 for v in lat if v <= deadline_ms), "late": sum(1 for v in lat if v > deadline_ms),
-        "latency_p50_ms": round(pct(lat, 50), 3) if lat else None, "latency_p99_ms": round(pct(lat, 99), 3) if lat else None,
+        "latency_p50_ms": round(percentile(lat, 50), 3) if lat else None, "latency_p99_ms": round(percentile(lat, 99), 3) if lat else None,
         "latency_max_ms": round(max(lat), 3) if lat else None,
-        "e2e_p50_ms": round(pct(e2e, 50), 3) if e2e else None, "e2e_p99_ms": round(pct(e2e, 99), 3) if e2e else None,
+        "e2e_p50_ms": round(percentile(e2e, 50), 3) if e2e else None, "e2e_p99_ms": round(percentile(e2e, 99), 3) if e2e else None,
         "e2e_max_ms": round(max(e2e), 3) if e2e else None,
         "e2e_over_deadline": sum(1 for v in e2e if v > deadline_ms),
     }

@@ -41,6 +41,20 @@ def _load(config_path: Path | None) -> LoadedConfig:
     return load_config(find_config(config_path))
 
 
+def _query(config_path: Path | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(conn, *args)`` on the node's database, read-only (works while the daemon is stopped)."""
+    from agentd.state import queries
+
+    return fn(queries.open_readonly(_load(config_path).config.data_dir), *args)
+
+
+def _json_or(as_json: bool, obj: Any) -> bool:
+    """With --json, print ``obj`` and return True; otherwise False (the caller prints its table)."""
+    if as_json:
+        _emit_json(obj)
+    return as_json
+
+
 def _emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
@@ -152,8 +166,7 @@ def submit(config_path: Path | None, as_json: bool, skill: str, data: str, event
 
 
 def _print_decision(d: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        _emit_json(d)
+    if _json_or(as_json, d):
         return
     reason = f" (fallback: {d['fallback_reason']})" if d.get("fallback_reason") else ""
     guard = f" (guard {d['guard']})" if d.get("guard") else ""
@@ -182,8 +195,7 @@ def decisions(config_path: Path | None, as_json: bool, limit: int, **filters: st
     loaded = _load(config_path)
     conn = queries.open_readonly(loaded.config.data_dir)
     rows = queries.list_decisions(conn, limit=limit, **filters)
-    if as_json:
-        _emit_json(rows)
+    if _json_or(as_json, rows):
         return
     wide = _width() >= 140
     columns = ["time", "action", "status", "source", "conf", "fallback", "id"]
@@ -303,8 +315,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
         except AgentdError as exc:
             st["database"] = str(exc)
         st["models"] = [{"name": m.name, "version": m.version, "backend": m.backend, "loaded": False} for m in cfg.models]
-    if as_json:
-        _emit_json(st)
+    if _json_or(as_json, st):
         return
     lc = st["lifecycle"]
     click.echo(f"node {st['node']} (fleet {st['fleet']})  daemon {st.get('daemon')}  mode {st.get('mode')}")
@@ -431,10 +442,8 @@ def approvals(config_path: Path | None, as_json: bool) -> None:
     """Decisions waiting for a human."""
     from agentd.state import queries
 
-    loaded = _load(config_path)
-    rows = queries.pending_approvals(queries.open_readonly(loaded.config.data_dir))
-    if as_json:
-        _emit_json(rows)
+    rows = _query(config_path, queries.pending_approvals)
+    if _json_or(as_json, rows):
         return
     _table(f"{len(rows)} pending approval(s)", ["decision", "requested", "in force", "expires"],
            ((r["decision_id"][:12], r["requested_action"], r["interim_action"], _ts(r["expires_at"])[11:]) for r in rows))
@@ -487,10 +496,8 @@ def peers(config_path: Path | None, as_json: bool) -> None:
 
     from agentd.state import queries
 
-    loaded = _load(config_path)
-    rows = queries.list_peers(queries.open_readonly(loaded.config.data_dir))
-    if as_json:
-        _emit_json(rows)
+    rows = _query(config_path, queries.list_peers)
+    if _json_or(as_json, rows):
         return
     now = time.time()
     _table(f"{len(rows)} peer(s)", ["node", "status", "last seen", "ago s", "decisions", "key"],
@@ -506,10 +513,8 @@ def fleet_state(config_path: Path | None, as_json: bool, window_s: float) -> Non
     """What this node knows the fleet did: decisions per node and action in the window (what fleet_count() reads)."""
     from agentd.state import queries
 
-    loaded = _load(config_path)
-    summary = queries.fleet_summary(queries.open_readonly(loaded.config.data_dir), window_s)
-    if as_json:
-        _emit_json(summary)
+    summary = _query(config_path, queries.fleet_summary, window_s)
+    if _json_or(as_json, summary):
         return
     _table(f"fleet decisions, last {window_s:g} s", ["node", "action", "count"],
            ((node, action, n) for node, acts in summary["decisions"].items() for action, n in acts.items()))
@@ -656,8 +661,7 @@ def bench(config_path: Path | None, as_json: bool, only: str | None, samples: in
 
     loaded = _load(config_path)
     result = run_bench(loaded, only=only, samples=samples)
-    if as_json:
-        _emit_json(result)
+    if _json_or(as_json, result):
         return
     _table("agentd bench", ["figure", "value"], ((k, v) for k, v in result.items()))
 

@@ -25,6 +25,7 @@ from agentd.daemon.sources import event_for
 from agentd.decision.engine import Engine, open_store, store_settings
 from agentd.decision.rules import compile_all
 from agentd.errors import AgentdError, ConfigError, InputError, Rejected, StateError
+from agentd.files import replace_atomically
 from agentd.mesh.link import MeshLink
 from agentd.mesh.refusals import RefusalTally
 from agentd.mesh.topics import topic
@@ -246,10 +247,10 @@ class Daemon:
         if new.config.node.id != self.loaded.config.node.id:
             raise ConfigError("set_config may not change node.id")
         old_text = path.read_bytes()
-        _atomic_write(path, text.encode())
+        replace_atomically(path, text.encode())
         result = await self.reload()
         if not result.get("reloaded"):
-            _atomic_write(path, old_text)
+            replace_atomically(path, old_text)
             await self.reload()
             raise ConfigError(f"the new config failed to load and was rolled back: {result.get('error')}")
         await self._engine().store.audit("config_set", {"by": by, "config_sha256": new.sha256})
@@ -546,17 +547,6 @@ class Daemon:
 
 class _Shutdown(Exception):
     pass
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 

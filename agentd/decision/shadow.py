@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from agentd.stats import percentile
+
 
 @dataclass(frozen=True, slots=True)
 class ShadowAnswer:
@@ -44,10 +46,7 @@ def insert(conn: sqlite3.Connection, a: ShadowAnswer) -> None:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(q * len(s)))], 4)
+    return round(percentile(values, q * 100), 4) if values else None
 
 
 def report(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.config.models import DelayModelConfig, OnnxModelConfig
 from agentd.config.schema import StageConfig
+from agentd.stats import percentile
 
 if TYPE_CHECKING:
     from agentd.config.loader import LoadedConfig
@@ -28,10 +29,20 @@ if TYPE_CHECKING:
 PARTS = ("rules", "onnx", "deadline", "throughput", "footprint", "mqtt", "convergence", "llm", "accuracy")
 
 
-def pct(values: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank) of ``values``."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
+
+
+def interleaved(baseline: Any, measured: Any, pairs: list[tuple[Any, Any]]) -> tuple[list[float], list[float]]:
+    """Milliseconds of ``baseline(a)`` and ``measured(b)`` for each (a, b), alternating, so
+    that both see the same machine noise."""
+    base, meas = [], []
+    for a, b in pairs:
+        t = time.perf_counter()
+        baseline(a)
+        base.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        measured(b)
+        meas.append((time.perf_counter() - t) * 1000)
+    return base, meas
 
 
 def run_bench(loaded: LoadedConfig, *, only: str | None = None, samples: int = 2000) -> dict[str, Any]:
@@ -99,10 +110,10 @@ def _rules(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]
 
     decided, persisted = asyncio.run(_with_engine(bl, go))
     return {
-        "rules_p50_ms": round(pct(decided, 50), 4),
-        "rules_p99_ms": round(pct(decided, 99), 4),
-        "rules_persisted_p50_ms": round(pct(persisted, 50), 3),
-        "rules_persisted_p99_ms": round(pct(persisted, 99), 3),
+        "rules_p50_ms": round(percentile(decided, 50), 4),
+        "rules_p99_ms": round(percentile(decided, 99), 4),
+        "rules_persisted_p50_ms": round(percentile(persisted, 50), 3),
+        "rules_persisted_p99_ms": round(percentile(persisted, 99), 3),
     }
 
 
@@ -125,14 +136,7 @@ def _onnx(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
     for x, e in zip(rows[:50], events[:50], strict=True):  # warm-up
         stage.run_raw(x)
         stage.predict(e, never)
-    raw, inproc = [], []
-    for x, e in zip(rows, events, strict=True):  # interleaved, so both see the same machine noise
-        t = time.perf_counter()
-        stage.run_raw(x)
-        raw.append((time.perf_counter() - t) * 1000)
-        t = time.perf_counter()
-        stage.predict(e, never)
-        inproc.append((time.perf_counter() - t) * 1000)
+    raw, inproc = interleaved(stage.run_raw, lambda e: stage.predict(e, never), list(zip(rows, events, strict=True)))
 
     async def via_worker() -> list[float]:
         out = []
@@ -178,8 +182,8 @@ def _deadline(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, A
     return {
         "deadline_ms": deadline_ms,
         "deadline_samples": n,
-        "deadline_total_p50_ms": round(pct(total, 50), 3),
-        "deadline_overshoot_p99_ms": round(pct(over, 99), 3),
+        "deadline_total_p50_ms": round(percentile(total, 50), 3),
+        "deadline_overshoot_p99_ms": round(percentile(over, 99), 3),
         "deadline_overshoot_max_ms": round(max(over), 3),
         "deadline_adherence": round(sum(1 for t in total if t <= deadline_ms + 10) / n, 4),
         "deadline_decided_max_ms": round(max(decided), 3),

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd.config.models import LlamaModelConfig, OnnxModelConfig
-from agentd.devtools.bench import _bench_config, _start_child, _with_engine, pct
+from agentd.devtools.bench import _bench_config, _start_child, _with_engine, interleaved
 from agentd.devtools.labelled import freezer_events, operator_requests
 from agentd.errors import ModelError
+from agentd.stats import percentile
 
 if TYPE_CHECKING:
     from agentd.config.loader import LoadedConfig
@@ -72,14 +73,7 @@ def llm_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, An
     for e, s in zip(events[:3], suffixes[:3], strict=True):  # warm-up
         stage.raw_eval(s)
         stage.predict(e, never)
-    raw, inproc = [], []
-    for e, s in zip(events, suffixes, strict=True):  # interleaved: both see the same machine noise
-        t = time.perf_counter()
-        stage.raw_eval(s)
-        raw.append((time.perf_counter() - t) * 1000)
-        t = time.perf_counter()
-        stage.predict(e, never)
-        inproc.append((time.perf_counter() - t) * 1000)
+    raw, inproc = interleaved(stage.raw_eval, lambda e: stage.predict(e, never), list(zip(suffixes, events, strict=True)))
 
     async def via_worker() -> tuple[list[float], list[float]]:
         """The stage as the engine calls it (its worker thread), interleaved with the raw eval.
@@ -106,7 +100,7 @@ def llm_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, An
         "llm_predict_p50_ms": round(statistics.median(inproc), 2),
         "llm_predict_ratio": round(statistics.median(inproc) / statistics.median(raw), 3),
         "llm_p50_ms": round(statistics.median(called), 2),
-        "llm_p99_ms": round(pct(called, 99), 2),
+        "llm_p99_ms": round(percentile(called, 99), 2),
         "llm_ratio_vs_suffix_eval": round(statistics.median(called) / raw50, 3),
     })
     out.update(_grammar(model_cfg, stage, events[: min(20, n)]))

@@ -33,47 +33,21 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from agentd.control.client import request
-from agentd.devtools.bench import pct
+from agentd.devtools.broker import Broker, free_port
 from agentd.errors import AgentdError
+from agentd.stats import percentile
 
 if TYPE_CHECKING:
     from agentd.config.loader import LoadedConfig
 
-BROKER_CONF = "allow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_queued_messages 100000\n"
 FLEET = "bench"
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
-def broker(folder: Path, port: int, extra: str = "") -> Iterator[subprocess.Popen[bytes]]:
-    """A private Mosquitto on 127.0.0.1:port for the duration of the block."""
-    from agentd.devtools.fleet_demo import mosquitto_binary
-    from agentd.errors import MeshError
-
-    binary = mosquitto_binary()
-    if binary is None:
-        raise MeshError("the mesh bench needs mosquitto: apt-get install mosquitto mosquitto-clients")
-    conf = folder / f"mosquitto-{port}.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\n{BROKER_CONF}{extra}")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            time.sleep(0.05)
-        else:
-            raise MeshError(f"mosquitto did not listen on {port}")
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def broker(folder: Path, port: int, extra: str = "") -> Iterator[Broker]:
+    """A private Mosquitto on 127.0.0.1:port for the duration of the block (agentd.devtools.broker)."""
+    with Broker(folder=folder, port=port, extra=f"max_queued_messages 100000\n{extra}") as b:
+        yield b
 
 
 def _wait_connected(sock_path: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> dict[str, Any]:
@@ -234,7 +208,7 @@ def mqtt_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, A
             try:
                 lat, timeouts = _one_at_a_time(pub, sub, events_topic, _events(loaded, n_lat + 20, "lat"), warmup=20)
                 out.update({
-                    "mqtt_e2e_p50_ms": round(pct(lat, 50), 3), "mqtt_e2e_p99_ms": round(pct(lat, 99), 3),
+                    "mqtt_e2e_p50_ms": round(percentile(lat, 50), 3), "mqtt_e2e_p99_ms": round(percentile(lat, 99), 3),
                     "mqtt_e2e_samples": len(lat), "mqtt_e2e_timeouts": timeouts,
                 })
                 out.update(_throughput(pub, sub, events_topic, _events(loaded, n_tp, "tp")))
@@ -321,8 +295,8 @@ def _baselines(port: int, n: int) -> dict[str, Any]:
             c.disconnect()
         sub.close()
     return {
-        "mqtt_raw_hop_p50_ms": round(pct(raw, 50), 3), "mqtt_raw_hop_p99_ms": round(pct(raw, 99), 3),
-        "mqtt_echo_p50_ms": round(pct(echo, 50), 3), "mqtt_echo_p99_ms": round(pct(echo, 99), 3),
+        "mqtt_raw_hop_p50_ms": round(percentile(raw, 50), 3), "mqtt_raw_hop_p99_ms": round(percentile(raw, 99), 3),
+        "mqtt_echo_p50_ms": round(percentile(echo, 50), 3), "mqtt_echo_p99_ms": round(percentile(echo, 99), 3),
     }
 
 

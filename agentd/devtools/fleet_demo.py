@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,20 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from agentd.devtools.broker import Broker, mosquitto_binary
 from agentd.errors import AgentdError
 from agentd.state import queries
 from agentd.trust.keys import create_key
 
 if TYPE_CHECKING:
     from agentd.config.loader import LoadedConfig
-
-
-def mosquitto_binary() -> str | None:
-    """The mosquitto broker binary, if installed (Debian puts it in /usr/sbin)."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
 
 
 def _prctl() -> Any:
@@ -66,12 +57,6 @@ def _stop_on_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -146,11 +131,8 @@ def _fleet(loaded: LoadedConfig, count: int, rate: float, root: Path) -> Iterato
         )
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    port = _free_port()
-    conf = root / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n")
-    log = (root / "mosquitto.log").open("ab")
-    broker = subprocess.Popen([broker_bin, "-c", str(conf)], stdout=log, stderr=log, preexec_fn=_die_with_parent)  # noqa: PLW1509 - started before any thread; the hook only calls prctl
+    broker = Broker(folder=root, extra="", preexec=_die_with_parent).start()  # started before any thread
+    port = broker.port
     nodes = _node_configs(loaded, root, count, port, rate)
     try:
         for node in nodes:
@@ -171,8 +153,7 @@ def _fleet(loaded: LoadedConfig, count: int, rate: float, root: Path) -> Iterato
                     node.proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     node.proc.kill()
-        broker.terminate()
-        broker.wait(timeout=10)
+        broker.stop()
 
 
 def _snapshot(node: DemoNode, request_skill: str | None = None) -> dict[str, Any]:

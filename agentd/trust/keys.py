@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agentd.errors import TrustError
+from agentd.files import write_synced
 from agentd.trust.canonical import b64
 
 KEY_FILE = "node.key"
@@ -96,12 +97,7 @@ def create_key_file(path: Path) -> tuple[NodeKey, bool]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_synced(tmp, pem, 0o600)
     try:
         os.link(tmp, path)  # fails if another process created the key meanwhile
     except FileExistsError:
