@@ -1,8 +1,8 @@
 """Operations commands of the `agentd` CLI: doctor, backup, restore.
 
-Thin wrappers: the logic lives in ``agentd.doctor`` and ``agentd.backup``. ``agentd.cli``
-calls ``register(main, module)`` with itself, so that these commands share its options and
-helpers without a circular import (``python -m agentd.cli`` runs cli.py as ``__main__``).
+Thin wrappers: the logic lives in ``agentd.ops.doctor`` and ``agentd.ops.backup``.
+``agentd.cli`` calls ``register(main, agentd.cli._common)``, which holds the shared options
+and helpers.
 """
 
 from __future__ import annotations

@@ -1,0 +1,184 @@
+"""Node commands of the `agentd` CLI: run, status, config validate, keys, peers, fleet-state."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from agentd.errors import AgentdError, InputError
+
+if TYPE_CHECKING:
+    pass
+from agentd.cli._common import _emit_json, _json_or, _load, _query, _table, _ts, config_option, json_option, main
+
+
+@main.command()
+@config_option
+def run(config_path: Path | None) -> None:
+    """Run the daemon in the foreground.
+
+    Example: agentd run --config config/agentd.yaml
+    """
+    from agentd.config.loader import find_config
+    from agentd.daemon.node import run_daemon
+
+    run_daemon(find_config(config_path))
+
+
+@main.command()
+@config_option
+@json_option
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Mode, lifecycle, models and circuits, outbox depth, fallback rate (from the database if the daemon is stopped)."""
+    from agentd.control.client import request
+    from agentd.errors import Unreachable
+    from agentd.state import queries
+
+    loaded = _load(config_path)
+    cfg = loaded.config
+    try:
+        st = request(cfg.socket_path, {"op": "status"}, timeout_s=5)
+    except Unreachable:
+        st = {"node": cfg.node.id, "fleet": cfg.node.fleet, "daemon": "stopped",
+              "lifecycle": {"stage": cfg.lifecycle.stage, "release": cfg.lifecycle.release, "config_sha256": loaded.sha256}}
+        try:
+            conn = queries.open_readonly(cfg.data_dir)
+            st["mode"] = queries.get_setting(conn, "mode") or cfg.daemon.mode
+            st.update(queries.counts(conn))
+        except AgentdError as exc:
+            st["database"] = str(exc)
+        st["models"] = [{"name": m.name, "version": m.version, "backend": m.backend, "loaded": False} for m in cfg.models]
+    if _json_or(as_json, st):
+        return
+    lc = st["lifecycle"]
+    click.echo(f"node {st['node']} (fleet {st['fleet']})  daemon {st.get('daemon')}  mode {st.get('mode')}")
+    click.echo(f"lifecycle {lc['stage']} / {lc['release']}  config {lc['config_sha256'][:12]}")
+    if "decisions" in st:
+        by_source = ", ".join(f"{k} {v}" for k, v in sorted(st["by_source"].items())) or "none"
+        click.echo(f"decisions {st['decisions']} ({by_source})  fallback rate {st['fallback_rate']:.1%}")
+        click.echo(f"pending approvals {st['pending_approvals']}  outbox {st['outbox_depth']}  audit records {st['audit_records']}")
+    if st.get("broker"):
+        b = st["broker"]
+        if not b.get("enabled", True):
+            click.echo("broker    disabled (mqtt.enabled: false)")
+        else:
+            state = f"connected, MQTT {b.get('protocol')}" if b.get("connected") else "not connected (reconnecting with back-off)"
+            counts = "  ".join(f"{k} {b[k]}" for k in ("published", "events_in", "events_refused", "reconnects") if k in b)
+            click.echo(f"broker    {b.get('host')}:{b.get('port')} {state}" + (f"  {counts}" if counts else ""))
+            rejected = b.get("rejected") or {}
+            if rejected:
+                click.echo("dropped   " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())))
+    for m in st.get("models", []):
+        if "available" not in m:
+            state = "not loaded (daemon stopped)"
+        else:
+            state = f"circuit {m['circuit']}" if m["available"] else "MISSING"
+        click.echo(f"model     {m['name']} (version {m['version']}): {state}" + (f" ({m['missing_reason']})" if m.get("missing_reason") else ""))
+
+
+@main.group()
+def config() -> None:
+    """Config file commands."""
+
+
+@config.command("validate")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def config_validate(path: Path) -> None:
+    """Validate a config file: schema, references, rules and guards (CEL).
+
+    Exit 0 if valid; 1 with errors naming file, line and key.
+    Example: agentd config validate /etc/agentd/agentd.yaml
+    """
+    from agentd.config.loader import load_config
+    from agentd.decision.rules import compile_all
+
+    try:
+        loaded = load_config(path)
+        compile_all(loaded)
+    except AgentdError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    cfg = loaded.config
+    click.echo(f"{path}: valid ({len(cfg.skills)} skill(s), {len(cfg.models)} model(s), sha256 {loaded.sha256[:12]})")
+
+
+@main.command()
+@config_option
+@json_option
+def peers(config_path: Path | None, as_json: bool) -> None:
+    """Peers this node has heard from over MQTT: presence, last seen, decisions received."""
+    import time
+
+    from agentd.state import queries
+
+    rows = _query(config_path, queries.list_peers)
+    if _json_or(as_json, rows):
+        return
+    now = time.time()
+    _table(f"{len(rows)} peer(s)", ["node", "status", "last seen", "ago s", "decisions", "key"],
+           ((r["node"], r["status"], _ts(r["last_seen"]) if r["last_seen"] else "", f"{now - r['last_seen']:.0f}" if r["last_seen"] else "",
+             r["decisions"], ("learned " if r["learned"] else "configured ") + str(r["public_key"] or "")[:12]) for r in rows))
+
+
+@main.command("fleet-state")
+@config_option
+@json_option
+@click.option("--window", "window_s", type=click.FloatRange(1, 30 * 86400), default=600, show_default=True, help="Seconds back.")
+def fleet_state(config_path: Path | None, as_json: bool, window_s: float) -> None:
+    """What this node knows the fleet did: decisions per node and action in the window (what fleet_count() reads)."""
+    from agentd.state import queries
+
+    summary = _query(config_path, queries.fleet_summary, window_s)
+    if _json_or(as_json, summary):
+        return
+    _table(f"fleet decisions, last {window_s:g} s", ["node", "action", "count"],
+           ((node, action, n) for node, acts in summary["decisions"].items() for action, n in acts.items()))
+
+
+@main.group()
+def keys() -> None:
+    """The node's Ed25519 identity."""
+
+
+@keys.command("init")
+@config_option
+@click.option("--operator", "operator", default=None, help="Make an operator key pair with this name instead of the node key.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Folder for the operator key.")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), default="operator", show_default=True, help="Role for the printed trust entry.")
+def keys_init(config_path: Path | None, operator: str | None, out: Path, role: str) -> None:
+    """Create the node key (mode 0600) if it does not exist; or, with --operator, an operator key.
+
+    Example: agentd keys init --operator alice --out ~/.agentd --role admin
+    """
+    from agentd.trust.keys import create_key, create_key_file
+
+    if operator is not None:
+        if not operator or len(operator) > 64 or "/" in operator:
+            raise InputError("--operator: 1-64 characters, no '/'")
+        key, created = create_key_file(out / f"{operator}.key")
+        click.echo(f"{'created' if created else 'exists'}: {key.path} (keep it private; mode 0600)")
+        click.echo("add this to trust.operators on every node that should obey it:")
+        click.echo(f"  - {{name: {operator}, key: \"{key.public_b64}\", role: {role}}}")
+        return
+    loaded = _load(config_path)
+    key, created = create_key(loaded.config.data_dir)
+    click.echo(f"{'created' if created else 'exists'}: {key.path}")
+    click.echo(f"public key: {key.public_b64}")
+
+
+@keys.command("show")
+@config_option
+@json_option
+def keys_show(config_path: Path | None, as_json: bool) -> None:
+    """Print the node id and public key."""
+    from agentd.trust.keys import load_key
+
+    loaded = _load(config_path)
+    key = load_key(loaded.config.data_dir)
+    if as_json:
+        _emit_json({"node": loaded.config.node.id, "public_key": key.public_b64})
+    else:
+        click.echo(f"node {loaded.config.node.id}\npublic key {key.public_b64}\nfile {key.path}")
