@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import faulthandler
 import fcntl
-import json
 import logging
 import os
 import random
@@ -16,30 +15,26 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agentd import __version__
-from agentd.config.loader import LoadedConfig, load_config, parse_config
-from agentd.control.commands import ANSWERED, CommandRefused, check_command
+from agentd.config.loader import LoadedConfig, load_config
 from agentd.daemon import logs
+from agentd.daemon.fleet_commands import FleetCommands
 from agentd.daemon.metrics import NodeMetrics
 from agentd.daemon.notify import Notifier
+from agentd.daemon.socket_api import SocketApi
 from agentd.daemon.sources import event_for
 from agentd.decision.engine import Engine, open_store, store_settings
 from agentd.decision.rules import compile_all
-from agentd.errors import AgentdError, ConfigError, InputError, Rejected, StateError
-from agentd.files import replace_atomically
+from agentd.errors import AgentdError, ConfigError, Rejected, StateError
 from agentd.mesh.link import MeshLink
 from agentd.mesh.refusals import RefusalTally
-from agentd.mesh.topics import topic
 from agentd.mesh.wire import decision_wire
 from agentd.stages.pool import ModelPool
 from agentd.state import queries
 from agentd.state.store import Store
-from agentd.trust.envelope import envelope
 from agentd.trust.hlc import Clock
 from agentd.trust.keys import create_key
-from agentd.trust.untrusted import parse_json
 
 log = logging.getLogger(__name__)
-MAX_REQUEST_BYTES = 1024 * 1024
 
 
 class Daemon:
@@ -71,6 +66,11 @@ class Daemon:
         self._lock: TextIO | None = None
 
     @property
+    def inflight(self) -> int:
+        """Events being decided now."""
+        return self._inflight
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
@@ -96,7 +96,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGTERM, self._stop.set), (signal.SIGINT, self._stop.set), (signal.SIGHUP, self._reload.set)):
             loop.add_signal_handler(sig, handler)
-        server = await self._start_socket(cfg.socket_path)
+        server = await SocketApi(self).start(cfg.socket_path)
         self._gate.set()
         startup = time.monotonic() - t0
         self.notifier.send("READY=1", f"STATUS=deciding; mode {self.engine.mode}; {len(cfg.skills)} skill(s)")
@@ -109,13 +109,13 @@ class Daemon:
                 tg.create_task(self._reloader(), name="reloader")
                 tg.create_task(self._simulator(), name="simulator")
                 if cfg.mqtt.enabled:
-                    peers = await self._engine().store.read(queries.list_peers)
+                    peers = await self.current_engine().store.read(queries.list_peers)
                     self.link = MeshLink(
-                        cfg=cfg, key=key, clock=self.clock, store=lambda: self._engine().store,
+                        cfg=cfg, key=key, clock=self.clock, store=lambda: self.current_engine().store,
                         submit=self._mqtt_submit,
-                        on_peer_decision=lambda node, body: self._engine().fleet.add_decision(body["action"], float(body["created_at"])),
+                        on_peer_decision=lambda node, body: self.current_engine().fleet.add_decision(body["action"], float(body["created_at"])),
                         learned_keys={p["node"]: p["public_key"] for p in peers if p["learned"] and p["public_key"]},
-                        on_command=self.handle_command, refusals=self.refusals,
+                        on_command=FleetCommands(self).handle, refusals=self.refusals,
                     )
                     self.link.metrics_source = self.metrics.snapshot_async if self.metrics else None
                     tg.create_task(self.link.run(), name="mqtt-link")
@@ -149,114 +149,17 @@ class Daemon:
             self.notifier.close()
             log.info("stopped")
 
-    async def handle_command(self, payload: bytes) -> None:
-        """A signed fleet command from MQTT: check, use its nonce, apply, audit, reply (signed).
-
-        Only a command whose operator signature verifies is audited by itself and answered;
-        the rest (unsigned, forged, malformed, replayed, for another node) is counted and
-        audited as one summary per reason per interval (``mesh.refusal_summary_s``).
-        """
-        await self._gate.wait()
-        engine = self._engine()
-        cfg = self.loaded.config
-        try:
-            env = check_command(payload, cfg=cfg, now=time.time())
-        except CommandRefused as exc:
-            if exc.reason in ANSWERED:
-                self.refusals.add("command", exc.reason, summarise=False)  # counted; audited by itself below
-                await self._command_done(exc.env, False, {"error": str(exc), "reason": exc.reason})
-            else:
-                self._command_refused(exc, exc.env["node"])
-            return
-        except Rejected as exc:
-            self._command_refused(exc, "")
-            return
-        body, operator = env["body"], env["node"]
-        if not await engine.store.claim_nonce(env["id"], float(body["expires_at"])):
-            self._command_refused(Rejected("replayed", f"command id {env['id'][:40]!r} was already used"), operator)
-            return
-        try:
-            result = await self._apply_command(body["cmd"], body.get("args", {}), operator)
-            await self._command_done(env, True, {"result": result})
-            log.info("fleet command %s (%s) by %s applied", body["cmd"], env["id"][:12], operator)
-        except AgentdError as exc:
-            await self._command_done(env, False, {"error": str(exc), "reason": "failed"})
-
-    def _command_refused(self, exc: Rejected, operator: str) -> None:
-        if self.refusals.add("command", exc.reason, sender=operator, detail=str(exc)):
-            log.warning("fleet command refused: %s: %s (further %s refusals are counted and audited as a summary)",
-                        exc.reason, exc, exc.reason)
-
-    async def _command_done(self, env: dict[str, Any], ok: bool, outcome: dict[str, Any]) -> None:
-        engine = self._engine()
-        cfg = self.loaded.config
-        body, ident = env["body"], env["id"]
-        audit = {"command_id": ident, "cmd": body.get("cmd"), "operator": env["node"], "accepted": ok,
-                 "target": body.get("target"), **{k: v for k, v in outcome.items() if k != "result"}}
-        reply_body = {"command_id": ident, "cmd": body.get("cmd"), "ok": ok, **outcome}
-        payload = envelope("reply", fleet=cfg.node.fleet, node=cfg.node.id, hlc=self.clock.now(), body=reply_body, key=engine.key)
-        await engine.store.command_outcome(ident, audit, (topic(cfg.node.fleet, "nodes", cfg.node.id, "reply"), payload))
-
     async def _audit_refusals(self) -> None:
         """One audit record per path and reason refused since the last call (a flood costs a few records)."""
         for summary in self.refusals.take():
-            await self._engine().store.audit("input_refused", summary)
+            await self.current_engine().store.audit("input_refused", summary)
 
-    async def _apply_command(self, cmd: str, args: dict[str, Any], operator: str) -> Any:
-        engine = self._engine()
-        by = f"operator:{operator}"
-        if cmd == "status":
-            st = await engine.status()
-            return {k: st[k] for k in ("node", "mode", "lifecycle", "models", "decisions", "fallback_rate", "outbox_depth", "pending_approvals")}
-        if cmd in ("set_mode", "quarantine"):
-            mode = "observe" if cmd == "quarantine" else args.get("mode")
-            if not isinstance(mode, str):
-                raise InputError('set_mode needs args {"mode": "auto|rules_only|observe|manual"}')
-            await engine.set_mode(mode, by=by)
-            return {"mode": engine.mode}
-        if cmd in ("approve", "reject"):
-            did = args.get("id")
-            if not isinstance(did, str):
-                raise InputError(f'{cmd} needs args {{"id": "<decision id>"}}')
-            rec = await (engine.approve(did, by=by) if cmd == "approve" else engine.reject(did, by=by, reason=str(args.get("reason", ""))[:500]))
-            return {"id": rec["id"], "status": rec["status"], "action": rec["action"]}
-        if cmd == "activate_model":
-            skill, index, model = args.get("skill"), args.get("stage", 0), args.get("model")
-            if not isinstance(skill, str) or not isinstance(model, str) or isinstance(index, bool) or not isinstance(index, int):
-                raise InputError('activate_model needs args {"skill": "<skill>", "stage": <cascade index>, "model": "<declared model>"}')
-            return await engine.activate_model(skill, index, model, by=by)
-        if cmd == "set_stage":
-            stage = args.get("stage")
-            if not isinstance(stage, str):
-                raise InputError('set_stage needs args {"stage": "dev|canary|prod"}')
-            await engine.set_stage(stage, by=by)
-            return {"stage": engine.stage}
-        if cmd == "reload":
-            return await self.reload()
-        if cmd == "set_config":
-            return await self._set_config(args.get("config"), by)
-        raise InputError(f"unknown command {cmd!r}")
+    async def accepting(self) -> None:
+        """Wait while a reload swaps the engine (and until the node is up)."""
+        await self._gate.wait()
 
-    async def _set_config(self, text: Any, by: str) -> dict[str, Any]:
-        """Validate a whole config document, write it atomically, reload; roll back if it fails to load."""
-        if not isinstance(text, str):
-            raise InputError('set_config needs args {"config": "<the whole YAML document>"}')
-        path = self.config_path
-        new = parse_config(text.encode(), source=f"{path} (set_config)", base=path.resolve().parent)
-        compile_all(new)
-        if new.config.node.id != self.loaded.config.node.id:
-            raise ConfigError("set_config may not change node.id")
-        old_text = path.read_bytes()
-        replace_atomically(path, text.encode())
-        result = await self.reload()
-        if not result.get("reloaded"):
-            replace_atomically(path, old_text)
-            await self.reload()
-            raise ConfigError(f"the new config failed to load and was rolled back: {result.get('error')}")
-        await self._engine().store.audit("config_set", {"by": by, "config_sha256": new.sha256})
-        return result
-
-    def _engine(self) -> Engine:
+    def current_engine(self) -> Engine:
+        """The engine over the current config (it changes on every reload)."""
         assert self.engine is not None
         return self.engine
 
@@ -271,7 +174,7 @@ class Daemon:
             async with asyncio.timeout(self.loaded.config.daemon.drain_timeout_s):
                 await self._idle.wait()
                 while self.link is not None and self.link.connected:
-                    depth = await self._engine().store.read(lambda c: c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+                    depth = await self.current_engine().store.read(lambda c: c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
                     if depth == 0:
                         break
                     await asyncio.sleep(0.05)
@@ -458,92 +361,6 @@ class Daemon:
 
     # -- local socket API ----------------------------------------------------
 
-    async def _start_socket(self, path: Path) -> asyncio.AbstractServer:  # the data-dir lock makes the unlink safe
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # noqa: ASYNC240 - a stale socket from a crash, at start-up
-        server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_REQUEST_BYTES)
-        os.chmod(path, 0o660)
-        return server
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    await _reply(writer, {"ok": False, "code": 2, "error": f"request over {MAX_REQUEST_BYTES} bytes"})
-                    return
-                if not line:
-                    return
-                received = time.monotonic()
-                await _reply(writer, await self._handle(line, received))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            writer.close()
-
-    async def _handle(self, line: bytes, received: float) -> dict[str, Any]:
-        try:
-            req = parse_json(line, max_bytes=MAX_REQUEST_BYTES, what="request")
-            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-                raise InputError('a request is a JSON object with an "op" field')
-            result = await self._dispatch(req, received)
-            return {"ok": True, "result": result}
-        except AgentdError as exc:
-            return {"ok": False, "code": exc.exit_code, "error": str(exc)}
-        except Exception as exc:  # a bug must not take the daemon down; log it with its traceback
-            log.exception("request failed")
-            return {"ok": False, "code": 1, "error": f"internal error: {type(exc).__name__}: {exc}"}
-
-    async def _dispatch(self, req: dict[str, Any], received: float) -> Any:
-        op = req["op"]
-        if op == "ping":
-            return {"pong": True}
-        if op == "reload":
-            return await self.reload()
-        await self._gate.wait()  # not while a reload swaps the engine
-        engine = self.engine
-        assert engine is not None
-        if op == "submit":
-            skill, data, eid = req.get("skill"), req.get("data"), req.get("id")
-            if not isinstance(skill, str):
-                raise InputError('submit needs "skill" (a string)')
-            if eid is not None and not isinstance(eid, str):
-                raise InputError('"id" must be a string')
-            return await self.submit(skill, data, eid, origin="socket", received=received)
-        if op == "status":
-            status = await engine.status()
-            status.update({"pid": os.getpid(), "uptime_s": round(time.time() - self.started_at, 1), "inflight": self._inflight, "daemon": "running"})
-            m = self.loaded.config.mqtt
-            status["broker"] = {"enabled": m.enabled, "host": m.host, "port": m.port, "connected": bool(self.link and self.link.connected)}
-            if self.link is not None:
-                status["broker"].update(self.link.counters)
-                status["broker"]["protocol"] = self.link.protocol  # "5" or "3.1.1" while connected
-                status["broker"]["rejected"] = dict(self.link.rejected)
-            status["broker"]["refused"] = dict(self.refusals.total)
-            status["peers"] = await engine.store.read(queries.list_peers)
-            # What a reload kept: the store's open time and each model runtime's load time stay put.
-            status["resources"] = {"store_opened_at": self.store_opened_at, "models_loaded_at": self.pool.loaded(),
-                                   "model_loads": self.pool.loads}
-            return status
-        if op in ("approve", "reject"):
-            did, by = req.get("id"), req.get("by") or "local-cli"
-            if not isinstance(did, str) or not isinstance(by, str):
-                raise InputError(f'{op} needs "id" (a decision id)')
-            if op == "approve":
-                return await engine.approve(did, by=by)
-            return await engine.reject(did, by=by, reason=str(req.get("reason") or "")[:500])
-        if op == "set_mode":
-            mode = req.get("mode")
-            if not isinstance(mode, str):
-                raise InputError('set_mode needs "mode"')
-            await engine.set_mode(mode, by=str(req.get("by") or "local-cli"))
-            return {"mode": engine.mode}
-        if op == "approvals":
-            return await engine.store.read(queries.pending_approvals)
-        raise InputError(f"unknown op {op!r} (known: submit, status, approve, reject, set_mode, reload, approvals, ping)")
-
 
 class _Shutdown(Exception):
     pass
@@ -573,11 +390,6 @@ def lock_data_dir(data_dir: Path) -> TextIO:
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     return fh
-
-async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
-    writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
-    await writer.drain()
-
 
 def run_daemon(config_path: Path) -> None:
     """`agentd run`: load and validate the config, then run until stopped."""
