@@ -135,3 +135,31 @@ def test_clock_is_thread_safe() -> None:
     for t in threads:
         t.join()
     assert len(set(out)) == 2000
+
+
+def test_decode_takes_ascii_digits_only() -> None:
+    assert decode("1796119000000-0001") == (1796119000000, 1)
+    arabic_indic = "".join(chr(0x660 + int(c)) for c in "1796119000000") + "-" + chr(0x660) * 4
+    for bad in (arabic_indic, "179611900000a-0000", "1796119000000-00001", " 796119000000-0000", "1796119000000_0000"):
+        with pytest.raises(ValueError):
+            decode(bad)
+
+
+@given(last=stamps, remote_wall=walls, now=walls)
+def test_a_peer_moves_the_clock_at_most_the_bound_ahead(last: tuple[int, int], remote_wall: int, now: int) -> None:
+    merged = merge(last, (remote_wall, 5), now, max_advance_ms=1000)
+    assert merged[0] <= max(last[0], now + 1000) + 1  # +1: a full counter moves logical time one ms on
+    assert merged > last
+
+
+def test_fleet_count_never_counts_a_decision_before_its_time() -> None:
+    import time
+
+    from agentd.decision.fleet import FleetView
+
+    now = time.time()
+    view = FleetView()
+    view.add_decision("shutdown", now - 100)
+    view.add_decision("shutdown", now + 3000)  # dated ahead (a peer's clock, or a forgery within the skew bound)
+    assert view.count("shutdown", 600, now=now) == 1
+    assert view.count("shutdown", 600, now=now + 3100) == 1  # counted from its time on, then ages out like any other

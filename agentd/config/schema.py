@@ -82,6 +82,8 @@ class MeshConfig(_Model):
     max_clock_advance_ms: int = Field(default=1000, ge=0, le=60_000)
     # refusals of unsigned or malformed input are audited as one summary record per reason per interval
     refusal_summary_s: float = Field(default=60.0, ge=1, le=86400)
+    # with trust.allow_unknown_peers: at most this many peer keys are learned on first use
+    max_learned_peers: int = Field(default=256, ge=0, le=100_000)
 
 
 class OperatorConfig(_Model):

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import Rejected
+from agentd.trust import hlc
 from agentd.trust.envelope import check_envelope
 
 if TYPE_CHECKING:
@@ -74,18 +75,20 @@ def _check_body(env: dict[str, Any], *, cfg: Config, now: float, operators: dict
         raise Rejected("malformed", f"kind {env['kind'][:32]!r} on a command topic")
     body = env["body"]
     cmd, target, args, expires_at = body.get("cmd"), body.get("target"), body.get("args", {}), body.get("expires_at")
+    if target not in (cfg.node.id, "all"):  # first: a command for another node is never answered here
+        raise Rejected("wrong_target", f"for {str(target)[:64]!r}, this is {cfg.node.id!r}")
     if not isinstance(cmd, str) or cmd not in COMMANDS:
         raise Rejected("unknown_command", f"{str(cmd)[:32]!r} (known: {', '.join(sorted(COMMANDS))})")
     if not isinstance(args, dict):
         raise Rejected("malformed", '"args" must be an object')
     if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
         raise Rejected("malformed", '"expires_at" (epoch seconds) is required')
+    if hlc.decode(env["hlc"])[0] < (now - MAX_VALIDITY_S) * 1000:  # signed longer ago than any command lives
+        raise Rejected("stale", "signed more than 24 h ago")
     if expires_at <= now:
         raise Rejected("expired", f"expired {now - expires_at:.0f} s ago")
     if expires_at > now + MAX_VALIDITY_S:
         raise Rejected("malformed", f"expires_at more than {MAX_VALIDITY_S // 3600} h ahead")
-    if target not in (cfg.node.id, "all"):
-        raise Rejected("wrong_target", f"for {str(target)[:64]!r}, this is {cfg.node.id!r}")
     role = operators[env["node"]].role
     if cmd not in ROLE_COMMANDS[role]:
         raise Rejected("forbidden", f"operator {env['node']!r} ({role}) may not {cmd}")

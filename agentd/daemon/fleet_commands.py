@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agentd.config.loader import parse_config
-from agentd.control.commands import ANSWERED, CommandRefused, check_command
+from agentd.control.commands import ANSWERED, MAX_VALIDITY_S, CommandRefused, check_command
 from agentd.decision.rules import compile_all
 from agentd.errors import AgentdError, ConfigError, InputError, Rejected
 from agentd.files import replace_atomically
@@ -44,9 +44,13 @@ class FleetCommands:
         try:
             env = check_command(payload, cfg=cfg, now=time.time())
         except CommandRefused as exc:
-            if exc.reason in ANSWERED:
+            # A signed refusal is answered once: its id is used up like an accepted command's,
+            # so replaying the captured bytes costs a counter, not an audit record and a reply.
+            if exc.reason in ANSWERED and await engine.store.claim_nonce(exc.env["id"], time.time() + MAX_VALIDITY_S):
                 self._node.refusals.add("command", exc.reason, summarise=False)  # counted; audited by itself below
                 await self._done(exc.env, False, {"error": str(exc), "reason": exc.reason})
+            elif exc.reason in ANSWERED:
+                self._refused(Rejected("replayed", f"command id {exc.env['id'][:40]!r} was already used"), exc.env["node"])
             else:
                 self._refused(exc, exc.env["node"])
             return

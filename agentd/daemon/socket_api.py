@@ -15,14 +15,13 @@ from agentd.errors import AgentdError, InputError
 from agentd.state import queries
 from agentd.trust.untrusted import parse_json
 
-MAX_REQUEST_BYTES = 1024 * 1024
-
-
-
 if TYPE_CHECKING:
     from agentd.daemon.node import Daemon
 
 log = logging.getLogger(__name__)
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT_S = 30.0  # a request line must arrive within this; a long `submit` reply is not bounded by it
 
 
 class SocketApi:
@@ -30,6 +29,7 @@ class SocketApi:
 
     def __init__(self, node: Daemon) -> None:
         self._node = node
+        self._open = 0  # connections being served
 
     async def start(self, path: Path) -> asyncio.AbstractServer:  # the data-dir lock makes the unlink safe
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,10 +40,17 @@ class SocketApi:
         return server
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:  # a local flood of idle connections must not use up the daemon's files
+            writer.close()
+            return
+        self._open += 1
         try:
             while True:
                 try:
-                    line = await reader.readline()
+                    async with asyncio.timeout(IDLE_TIMEOUT_S):
+                        line = await reader.readline()
+                except TimeoutError:
+                    return  # a client that sends nothing holds no connection for long
                 except (ValueError, asyncio.LimitOverrunError):
                     await _reply(writer, {"ok": False, "code": 2, "error": f"request over {MAX_REQUEST_BYTES} bytes"})
                     return
@@ -54,6 +61,7 @@ class SocketApi:
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            self._open -= 1
             writer.close()
 
     async def _handle(self, line: bytes, received: float) -> dict[str, Any]:

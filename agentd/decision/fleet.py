@@ -16,6 +16,7 @@ FLEET_WINDOW_S = 24 * 3600.0
 
 
 FLEET_MAX_PER_ACTION = 100_000
+FLEET_MAX_ACTIONS = 1_000
 
 
 class FleetView:
@@ -34,6 +35,8 @@ class FleetView:
         }
 
     def add_decision(self, action: str, ts: float) -> None:
+        if action not in self._times and len(self._times) >= FLEET_MAX_ACTIONS:
+            return  # a peer inventing action names cannot grow this without bound
         times = self._times[action]
         if times and ts < times[-1]:
             bisect.insort(times, ts)

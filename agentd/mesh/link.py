@@ -177,6 +177,7 @@ class MeshLink:
         self._on_peer_decision = on_peer_decision
         self._on_command = on_command
         self._keys: dict[str, str] = {**(learned_keys or {}), **cfg.trust.peers}  # configured keys win
+        self._learned = len(learned_keys or {})
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.rejected: Counter[str] = Counter()
         self._answered: dict[str, float] = {}
@@ -333,8 +334,20 @@ class MeshLink:
             received = time.monotonic()
             name = str(message.topic)
             if name.startswith(prefix):
+                payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+                try:  # junk is refused here, before it costs a task or a slot
+                    parsed = parse_event(payload, max_bytes=self.cfg.mqtt.max_payload_bytes)
+                except Exception as exc:  # the handler boundary, as in _one_event
+                    self.counters["events_refused"] += 1
+                    if isinstance(exc, InputError):
+                        self._refused("event", name, exc)
+                    else:
+                        self._handler_failed("event", exc)
+                    if message.qos > 0:
+                        client._client.ack(message.mid, message.qos)
+                    continue
                 await sem.acquire()
-                tg.create_task(self._one_event(client, message, prefix, received, sem), name="mqtt-event")
+                tg.create_task(self._one_event(client, message, name[len(prefix):], parsed, received, sem), name="mqtt-event")
                 continue
             if name in commands and self._on_command:
                 await sem.acquire()
@@ -436,8 +449,13 @@ class MeshLink:
         if env["kind"] == "status":
             learned = node not in self._keys
             if learned:
+                if self._learned >= mesh.max_learned_peers:
+                    self._refused("peer", node, Rejected("too_many_peers", f"already {self._learned} learned peers (mesh.max_learned_peers)"))
+                    return
+                self._learned += 1
                 self._keys[node] = str(body["public_key"])
-                log.warning("learned the key of peer %s on first use (trust.allow_unknown_peers)", node)
+                if self._learned <= 20 or self._learned % 100 == 0:
+                    log.warning("learned the key of peer %s on first use (trust.allow_unknown_peers; %d learned)", node, self._learned)
             await store.upsert_peer(node, status=body["status"], hlc=env["hlc"], public_key=self._keys[node], learned=learned)
         elif env["kind"] == "digest":
             await self._answer_digest(node, body, hlc_decode(env["hlc"])[0] / 1000)
@@ -489,12 +507,12 @@ class MeshLink:
         since = body.get("since")
         if not isinstance(counts, dict) or isinstance(since, bool) or not isinstance(since, int | float):
             return
+        since = max(float(since), time.time() - DIGEST_WINDOW_S)  # a digest cannot ask for all of history
         theirs = counts.get(self.node) or [0, 0.0]
         store = self._store()
         ours = (await store.read(lambda c: queries.fleet_digest(c, float(since)))).get(self.node, [0, 0.0])
         if not isinstance(theirs, list) or len(theirs) != 2 or theirs[0] >= ours[0]:
             return
-        self._answered["*"] = now
         # They miss some: send what is newer than the newest they have, or the whole window
         # when the gap is in the middle (same newest, fewer).
         after = float(theirs[1]) if theirs[1] and float(theirs[1]) < ours[1] else float(since)
@@ -506,7 +524,8 @@ class MeshLink:
         grace = min(RESEND_GRACE_S, self.cfg.mqtt.digest_interval_s)
         records = [r for r in records if made_at >= self._resent_at.get(str(r.get("id")), -1e18) + grace]
         if not records:
-            return
+            return  # nothing to send: the round's slot stays free for a digest that needs it
+        self._answered["*"] = now
         if len(self._resent_at) > 100_000:
             self._resent_at = {k: t for k, t in self._resent_at.items() if wall - t < 3600}
         for r in records:
@@ -516,7 +535,9 @@ class MeshLink:
         log.info("anti-entropy: %s holds %s of our %s decisions; resending %d", peer[:64], theirs[0], ours[0], len(records))
         self._ready.set()
 
-    async def _one_event(self, client: Any, message: Any, prefix: str, received: float, sem: asyncio.Semaphore) -> None:
+    async def _one_event(
+        self, client: Any, message: Any, skill: str, parsed: tuple[str | None, Any], received: float, sem: asyncio.Semaphore
+    ) -> None:
         """Decide one MQTT event, then acknowledge it: after its commit, or at once when it is refused.
 
         Poison (refused input, or a bug met on the way) is acknowledged and counted, so the
@@ -525,10 +546,9 @@ class MeshLink:
         """
         name = str(message.topic)
         try:
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             try:
-                eid, data = parse_event(payload, max_bytes=self.cfg.mqtt.max_payload_bytes)
-                await self._submit(name[len(prefix):], data, eid, received)
+                eid, data = parsed
+                await self._submit(skill, data, eid, received)
                 self.counters["events_in"] += 1
             except InputError as exc:  # acknowledged: a redelivery would be refused again
                 self.counters["events_refused"] += 1

@@ -54,8 +54,9 @@ class RefusalTally:
             w = self._window[key] = _Window(first_at=now, example=detail[:200])
         w.count += 1
         w.last_at = now
-        if sender and (sender in w.senders or len(w.senders) < 1000):  # bounded even under a flood of names
-            w.senders[sender[:64]] += 1
+        name = sender[:64]
+        if name and (name in w.senders or len(w.senders) < 1000):  # bounded even under a flood of names
+            w.senders[name] += 1
         if now - self._logged.get(key, -1e18) >= LOG_EVERY_S:
             self._logged[key] = now
             return True

@@ -6,6 +6,7 @@ sorts the same as the tuple. Ties between nodes are broken by node id by the cal
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,12 +18,14 @@ def encode(ts: Hlc) -> str:
     return f"{ts[0]:013d}-{ts[1]:04d}"
 
 
+_HLC_RE = re.compile(r"[0-9]{13}-[0-9]{4}")
+
+
 def decode(text: str) -> Hlc:
     """Parse an encoded HLC; ValueError if malformed."""
-    wall, _, counter = text.partition("-")
-    if len(wall) != 13 or not wall.isdigit() or not counter.isdigit() or len(counter) != 4:
+    if not _HLC_RE.fullmatch(text):  # ASCII digits only: the string must sort like the tuple
         raise ValueError(f"malformed HLC {text[:40]!r}")
-    return int(wall), int(counter)
+    return int(text[:13]), int(text[14:])
 
 
 MAX_COUNTER = 9999

@@ -120,6 +120,17 @@ def test_fleet_commands_are_checked_applied_and_audited(tmp_path: Path, broker: 
         expired = envelope("command", fleet=FLEET, node="alice", hlc=Clock().now(), key=alice, ident=new_id(),
                            body={**new_command("status", target="it-node"), "expires_at": time.time() - 5})
         assert refused(_send(node, alice, "alice", "status", payload=expired)) == "expired"
+        for _ in range(3):  # a captured signed refusal, replayed: answered once, then only counted
+            _unanswered(node, alice, "alice", "status", payload=expired)
+        forbidden = envelope("command", fleet=FLEET, node="bob", hlc=Clock().now(), key=bob, ident=new_id(),
+                             body=new_command("set_mode", target="it-node", args={"mode": "auto"}))
+        assert refused(_send(node, bob, "bob", "set_mode", payload=forbidden)) == "forbidden"
+        _unanswered(node, bob, "bob", "set_mode", payload=forbidden)
+        stale = envelope("command", fleet=FLEET, node="alice", hlc=f"{int((time.time() - 25 * 3600) * 1000):013d}-0000",
+                         key=alice, ident=new_id(), body=new_command("status", target="it-node"))
+        _unanswered(node, alice, "alice", "status", payload=stale)  # signed over 24 h ago: never answered
+        refusals = node.request({"op": "status"})["result"]["broker"]["refused"]
+        assert refusals.get("command.replayed", 0) >= 4 and refusals.get("command.stale") == 1, refusals
         _unanswered(node, alice, "alice", "status", target="other-node")  # wrong_target
         once = envelope("command", fleet=FLEET, node="alice", hlc=Clock().now(), key=alice, ident=new_id(), body=new_command("status", target="it-node"))
         assert _send(node, alice, "alice", "status", payload=once)[0]["body"]["ok"]

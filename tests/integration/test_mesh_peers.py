@@ -135,3 +135,32 @@ def test_a_node_back_from_offline_catches_up_by_anti_entropy(tmp_path: Path) -> 
         a.stop()
         b.stop()
         broker.stop()
+
+
+def test_trust_on_first_use_learns_at_most_max_learned_peers(tmp_path: Path, broker: Broker) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = freezer_config(data, mqtt_port=broker.port)
+    cfg["trust"] = {"allow_unknown_peers": True}
+    cfg["mesh"] = {"max_learned_peers": 2}
+    path = tmp_path / "agentd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    node = DaemonProc(config_path=path, data_dir=data)
+    node.start()
+    wait_connected(node)
+    try:
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        for i in range(5):  # five strangers, each offering its own key
+            key, _ = create_key(tmp_path / f"ghost-{i}")
+            status = envelope("status", fleet="it", node=f"ghost-{i}", hlc=f"{time.time_ns() // 1_000_000:013d}-0000",
+                              body={"status": "online", "public_key": key.public_b64}, key=key)
+            pub.publish(f"agentd/v1/it/nodes/ghost-{i}/status", status, qos=1).wait_for_publish(10)
+        pub.loop_stop()
+        pub.disconnect()
+        _wait(lambda: node.request({"op": "status"})["result"]["broker"]["refused"].get("peer.too_many_peers", 0) == 3)
+        learned = [p for p in json.loads(cli(node.config_path, "peers", "--json").stdout) if p["learned"]]
+        assert len(learned) == 2
+    finally:
+        node.stop()
