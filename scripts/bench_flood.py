@@ -53,7 +53,7 @@ from agentd.daemon.sources import event_for
 from agentd.devtools.bench_mesh import _nodelay, _publisher, _start_node, _stop, _wait_connected, broker, free_port
 from agentd.errors import AgentdError
 from agentd.ids import new_id
-from agentd.mesh.link import subscriptions
+from agentd.mesh.inbound import subscriptions
 from agentd.state import queries
 from agentd.stats import percentile
 from agentd.trust.envelope import envelope

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from agentd.mesh.link import publish_in_loop
+from agentd.mesh.transport import publish_in_loop
 
 
 class _Client:

@@ -7,7 +7,7 @@ acknowledged it. An event is acknowledged to the broker only after its decision 
 committed (paho's manual acks), so a crash between receipt and commit means the broker
 sends the event again, and the event id makes that a repeat, not a second decision.
 
-Only this module knows aiomqtt and paho; their errors become ``MeshError``.
+aiomqtt's and paho's internals are reached only through ``agentd.mesh.transport``.
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.errors import AgentdError, InputError, MeshError, Rejected, StateError
 from agentd.mesh.backoff import backoff_delay
+from agentd.mesh.inbound import parse_event, subscriptions
 from agentd.mesh.peerwire import check_peer_body
 from agentd.mesh.refusals import RefusalTally
 from agentd.mesh.topics import topic
+from agentd.mesh.transport import ack, aiomqtt_error, close_client, manual_acks, paho, publish_in_loop, refused_protocol
 from agentd.state import queries
 from agentd.state.outbox import OutboxReader
 from agentd.trust.envelope import check_envelope, envelope
 from agentd.trust.hlc import decode as hlc_decode
-from agentd.trust.untrusted import parse_json
 
 if TYPE_CHECKING:
     from agentd.config.schema import Config
@@ -53,41 +54,6 @@ SUBSCRIBE_BATCH = 100
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5: keep the session like 3.1.1's clean_session=False
 
 
-async def _close_client(client: Any) -> None:
-    """Leave the session, but never wait more than 3 s: aiomqtt's own exit waits without a
-    bound for the broker to close, which a congested session may never do."""
-    try:
-        async with asyncio.timeout(3.0):
-            await client.__aexit__(None, None, None)
-    except Exception as exc:  # timed out, or the connection is already gone
-        log.debug("mqtt client closed uncleanly: %s", exc)
-        with contextlib.suppress(Exception):
-            client._client.disconnect()
-
-
-def refused_protocol(exc: BaseException) -> bool:
-    """True when a CONNACK said the broker does not speak the MQTT version we asked for."""
-    from aiomqtt.exceptions import MqttConnectError
-
-    if not isinstance(exc, MqttConnectError):
-        return False
-    rc = getattr(exc.rc, "value", exc.rc)
-    return rc in (1, 0x84)  # 3.1.1's "unacceptable protocol version", 5's "unsupported protocol version"
-
-
-async def publish_in_loop(client: Any, name: str, payload: bytes, *, qos: int) -> None:
-    """``client.publish`` for a periodic loop: re-raise a cancellation that got lost.
-
-    aiomqtt waits for the publish with ``asyncio.wait_for``, which on Python 3.11 returns the
-    result instead of raising when the task is cancelled in the same instant the publish
-    completes; a loop would then run on and the daemon's TaskGroup wait for it forever.
-    """
-    await client.publish(name, payload, qos=qos)
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class _Failed(InputError):
     """An event the engine could not decide for a reason of its own (counted as ``failed``)."""
 
@@ -95,51 +61,6 @@ class _Failed(InputError):
 
     def __init__(self, exc: AgentdError) -> None:
         super().__init__(f"{type(exc).__name__}: {exc}")
-
-
-def aiomqtt_error(message: str) -> Exception:
-    """An aiomqtt.MqttError, so that the connection loop treats it as a lost connection."""
-    import aiomqtt
-
-    return aiomqtt.MqttError(message)
-
-
-def parse_event(payload: bytes, *, max_bytes: int) -> tuple[str | None, Any]:
-    """An event message: ``{"id": optional str, "ts": optional number, "data": {...}}``; InputError
-    (``Rejected`` with a reason code) otherwise. The bytes are parsed with every bound of
-    ``agentd.untrusted``."""
-    msg = parse_json(payload, max_bytes=max_bytes, what="event payload")
-    if not isinstance(msg, dict):
-        raise Rejected("malformed", "event payload must be a JSON object with a \"data\" object")
-    unknown = set(msg) - {"id", "ts", "data"}
-    if unknown:
-        raise Rejected("malformed", f"unknown event key(s) {sorted(k[:40] for k in unknown)[:5]} (known: id, ts, data)")
-    eid = msg.get("id")
-    if eid is not None and not isinstance(eid, str):
-        raise Rejected("malformed", '"id" must be a string')
-    ts = msg.get("ts")
-    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
-        raise Rejected("malformed", '"ts" must be a number (epoch seconds)')
-    return eid, msg.get("data")
-
-
-def subscriptions(cfg: Config, *, commands: bool = True) -> list[str]:
-    """The topic filters a node subscribes to: its events, its peers' decisions, gossip and status, its commands.
-
-    MQTT 3.1.1 has no "no local": a wildcard would bring every own decision back to us, so
-    peers are subscribed one by one unless unknown peers may be learned.
-    """
-    fleet, node = cfg.node.fleet, cfg.node.id
-    topics = [topic(fleet, "nodes", node, "events", "+")]
-    if cfg.trust.allow_unknown_peers:
-        topics += [topic(fleet, "nodes", "+", "decisions"), topic(fleet, "gossip", "+")]
-    else:
-        for peer in sorted(cfg.trust.peers):
-            topics += [topic(fleet, "nodes", peer, "decisions"), topic(fleet, "gossip", peer)]
-    topics.append(topic(fleet, "nodes", "+", "status"))
-    if commands:
-        topics += [topic(fleet, "cmd", node), topic(fleet, "cmd", "all")]
-    return topics
 
 
 class MeshLink:
@@ -245,7 +166,7 @@ class MeshLink:
             connected_at: float | None = None
             try:
                 client = self._client(self._try_protocol)
-                client._client.manual_ack_set(True)  # ack events only after their decision is committed
+                manual_acks(client)  # ack events only after their decision is committed
                 try:
                     await client.__aenter__()
                 except aiomqtt.MqttError as refused:
@@ -254,7 +175,7 @@ class MeshLink:
                     log.warning("the broker at %s:%s refused MQTT 5 (%s); using MQTT 3.1.1", self.cfg.mqtt.host, self.cfg.mqtt.port, refused)
                     self._try_protocol = "3.1.1"
                     client = self._client(self._try_protocol)
-                    client._client.manual_ack_set(True)
+                    manual_acks(client)
                     await client.__aenter__()
                 try:
                     self.connected, connected_at = True, time.monotonic()
@@ -271,7 +192,7 @@ class MeshLink:
                         await self._offline(client)  # a clean stop sends no last will: say it ourselves
                         raise
                 finally:
-                    await _close_client(client)
+                    await close_client(client)
             except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group:
                 exc = group.exceptions[0]
                 if self.connected:
@@ -343,8 +264,7 @@ class MeshLink:
                         self._refused("event", name, exc)
                     else:
                         self._handler_failed("event", exc)
-                    if message.qos > 0:
-                        client._client.ack(message.mid, message.qos)
+                    ack(client, message)
                     continue
                 await sem.acquire()
                 tg.create_task(self._one_event(client, message, name[len(prefix):], parsed, received, sem), name="mqtt-event")
@@ -352,8 +272,7 @@ class MeshLink:
             if name in commands and self._on_command:
                 await sem.acquire()
                 tg.create_task(self._command_task(message.payload, sem), name="mqtt-command")
-                if message.qos > 0:
-                    client._client.ack(message.mid, message.qos)
+                ack(client, message)
                 continue
             parts = name[len(peers):].split("/") if name.startswith(peers) else []
             if name.startswith(gossip) and name[len(gossip):] != self.node:
@@ -361,8 +280,7 @@ class MeshLink:
             if len(parts) == 2 and parts[0] != self.node and parts[1] in ("decisions", "status", "gossip"):
                 await sem.acquire()
                 tg.create_task(self._peer_task(parts[0], parts[1], message.payload, sem), name="mqtt-peer")
-            if message.qos > 0:  # fleet state is soft state: anti-entropy repairs what a crash loses
-                client._client.ack(message.mid, message.qos)
+            ack(client, message)  # fleet state is soft state: anti-entropy repairs what a crash loses
 
     async def _command_task(self, payload: Any, sem: asyncio.Semaphore) -> None:
         try:
@@ -562,8 +480,7 @@ class MeshLink:
             except Exception as exc:  # the handler boundary: a bug costs this event, never the session
                 self.counters["events_refused"] += 1
                 self._handler_failed("event", exc)
-            if message.qos > 0:
-                client._client.ack(message.mid, message.qos)
+            ack(client, message)
         finally:
             sem.release()
 
@@ -580,12 +497,12 @@ class MeshLink:
         import paho.mqtt.client as mqtt
 
         loop = asyncio.get_running_loop()
-        paho = client._client
+        paho_client = paho(client)
         pending: dict[int, tuple[int, float]] = {}  # mid -> (outbox seq or -1 for a resend, sent at)
         acked: list[int] = []
         room = asyncio.Event()
         after = 0  # rows at or below this were sent in this session; their deletes may be pending
-        previous = paho.on_publish
+        previous = paho_client.on_publish
 
         def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
             previous(c, userdata, mid, reason_code, properties)  # aiomqtt's own (status, digests)
@@ -601,7 +518,7 @@ class MeshLink:
                 room.set()
 
         def publish(seq: int, name: str, payload: bytes, qos: int, retain: bool) -> None:
-            info = paho.publish(name, payload, qos, retain)
+            info = paho_client.publish(name, payload, qos, retain)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise aiomqtt_error(f"publish failed: {mqtt.error_string(info.rc)}")
             if qos == 0:  # no PUBACK will come
@@ -620,7 +537,7 @@ class MeshLink:
                 except TimeoutError:
                     raise aiomqtt_error(f"no PUBACK for {len(pending)} publishes in {PUBACK_TIMEOUT_S:.0f} s") from None
 
-        paho.on_publish = on_publish
+        paho_client.on_publish = on_publish
         try:
             while True:
                 self._ready.clear()
@@ -648,7 +565,7 @@ class MeshLink:
                         async with asyncio.timeout(1.0):
                             await self._ready.wait()
         finally:
-            paho.on_publish = previous
+            paho_client.on_publish = previous
             if acked:  # acknowledged before the session ended: forget them now (unacknowledged rows stay)
                 with contextlib.suppress(AgentdError, TimeoutError):
                     async with asyncio.timeout(2.0):

@@ -29,7 +29,7 @@ from agentd.config.loader import load_config
 from agentd.control.commands import new_command
 from agentd.errors import TrustError
 from agentd.ids import new_id
-from agentd.mesh.link import subscriptions
+from agentd.mesh.inbound import subscriptions
 from agentd.state import queries
 from agentd.trust.canonical import canonical
 from agentd.trust.envelope import envelope

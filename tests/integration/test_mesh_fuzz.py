@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from agentd.config.loader import load_config
-from agentd.mesh.link import subscriptions
+from agentd.mesh.inbound import subscriptions
 from tests.integration.broker import Broker
 from tests.integration.conftest import DaemonProc, freezer_config
 from tests.integration.test_hostile_input import FLEET, NODE, SKILLS, concrete_topics, settle
