@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agentd.decision import shadow
 from agentd.decision.fleet import FleetView
+from agentd.decision.model import DecisionRecord, Mode, ModelRef, Source, Status
 from agentd.decision.policy import ACCEPTED, CircuitBreaker, StageTrace, gate, interim_action, needs_approval
 from agentd.decision.rules import SkillRules, compile_all, evaluate, first_match, make_context
 from agentd.decision.validate import validate_event
@@ -306,7 +307,7 @@ class Engine:
                     action = answer_action
                     source, confidence = "model", trace.confidence
                     stage = self.stages[model_name]
-                    model_info = {"name": stage.name, "version": stage.version, "sha256": stage.sha256}
+                    model_info = ModelRef(stage.name, stage.version, stage.sha256)
                     break
                 fallback = outcome
 
@@ -338,38 +339,20 @@ class Engine:
 
         latency_ms = round((time.monotonic() - t0) * 1000, 3)
         hlc = self.clock.now()
-        record: dict[str, Any] = {
-            "id": new_id(),
-            "event_id": eid,
-            "node": self.node,
-            "skill": skill.name,
-            "action": action,
-            "status": status,
-            "source": source,
-            "model": model_info,
-            "confidence": None if confidence is None else round(confidence, 4),
-            "fallback_reason": fallback,
-            "rule": rule_name,
-            "guard": guard_name,
-            "latency_ms": latency_ms,
-            "stages": [t.as_dict() for t in traces],
-            "late_answer": None,
-            "hlc": hlc,
-            "created_at": round(time.time(), 6),
-            "lifecycle": {
+        typed = DecisionRecord(
+            id=new_id(), event_id=eid, node=self.node, skill=skill.name, action=action, status=Status(status),
+            source=Source(source), model=model_info, confidence=None if confidence is None else round(confidence, 4),
+            fallback_reason=fallback, rule=rule_name, guard=guard_name, latency_ms=latency_ms,
+            stages=[t.as_dict() for t in traces], hlc=hlc, created_at=round(time.time(), 6),
+            lifecycle={
                 "stage": self.stage,
                 "release": self.cfg.lifecycle.release,
                 "config_sha256": self.loaded.sha256,
                 "models": {n: s.version for n, s in self.stages.items()},
             },
-            "mode": mode,
-            "origin": origin,
-            "inputs": fields,
-        }
-        if approval is not None:
-            record["approval"] = approval
-        if rule_errors:
-            record["rule_errors"] = rule_errors[:5]
+            mode=Mode(mode), origin=origin, inputs=fields, approval=approval, rule_errors=rule_errors,
+        )
+        record = typed.to_dict()
         record_bytes = canonical(record)
         outbox = self.outbound.decision_messages(record, record_bytes) if self.outbound is not None else []
         write = DecisionWrite(eid, skill.name, wall0, fields, record, self.node, outbox, expires_at, record_bytes)
