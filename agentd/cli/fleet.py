@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from agentd.control.registry import COMMANDS, REGISTRY
 from agentd.errors import InputError
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ def fleet() -> None:
 @fleet.command("send")
 @config_option
 @json_option
-@click.argument("cmd", type=click.Choice(["status", "reload", "set_mode", "set_stage", "activate_model", "quarantine", "approve", "reject", "set_config"]))
+@click.argument("cmd", type=click.Choice(sorted(COMMANDS, key=list(REGISTRY).index)))  # the registry's fleet commands
 @click.option("--target", default="all", show_default=True, help="A node id, or all.")
 @click.option("--args", "args_json", default="{}", help="The command's arguments as a JSON object.")
 @click.option("--config-file", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="For set_config: the YAML document to send.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from agentd.control.registry import COMMANDS, ROLE_COMMANDS
 from agentd.errors import Rejected
 from agentd.trust import hlc
 from agentd.trust.envelope import check_envelope
@@ -19,12 +20,6 @@ from agentd.trust.envelope import check_envelope
 if TYPE_CHECKING:
     from agentd.config.schema import Config
 
-ROLE_COMMANDS: dict[str, frozenset[str]] = {
-    "viewer": frozenset({"status"}),
-    "operator": frozenset({"status", "approve", "reject", "set_mode", "quarantine"}),
-    "admin": frozenset({"status", "approve", "reject", "set_mode", "quarantine", "reload", "set_config", "set_stage", "activate_model"}),
-}
-COMMANDS = ROLE_COMMANDS["admin"]
 MAX_VALIDITY_S = 24 * 3600
 
 

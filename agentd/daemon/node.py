@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from agentd import __version__
 from agentd.config.loader import LoadedConfig, load_config
 from agentd.daemon import logs
+from agentd.daemon.commands import NodeCommands
 from agentd.daemon.fleet_commands import FleetCommands
 from agentd.daemon.metrics import NodeMetrics
 from agentd.daemon.notify import Notifier
@@ -63,6 +64,7 @@ class Daemon:
         self.store: Store | None = None
         self.store_opened_at: float | None = None
         self.pool = ModelPool()
+        self.commands = NodeCommands(self)  # one set of handlers for the socket and the fleet path
         self._lock: TextIO | None = None
 
     @property

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentd.control.registry import LOCAL_OPS
 from agentd.errors import AgentdError, InputError
-from agentd.state import queries
 from agentd.trust.untrusted import parse_json
 
 if TYPE_CHECKING:
@@ -79,51 +79,12 @@ class SocketApi:
 
     async def _dispatch(self, req: dict[str, Any], received: float) -> Any:
         op = req["op"]
-        if op == "ping":
-            return {"pong": True}
-        if op == "reload":
-            return await self._node.reload()
-        await self._node.accepting()  # not while a reload swaps the engine
-        engine = self._node.engine
-        assert engine is not None
-        if op == "submit":
-            skill, data, eid = req.get("skill"), req.get("data"), req.get("id")
-            if not isinstance(skill, str):
-                raise InputError('submit needs "skill" (a string)')
-            if eid is not None and not isinstance(eid, str):
-                raise InputError('"id" must be a string')
-            return await self._node.submit(skill, data, eid, origin="socket", received=received)
-        if op == "status":
-            status = await engine.status()
-            status.update({"pid": os.getpid(), "uptime_s": round(time.time() - self._node.started_at, 1), "inflight": self._node.inflight, "daemon": "running"})
-            m = self._node.loaded.config.mqtt
-            status["broker"] = {"enabled": m.enabled, "host": m.host, "port": m.port, "connected": bool(self._node.link and self._node.link.connected)}
-            if self._node.link is not None:
-                status["broker"].update(self._node.link.counters)
-                status["broker"]["protocol"] = self._node.link.protocol  # "5" or "3.1.1" while connected
-                status["broker"]["rejected"] = dict(self._node.link.rejected)
-            status["broker"]["refused"] = dict(self._node.refusals.total)
-            status["peers"] = await engine.store.read(queries.list_peers)
-            # What a reload kept: the store's open time and each model runtime's load time stay put.
-            status["resources"] = {"store_opened_at": self._node.store_opened_at, "models_loaded_at": self._node.pool.loaded(),
-                                   "model_loads": self._node.pool.loads}
-            return status
-        if op in ("approve", "reject"):
-            did, by = req.get("id"), req.get("by") or "local-cli"
-            if not isinstance(did, str) or not isinstance(by, str):
-                raise InputError(f'{op} needs "id" (a decision id)')
-            if op == "approve":
-                return await engine.approve(did, by=by)
-            return await engine.reject(did, by=by, reason=str(req.get("reason") or "")[:500])
-        if op == "set_mode":
-            mode = req.get("mode")
-            if not isinstance(mode, str):
-                raise InputError('set_mode needs "mode"')
-            await engine.set_mode(mode, by=str(req.get("by") or "local-cli"))
-            return {"mode": engine.mode}
-        if op == "approvals":
-            return await engine.store.read(queries.pending_approvals)
-        raise InputError(f"unknown op {op!r} (known: submit, status, approve, reject, set_mode, reload, approvals, ping)")
+        if op not in LOCAL_OPS:
+            raise InputError(f"unknown op {op!r} (known: {', '.join(LOCAL_OPS)})")
+        by = req.get("by") or "local-cli"
+        if not isinstance(by, str):
+            raise InputError('"by" must be a string')
+        return await self._node.commands.run(op, req, by=by, via="socket", received=received)
 
 
 async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
