@@ -35,13 +35,12 @@ def register(group: click.Group, cli: ModuleType) -> None:
         Use it to promote a shadow or canary model on evidence. Reads the database directly.
         Example: agentd report --skill operator_request --hours 24
         """
-        from agentd.decision import shadow
-        from agentd.state import queries
+        from agentd.state import queries, reports
 
         loaded = cli._load(config_path)
         conn = queries.open_readonly(loaded.config.data_dir)
         since = time.time() - hours * 3600 if hours else None
-        rows = shadow.report(conn, skill=skill, since=since, stage=stage, release=release)
+        rows = reports.report(conn, skill=skill, since=since, stage=stage, release=release)
         if as_json:
             cli._emit_json({"stages": rows})
             return

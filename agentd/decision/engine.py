@@ -17,7 +17,6 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agentd.decision import shadow
 from agentd.decision.fleet import FleetView
 from agentd.decision.model import DecisionRecord, Mode, ModelRef, Source, Status
 from agentd.decision.policy import ACCEPTED, CircuitBreaker, StageTrace, gate, interim_action, needs_approval
@@ -27,7 +26,7 @@ from agentd.errors import AgentdError, ConfigError, InputError, ModelError, NotF
 from agentd.ids import check_event_id, new_id
 from agentd.stages.base import CallHandle, Cancelled, ModelStage
 from agentd.stages.pool import ModelPool
-from agentd.state import queries
+from agentd.state import queries, reports
 from agentd.state.store import DecisionWrite, DuplicateEvent, Store
 from agentd.trust.canonical import canonical
 from agentd.trust.hlc import Clock
@@ -151,14 +150,7 @@ class Engine:
                 await self.store.__aexit__(None, None, None)
 
     async def _load_state(self) -> None:
-        def load(conn: Any) -> tuple[list[tuple[str, float]], dict[str, str | None], list[tuple[str, str, str]]]:
-            cutoff = time.time() - 24 * 3600
-            rows = conn.execute("SELECT action, ts FROM fleet_decisions WHERE ts >= ? ORDER BY ts", (cutoff,)).fetchall()
-            values = conn.execute("SELECT key, value, node FROM fleet_state").fetchall()
-            keys = ("mode", "mode_config", "stage", "stage_config", "active_models")
-            return rows, {k: queries.get_setting(conn, k) for k in keys}, values
-
-        rows, settings, values = await self.store.read(load)
+        rows, settings, values = await self.store.read(queries.engine_state)
         mode, mode_config = settings["mode"], settings["mode_config"]
         # Like the mode, a lifecycle stage set by a fleet command holds until the config's own stage changes.
         if settings["stage"] in ("dev", "canary", "prod") and settings["stage_config"] == self.cfg.lifecycle.stage:
@@ -487,11 +479,11 @@ class Engine:
         stage = self.stages.get(trace.model)
         life = record["lifecycle"]
         acted = (record.get("approval") or {}).get("requested_action") or record["action"]
-        row = shadow.ShadowAnswer(
+        row = reports.ShadowAnswer(
             record["id"], call.index, skill.name, trace.model, stage.version if stage else "?", life["stage"], life["release"],
             trace.outcome, trace.answer, trace.action, trace.confidence, trace.latency_ms, acted,
         )
-        await self.store.write(lambda conn: shadow.insert(conn, row))
+        await self.store.write(lambda conn: reports.insert(conn, row))
         self.counters["shadow_answers"] += 1
 
     async def _late_answer(self, decision_id: str, trace: StageTrace, handle: CallHandle) -> None:

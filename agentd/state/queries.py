@@ -246,3 +246,13 @@ def export_audit(conn: sqlite3.Connection, after: int = 0) -> Iterator[dict[str,
             "prev_hash": row.prev_hash,
             "hash": row.hash,
         }
+
+
+def engine_state(conn: sqlite3.Connection) -> tuple[list[tuple[str, float]], dict[str, str | None], list[tuple[str, str, str]]]:
+    """What an engine starts from: the fleet decisions of the last 24 h, the persisted settings
+    (mode, lifecycle stage, model activations), and the fleet-state map."""
+    cutoff = time.time() - 24 * 3600
+    rows = conn.execute("SELECT action, ts FROM fleet_decisions WHERE ts >= ? ORDER BY ts", (cutoff,)).fetchall()
+    values = conn.execute("SELECT key, value, node FROM fleet_state").fetchall()
+    keys = ("mode", "mode_config", "stage", "stage_config", "active_models")
+    return rows, {k: get_setting(conn, k) for k in keys}, values

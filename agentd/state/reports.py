@@ -1,4 +1,4 @@
-"""Shadow answers and the stage report: evidence for promoting a model from canary to prod.
+"""Shadow answers and the stage report (read models over SQLite): evidence for promoting a model from canary to prod.
 
 A shadow stage (``shadow: true`` in a skill's cascade) runs on the same events as the
 acted cascade; its answer, confidence and latency are stored here and never acted on.
