@@ -23,7 +23,7 @@ from agentd.daemon.metrics import NodeMetrics
 from agentd.daemon.notify import Notifier
 from agentd.daemon.socket_api import SocketApi
 from agentd.daemon.sources import event_for
-from agentd.decision.engine import Engine, open_store, store_settings
+from agentd.decision.engine import Engine
 from agentd.decision.rules import compile_all
 from agentd.errors import AgentdError, ConfigError, Rejected, StateError
 from agentd.mesh.link import MeshLink
@@ -31,7 +31,7 @@ from agentd.mesh.refusals import RefusalTally
 from agentd.mesh.wire import decision_wire
 from agentd.stages.pool import ModelPool
 from agentd.state import queries
-from agentd.state.store import Store
+from agentd.state.store import Store, open_store, store_settings
 from agentd.trust.hlc import Clock
 from agentd.trust.keys import create_key
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentd.errors import NotFound, StateError
 from agentd.state import queries, retention
@@ -30,6 +30,9 @@ from agentd.state.outbox import Message, Outbox
 from agentd.trust.audit import GENESIS, checkpoint_payload, record_hash
 from agentd.trust.canonical import canonical, sha256_hex
 from agentd.trust.keys import NodeKey
+
+if TYPE_CHECKING:
+    from agentd.config.loader import LoadedConfig
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -557,3 +560,16 @@ def _audit_body(record: dict[str, Any], digest: str | None = None) -> dict[str, 
         "source": record["source"],
         "record_sha256": digest or queries.record_digest(record),
     }
+
+
+def open_store(loaded: LoadedConfig, key: NodeKey) -> Store:
+    """The node's store, configured from ``loaded`` (not yet open: use ``async with``)."""
+    cfg = loaded.config
+    return Store(data_dir=cfg.data_dir, key=key, node=cfg.node.id, synchronous=cfg.state.synchronous,
+                 checkpoint_every=cfg.state.checkpoint_every)
+
+
+def store_settings(loaded: LoadedConfig) -> tuple[Any, ...]:
+    """What a store is opened with: a reload that changes any of it reopens the store."""
+    cfg = loaded.config
+    return (cfg.data_dir, cfg.node.id, cfg.state.synchronous, cfg.state.checkpoint_every)

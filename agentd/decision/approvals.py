@@ -1,0 +1,124 @@
+"""Approvals and modes: pending decisions resolved by a human or by their expiry; the node's mode and lifecycle stage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from agentd.errors import ConfigError, InputError, NotFound
+from agentd.state import queries
+
+if TYPE_CHECKING:
+
+    from agentd.config.schema import Config, SkillConfig
+    from agentd.decision.fleet import FleetView
+    from agentd.state.store import Store
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "rules_only", "observe", "manual")
+
+
+class ApprovalMixin:
+    """The engine's human controls (a part of ``Engine``; the attributes are the engine's)."""
+
+    _expiry_heap: list[tuple[float, str]]
+    _expiry_wake: asyncio.Event
+    cfg: Config
+    fleet: FleetView
+    mode: str
+    stage: str
+    store: Store
+
+    if TYPE_CHECKING:
+        def _run_handlers_for(self, skill: SkillConfig, record: dict[str, Any]) -> None: ...
+
+    def _skill_or_none(self, name: str) -> SkillConfig | None:
+        """The skill, or None when a reload removed it (its pending approvals must still resolve)."""
+        try:
+            return self.cfg.skill(name)
+        except ConfigError:
+            return None
+
+    async def approve(self, decision_id: str, *, by: str) -> dict[str, Any]:
+        """Approve a pending decision: its requested action applies and its handlers run."""
+        current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
+        requested = current.get("approval", {}).get("requested_action")
+        if requested is None:
+            raise NotFound(f"decision {decision_id!r} never needed approval")
+        record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by)
+        self.fleet.add_decision(requested, time.time())
+        self._after_resolution(record)
+        return record
+
+    async def reject(self, decision_id: str, *, by: str, reason: str = "") -> dict[str, Any]:
+        """Reject a pending decision: ``approval.on_reject`` (else the interim action) stays in force."""
+        current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
+        skill = self._skill_or_none(current["skill"])
+        interim = current.get("approval", {}).get("interim_action") or current["action"]
+        applied = (skill.approval.on_reject if skill else None) or interim
+        record = await self.store.resolve_approval(current["id"], status="rejected", applied_action=applied, by=by, reason=reason)
+        if applied != interim:
+            self.fleet.add_decision(applied, time.time())
+            self._after_resolution(record)
+        return record
+
+    def _after_resolution(self, record: dict[str, Any]) -> None:
+        skill = self._skill_or_none(record["skill"])
+        if skill is not None and self.mode != "observe":
+            self._run_handlers_for(skill, record)
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            self._expiry_wake.clear()
+            now = time.time()
+            while self._expiry_heap and self._expiry_heap[0][0] <= now:
+                _, decision_id = heapq.heappop(self._expiry_heap)
+                if not await self._expire(decision_id):
+                    # the store could not take it (disk full, reload): try again shortly
+                    heapq.heappush(self._expiry_heap, (now + 5.0, decision_id))
+                    break
+            delay = self._expiry_heap[0][0] - now if self._expiry_heap else 3600.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.05, min(delay, 3600.0))):
+                    await self._expiry_wake.wait()
+
+    async def _expire(self, decision_id: str) -> bool:
+        """Expire one approval; False if it should be retried."""
+        try:
+            current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
+            skill = self._skill_or_none(current["skill"])
+            interim = current.get("approval", {}).get("interim_action") or current["action"]
+            applied = (skill.approval.on_timeout if skill else None) or interim
+            record = await self.store.resolve_approval(decision_id, status="expired", applied_action=applied, by="timeout")
+        except NotFound:
+            return True  # approved or rejected meanwhile
+        except Exception as exc:  # never let the expiry task die: the pending approval would be forgotten
+            log.error("approval expiry for %s failed, will retry: %s", decision_id, exc)
+            return False
+        if applied != interim:
+            self.fleet.add_decision(applied, time.time())
+            self._after_resolution(record)
+        return True
+
+    async def set_mode(self, mode: str, *, by: str) -> None:
+        """Change and persist the mode; audited."""
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+        old, self.mode = self.mode, mode
+        await self.store.set_setting("mode", mode)
+        await self.store.set_setting("mode_config", self.cfg.daemon.mode)
+        await self.store.audit("mode", {"from": old, "to": mode, "by": by})
+
+    async def set_stage(self, stage: str, *, by: str) -> None:
+        """Change and persist the lifecycle stage stamped on decisions (canary -> prod); audited."""
+        if stage not in ("dev", "canary", "prod"):
+            raise InputError(f"unknown lifecycle stage {stage!r} (known: dev, canary, prod)")
+        old, self.stage = self.stage, stage
+        await self.store.set_setting("stage", stage)
+        await self.store.set_setting("stage_config", self.cfg.lifecycle.stage)
+        await self.store.audit("lifecycle_stage", {"from": old, "to": stage, "by": by})
