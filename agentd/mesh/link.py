@@ -31,7 +31,17 @@ from agentd.mesh.inbound import parse_event, subscriptions
 from agentd.mesh.peerwire import check_peer_body
 from agentd.mesh.refusals import RefusalTally
 from agentd.mesh.topics import topic
-from agentd.mesh.transport import ack, aiomqtt_error, close_client, manual_acks, paho, publish_in_loop, refused_protocol
+from agentd.mesh.transport import (
+    ack,
+    aiomqtt_error,
+    close_client,
+    manual_acks,
+    paho,
+    publish_in_loop,
+    received_at,
+    refused_protocol,
+    stamp_arrivals,
+)
 from agentd.state import queries
 from agentd.state.outbox import OutboxReader
 from agentd.trust.envelope import check_envelope, envelope
@@ -161,6 +171,7 @@ class MeshLink:
         """Connect, serve, reconnect with back-off; forever (cancel to stop)."""
         import aiomqtt
 
+        stamp_arrivals()
         attempt = 0
         while True:
             connected_at: float | None = None
@@ -252,7 +263,7 @@ class MeshLink:
         commands = (topic(self.fleet, "cmd", self.node), topic(self.fleet, "cmd", "all"))
         sem = asyncio.Semaphore(self.cfg.daemon.max_pending)
         async for message in client.messages:
-            received = time.monotonic()
+            received = received_at(message, time.monotonic())  # the deadline counts from the socket read
             name = str(message.topic)
             if name.startswith(prefix):
                 payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()

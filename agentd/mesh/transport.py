@@ -67,3 +67,32 @@ def aiomqtt_error(message: str) -> Exception:
     import aiomqtt
 
     return aiomqtt.MqttError(message)
+
+
+def stamp_arrivals() -> None:
+    """Give every message aiomqtt yields paho's receipt time as ``received_at`` (``time.monotonic``).
+
+    aiomqtt queues messages without a timestamp, so a deadline counted from when the node
+    takes a message off that queue would hide the time it waited there (under a flood, seconds).
+    paho stamps each message when it reads it off the socket; this copies the stamp over.
+    Idempotent.
+    """
+    import aiomqtt
+
+    if getattr(aiomqtt.Message, "_agentd_stamped", False):
+        return
+    original = aiomqtt.Message._from_paho_message.__func__  # type: ignore[attr-defined]
+
+    def from_paho(cls: Any, message: Any) -> Any:
+        m = original(cls, message)
+        m.received_at = message.timestamp or None
+        return m
+
+    aiomqtt.Message._from_paho_message = classmethod(from_paho)  # type: ignore[method-assign,assignment]
+    aiomqtt.Message._agentd_stamped = True  # type: ignore[attr-defined]
+
+
+def received_at(message: Any, default: float) -> float:
+    """When paho read ``message`` off the socket (see ``stamp_arrivals``), or ``default``."""
+    stamp = getattr(message, "received_at", None)
+    return float(stamp) if stamp else default
