@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,22 +24,10 @@ from typing import Any
 
 import yaml
 
+from agentd.control.client import request
+from agentd.errors import AgentdError
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def request(sock_path: Path, req: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(str(sock_path))
-    s.sendall(json.dumps(req).encode() + b"\n")
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    return dict(json.loads(buf))
 
 
 def config(data: Path) -> dict[str, Any]:
@@ -75,9 +62,9 @@ def main() -> None:
         try:
             while True:
                 try:
-                    if request(sock, {"op": "ping"}, timeout=2)["ok"]:
-                        break
-                except OSError:
+                    request(sock, {"op": "ping"}, timeout_s=2)
+                    break
+                except AgentdError:
                     pass
                 if proc.poll() is not None or time.monotonic() - t0 > 180:
                     sys.exit(f"the daemon did not start; see {log.name}")
@@ -89,9 +76,9 @@ def main() -> None:
                 skill["rules"][0]["name"] = f"{skill['rules'][0]['name'].split('~')[0]}~{i}"  # only a rule changes
                 path.write_text(yaml.safe_dump(cfg))
                 t = time.monotonic()
-                reply = request(sock, {"op": "reload"})
+                reply = request(sock, {"op": "reload"}, timeout_s=120)
                 times.append((time.monotonic() - t) * 1000)
-                assert reply["ok"] and reply["result"].get("reloaded"), reply
+                assert reply.get("reloaded"), reply
         finally:
             proc.terminate()
             proc.wait(60)
