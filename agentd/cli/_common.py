@@ -30,6 +30,12 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
+def event_input(fn: F) -> F:
+    """--config, --json, the SKILL argument and --data: what `decide` and `submit` take."""
+    fn = click.option("--data", required=True, help="The event's fields as a JSON object.")(fn)
+    return config_option(json_option(click.argument("skill")(fn)))
+
+
 def _load(config_path: Path | None) -> LoadedConfig:
     from agentd.config.loader import find_config, load_config
 

@@ -25,16 +25,14 @@ from agentd.cli._common import (
     _ts,
     _width,
     config_option,
+    event_input,
     json_option,
     main,
 )
 
 
 @main.command()
-@config_option
-@json_option
-@click.argument("skill")
-@click.option("--data", required=True, help="The event's fields as a JSON object.")
+@event_input
 @click.option("--id", "event_id", default=None, help="Event id (default: a new one).")
 def decide(config_path: Path | None, as_json: bool, skill: str, data: str, event_id: str | None) -> None:
     """One decision in-process, without the daemon; nothing is gossiped.
@@ -59,10 +57,7 @@ def decide(config_path: Path | None, as_json: bool, skill: str, data: str, event
 
 
 @main.command()
-@config_option
-@json_option
-@click.argument("skill")
-@click.option("--data", required=True, help="The event's fields as a JSON object.")
+@event_input
 @click.option("--id", "event_id", default=None, help="Event id; a repeated id returns the existing decision.")
 def submit(config_path: Path | None, as_json: bool, skill: str, data: str, event_id: str | None) -> None:
     """Submit an event to the running daemon and print its decision.

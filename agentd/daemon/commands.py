@@ -91,10 +91,7 @@ class NodeCommands:
 
     async def _set_mode(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
         engine = self._node.current_engine()
-        mode = args.get("mode")
-        if not isinstance(mode, str):
-            raise InputError('set_mode needs "mode": auto, rules_only, observe or manual')
-        await engine.set_mode(mode, by=by)
+        await engine.set_mode(_text(args, "mode", "set_mode", "auto, rules_only, observe or manual"), by=by)
         return {"mode": engine.mode}
 
     async def _quarantine(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
@@ -111,10 +108,7 @@ class NodeCommands:
 
     async def _set_stage(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
         engine = self._node.current_engine()
-        stage = args.get("stage")
-        if not isinstance(stage, str):
-            raise InputError('set_stage needs args {"stage": "dev|canary|prod"}')
-        await engine.set_stage(stage, by=by)
+        await engine.set_stage(_text(args, "stage", "set_stage", "dev, canary or prod"), by=by)
         return {"stage": engine.stage}
 
     async def _set_config(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
@@ -137,3 +131,11 @@ class NodeCommands:
             raise ConfigError(f"the new config failed to load and was rolled back: {result.get('error')}")
         await node.current_engine().store.audit("config_set", {"by": by, "config_sha256": new.sha256})
         return result
+
+
+def _text(args: dict[str, Any], name: str, command: str, choices: str) -> str:
+    """The string argument ``name`` of ``command``; InputError naming the choices otherwise."""
+    value = args.get(name)
+    if not isinstance(value, str):
+        raise InputError(f'{command} needs "{name}": {choices}')
+    return value
