@@ -50,7 +50,7 @@ from agentd.config.loader import load_config
 from agentd.control.client import request
 from agentd.control.commands import new_command
 from agentd.daemon.sources import event_for
-from agentd.devtools.bench_mesh import _nodelay, _publisher, _start_node, _stop, _wait_connected, broker, free_port
+from agentd.devtools.bench_mesh import broker, free_port, nodelay, publisher, start_node, stop_all, wait_connected
 from agentd.errors import AgentdError
 from agentd.ids import new_id
 from agentd.mesh.inbound import subscriptions
@@ -188,7 +188,7 @@ def corpus(stranger: NodeKey, replay: bytes) -> list[tuple[str, bytes]]:
 def _junk_worker(port: int, plan: list[tuple[str, bytes, int]], index: int, step: int, count: int, rate: float, out: Any) -> None:
     """One publisher process: messages index, index + step, ... of the plan, as fast as paho takes them
     (or at ``rate``/s when it is not 0)."""
-    pub = _publisher(port)
+    pub = publisher(port)
     infos = []
     t0 = time.time()
     sent = 0
@@ -224,7 +224,7 @@ class Listener:
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *_a: subscribed.set()
         self.client.connect("127.0.0.1", port)
-        _nodelay(self.client)
+        nodelay(self.client)
         self.client.loop_start()
         self.client.subscribe([(f"agentd/v1/{FLEET}/nodes/{NODE}/decisions", 1), (f"agentd/v1/{FLEET}/nodes/+/reply", 1)])
         if not subscribed.wait(10):
@@ -339,11 +339,11 @@ def run(a: argparse.Namespace, root: Path) -> dict[str, Any]:
                            "good_rate": a.good_rate, "junk_rate": a.junk_rate or "max", "seconds": a.seconds, "refusal_summary_s": a.summary_s,
                            "publishers": a.publishers, "deadline_ms": deadline_ms, "topics": topics}
     with broker(root, port):
-        proc = _start_node(cfg, data)
+        proc = start_node(cfg, data)
         try:
-            _wait_connected(sock, proc)
+            wait_connected(sock, proc)
             listener = Listener(port)
-            pub = _publisher(port)
+            pub = publisher(port)
             sampler = Sampler(sock)
             sampler.start()
             # warm-up, and one real command of alice's: its reply is the only one expected; its bytes are the replay
@@ -417,7 +417,7 @@ def run(a: argparse.Namespace, root: Path) -> dict[str, Any]:
             samples = [x for x in sampler.samples if x["t"] >= junk_t0 - SAMPLE_S]
         finally:
             t_stop = time.time()
-            _stop([proc])  # a clean stop: the last input_refused summaries are written
+            stop_all([proc])  # a clean stop: the last input_refused summaries are written
         listener.close()
         pub.loop_stop()
         pub.disconnect()

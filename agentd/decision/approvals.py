@@ -9,6 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from agentd.config.base import MODES
 from agentd.errors import ConfigError, InputError, NotFound
 from agentd.state import queries
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "rules_only", "observe", "manual")
 
 
 class ApprovalMixin:

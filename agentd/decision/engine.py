@@ -15,7 +15,8 @@ import time
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agentd.decision.approvals import MODES, ApprovalMixin
+from agentd.config.base import MODES
+from agentd.decision.approvals import ApprovalMixin
 from agentd.decision.cascade import CascadeMixin
 from agentd.decision.fleet import FleetView
 from agentd.decision.handlers import HandlerMixin

@@ -58,17 +58,17 @@ def run_bench(loaded: LoadedConfig, *, only: str | None = None, samples: int = 2
     return out
 
 
-def _bench_config(loaded: LoadedConfig, data_dir: Path, skill: SkillConfig | None = None, **skill_update: Any) -> LoadedConfig:
+def bench_config(loaded: LoadedConfig, data_dir: Path, skill: SkillConfig | None = None, **skill_update: Any) -> LoadedConfig:
     """The config with one skill (default: the first with an ONNX stage), a temporary data folder and quiet logs."""
     cfg = loaded.config
-    skill = (skill or _skill(cfg)).model_copy(update=skill_update)
+    skill = (skill or bench_skill(cfg)).model_copy(update=skill_update)
     node = cfg.node.model_copy(update={"data_dir": str(data_dir)})
     daemon = cfg.daemon.model_copy(update={"socket": str(data_dir / "agentd.sock"), "log_level": "error"})
     new = cfg.model_copy(update={"node": node, "skills": [skill], "daemon": daemon})
     return replace(loaded, config=new)
 
 
-def _skill(cfg: Config) -> SkillConfig:
+def bench_skill(cfg: Config) -> SkillConfig:
     for s in cfg.skills:
         if any(isinstance(cfg.model(st.model), OnnxModelConfig) for st in s.cascade):
             return s
@@ -84,7 +84,7 @@ def _events(skill: SkillConfig, n: int) -> list[dict[str, Any]]:
     return [event_for(skill, rng) for _ in range(n)]
 
 
-async def _with_engine(loaded: LoadedConfig, fn: Any) -> Any:
+async def with_engine(loaded: LoadedConfig, fn: Any) -> Any:
     from agentd.decision.engine import Engine
     from agentd.mesh.wire import decision_wire
     from agentd.trust.keys import create_key
@@ -95,7 +95,7 @@ async def _with_engine(loaded: LoadedConfig, fn: Any) -> Any:
 
 
 def _rules(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
-    bl = _bench_config(loaded, data_dir, cascade=[])
+    bl = bench_config(loaded, data_dir, cascade=[])
     skill = bl.config.skills[0]
     events = _events(skill, samples)
 
@@ -108,7 +108,7 @@ def _rules(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]
             decided.append(r["latency_ms"])
         return decided, persisted
 
-    decided, persisted = asyncio.run(_with_engine(bl, go))
+    decided, persisted = asyncio.run(with_engine(bl, go))
     return {
         "rules_p50_ms": round(percentile(decided, 50), 4),
         "rules_p99_ms": round(percentile(decided, 99), 4),
@@ -119,7 +119,7 @@ def _rules(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]
 
 def _onnx(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
     cfg = loaded.config
-    skill = _skill(cfg)
+    skill = bench_skill(cfg)
     stage_cfg = next((s for s in skill.cascade if isinstance(cfg.model(s.model), OnnxModelConfig)), None)
     if stage_cfg is None:
         return {"onnx_note": "no ONNX stage in the config"}
@@ -161,7 +161,7 @@ def _onnx(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
 def _deadline(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
     deadline_ms = 20.0
     slow = DelayModelConfig(name="bench_slow", backend="delay", delay_ms=deadline_ms * 5, label="none", circuit_failures=1000)  # keep the slow stage in play for every sample
-    bl = _bench_config(loaded, data_dir, cascade=[StageConfig(model="bench_slow")], deadline_ms=deadline_ms)
+    bl = bench_config(loaded, data_dir, cascade=[StageConfig(model="bench_slow")], deadline_ms=deadline_ms)
     bl = replace(bl, config=bl.config.model_copy(update={"models": [*bl.config.models, slow]}))
     skill = bl.config.skills[0]
     n = max(50, min(samples // 10, 300))
@@ -177,7 +177,7 @@ def _deadline(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, A
         return total, decided
 
     # total: until the caller has the decision, durably committed; decided: until it was made.
-    total, decided = asyncio.run(_with_engine(bl, go))
+    total, decided = asyncio.run(with_engine(bl, go))
     over = [t - deadline_ms for t in total]
     return {
         "deadline_ms": deadline_ms,
@@ -209,7 +209,7 @@ def _throughput(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str,
 
 
 def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int, **skill_update: Any) -> dict[str, Any]:
-    bl = _bench_config(loaded, data_dir, **skill_update)
+    bl = bench_config(loaded, data_dir, **skill_update)
     skill = bl.config.skills[0]
     n = max(2000, samples * 2)
     events = _events(skill, n)
@@ -230,7 +230,7 @@ def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int, **skil
         stored = await engine.store.read(lambda c: c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
         return elapsed, stored, engine.store.commits - commits0
 
-    elapsed, stored, commits = asyncio.run(_with_engine(bl, go))
+    elapsed, stored, commits = asyncio.run(with_engine(bl, go))
     return {
         "decisions_per_s": round(n / elapsed, 1),
         "throughput_events": n,
@@ -242,10 +242,10 @@ def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int, **skil
 
 def _footprint(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
     """Start `agentd run` as a child, as configured and rules-only: seconds to READY=1 and RSS."""
-    bl = _bench_config(loaded, data_dir / "as-configured")
+    bl = bench_config(loaded, data_dir / "as-configured")
     daemon = bl.config.daemon.model_copy(update={"log_level": loaded.config.daemon.log_level})  # log volume as configured
-    configured = _start_child(replace(bl, config=bl.config.model_copy(update={"daemon": daemon})), idle_s=IDLE_S)
-    rules_only = _start_child(_bench_config(loaded, data_dir / "rules-only", cascade=[]))
+    configured = start_child(replace(bl, config=bl.config.model_copy(update={"daemon": daemon})), idle_s=IDLE_S)
+    rules_only = start_child(bench_config(loaded, data_dir / "rules-only", cascade=[]))
     return {
         "startup_s": configured["startup_s"], "rss_mb": configured["rss_mb"], "rss_rules_only_mb": rules_only["rss_mb"],
         **{k: v for k, v in configured.items() if k.startswith("idle_")},
@@ -261,7 +261,7 @@ def _io_counters(pid: int) -> dict[str, int]:
     return {"syscw": int(fields["syscw"]), "wchar": int(fields["wchar"]), "write_bytes": int(fields["write_bytes"])}
 
 
-def _start_child(bl: LoadedConfig, *, idle_s: float = 0.0) -> dict[str, float]:
+def start_child(bl: LoadedConfig, *, idle_s: float = 0.0) -> dict[str, float]:
     """Start `agentd run` as a child: seconds to READY=1, RSS after a second, and with ``idle_s``
     what it writes while idle (write syscalls, bytes to storage, log bytes), per minute."""
     import yaml

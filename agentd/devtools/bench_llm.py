@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd.config.models import LlamaModelConfig, OnnxModelConfig
-from agentd.devtools.bench import _bench_config, _start_child, _with_engine, interleaved
+from agentd.devtools.bench import bench_config, interleaved, start_child, with_engine
 from agentd.devtools.labelled import freezer_events, operator_requests
 from agentd.errors import ModelError
 from agentd.stats import percentile
@@ -43,8 +43,8 @@ def _llm_skill(cfg: Config) -> tuple[SkillConfig, LlamaModelConfig] | None:
 
 
 def _only_skill(loaded: LoadedConfig, skill: SkillConfig, data_dir: Path, **update: Any) -> LoadedConfig:
-    """``_bench_config`` for ``skill``, without MQTT (these parts measure the model, not the mesh)."""
-    bl = _bench_config(loaded, data_dir, skill, **update)
+    """``bench_config`` for ``skill``, without MQTT (these parts measure the model, not the mesh)."""
+    bl = bench_config(loaded, data_dir, skill, **update)
     mqtt = bl.config.mqtt.model_copy(update={"enabled": False})
     return replace(bl, config=bl.config.model_copy(update={"mqtt": mqtt}))
 
@@ -108,7 +108,7 @@ def llm_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, An
         out["llm_speedup_vs_grammar"] = round(out["llm_grammar_json_p50_ms"] / out["llm_p50_ms"], 2)
         out["llm_speedup_vs_grammar_fresh"] = round(out["llm_grammar_json_fresh_p50_ms"] / out["llm_p50_ms"], 2)
     out.update(_llm_deadline(loaded, skill, data_dir / "deadline", labelled))
-    child = _start_child(_only_skill(loaded, skill, data_dir / "rss"))
+    child = start_child(_only_skill(loaded, skill, data_dir / "rss"))
     out["rss_llm_mb"], out["startup_llm_s"] = child["rss_mb"], child["startup_s"]
     return out
 
@@ -176,7 +176,7 @@ def _llm_deadline(loaded: LoadedConfig, skill: SkillConfig, data_dir: Path, labe
             await asyncio.gather(*(one(e) for e in events[i : i + 4]))
         return total, reasons
 
-    total, reasons = asyncio.run(_with_engine(bl, go))
+    total, reasons = asyncio.run(with_engine(bl, go))
     return {
         "llm_deadline_ms": deadline_ms,
         "llm_deadline_samples": len(total),
@@ -227,7 +227,7 @@ def _run_skill(loaded: LoadedConfig, skill: SkillConfig, data_dir: Path, labelle
     async def go(engine: Any) -> list[dict[str, Any]]:
         return [await engine.decide(skill.name, e) for e, _ in labelled]
 
-    records = asyncio.run(_with_engine(bl, go))
+    records = asyncio.run(with_engine(bl, go))
     right = accepted = accepted_right = 0
     fallbacks: Counter[str] = Counter()
     alone: Counter[str] = Counter()

@@ -50,7 +50,7 @@ def broker(folder: Path, port: int, extra: str = "") -> Iterator[Broker]:
         yield b
 
 
-def _wait_connected(sock_path: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> dict[str, Any]:
+def wait_connected(sock_path: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -63,7 +63,7 @@ def _wait_connected(sock_path: Path, proc: subprocess.Popen[bytes], timeout: flo
     raise RuntimeError(f"the node behind {sock_path} did not connect to the broker in {timeout} s")
 
 
-def _start_node(cfg: dict[str, Any], folder: Path) -> subprocess.Popen[bytes]:
+def start_node(cfg: dict[str, Any], folder: Path) -> subprocess.Popen[bytes]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "agentd.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -74,7 +74,7 @@ def _start_node(cfg: dict[str, Any], folder: Path) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
             p.terminate()
@@ -102,7 +102,7 @@ class _Collector:
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *_a: subscribed.set()
         self.client.connect("127.0.0.1", port)
-        _nodelay(self.client)
+        nodelay(self.client)
         self.client.loop_start()
         self.client.subscribe([(t, 1) for t in topics])
         if not subscribed.wait(10):
@@ -131,7 +131,7 @@ class _Collector:
         self.client.disconnect()
 
 
-def _publisher(port: int, inflight: int = 1000) -> Any:
+def publisher(port: int, inflight: int = 1000) -> Any:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -139,12 +139,12 @@ def _publisher(port: int, inflight: int = 1000) -> Any:
     pub.max_inflight_messages_set(inflight)
     pub.max_queued_messages_set(0)
     pub.connect("127.0.0.1", port)
-    _nodelay(pub)
+    nodelay(pub)
     pub.loop_start()
     return pub
 
 
-def _nodelay(client: Any) -> None:
+def nodelay(client: Any) -> None:
     """As agentd's own link does: no Nagle wait for the broker's delayed ACK."""
     client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -171,20 +171,20 @@ def _events(loaded: LoadedConfig, n: int, prefix: str) -> list[tuple[str, bytes]
     import random
 
     from agentd.daemon.sources import event_for
-    from agentd.devtools.bench import _skill
+    from agentd.devtools.bench import bench_skill
 
-    skill = _skill(loaded.config)
+    skill = bench_skill(loaded.config)
     rng = random.Random(7)
     return [(f"{prefix}-{i}", json.dumps({"id": f"{prefix}-{i}", "data": event_for(skill, rng)}).encode()) for i in range(n)]
 
 
 def mqtt_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
     """E2E latency with its baselines, then sustained throughput with loss counted."""
-    from agentd.devtools.bench import _bench_config
+    from agentd.devtools.bench import bench_config
 
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    bl = _bench_config(loaded, data_dir / "node", cascade=[])
+    bl = bench_config(loaded, data_dir / "node", cascade=[])
     cfg = bl.config.model_dump(mode="json", exclude_none=True)
     node, skill = "bench-node", bl.config.skills[0].name
     cfg["node"]["id"], cfg["node"]["fleet"] = node, FLEET
@@ -199,12 +199,12 @@ def mqtt_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, A
     out: dict[str, Any] = {}
     with broker(data_dir, port):
         out.update(_baselines(port, n_lat))
-        proc = _start_node(cfg, data_dir / "node")
+        proc = start_node(cfg, data_dir / "node")
         try:
-            status = _wait_connected(Path(bl.config.socket_path), proc)
+            status = wait_connected(Path(bl.config.socket_path), proc)
             out["mqtt_protocol"] = status["broker"].get("protocol")
             sub = _Collector(port, [decisions_topic])
-            pub = _publisher(port)
+            pub = publisher(port)
             try:
                 lat, timeouts = _one_at_a_time(pub, sub, events_topic, _events(loaded, n_lat + 20, "lat"), warmup=20)
                 out.update({
@@ -217,7 +217,7 @@ def mqtt_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, A
                 pub.disconnect()
                 sub.close()
         finally:
-            _stop([proc])
+            stop_all([proc])
     out.update(_check_store(bl.config.data_dir, [f"tp-{i}" for i in range(n_tp)]))
     out["messages_lost"] = out.pop("_not_received") + out["mqtt_not_persisted"]
     return out
@@ -272,7 +272,7 @@ def _baselines(port: int, n: int) -> dict[str, Any]:
     from paho.mqtt.enums import CallbackAPIVersion
 
     sub = _Collector(port, ["bench/raw", "bench/echo/out"], key="id")
-    pub = _publisher(port)
+    pub = publisher(port)
     relay = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-relay-{os.getpid()}")
 
     def relay_once(c: Any, _u: Any, m: Any) -> None:
@@ -282,7 +282,7 @@ def _baselines(port: int, n: int) -> dict[str, Any]:
     subscribed = threading.Event()
     relay.on_subscribe = lambda *_a: subscribed.set()
     relay.connect("127.0.0.1", port)
-    _nodelay(relay)
+    nodelay(relay)
     relay.loop_start()
     relay.subscribe("bench/echo/in", qos=1)
     subscribed.wait(10)
@@ -332,9 +332,9 @@ def convergence(
                                 "rules": [{"name": "hot", "when": "x > 0.5", "action": "alert"},
                                           {"name": "default", "action": "none", "default": True}]}],
                 }
-                procs.append(_start_node(cfg, root / n))
+                procs.append(start_node(cfg, root / n))
             for n, p in zip(names, procs, strict=True):
-                _wait_connected(root / n / "agentd.sock", p)
+                wait_connected(root / n / "agentd.sock", p)
             for n in names:  # decide while partitioned
                 for k in range(events):
                     request(root / n / "agentd.sock", {"op": "submit", "skill": "s", "data": {"x": (k % 2) * 1.0}, "id": f"{n}-{k}"})
@@ -363,7 +363,7 @@ def convergence(
             for c in conns.values():
                 c.close()
         finally:
-            _stop(procs)
+            stop_all(procs)
     return {
         "convergence_s": round(elapsed, 3), "convergence_node_median_s": round(sorted(reached.values())[nodes // 2], 3),
         "convergence_node_first_s": round(min(reached.values()), 3), "convergence_nodes": nodes, "convergence_decisions_each": want,

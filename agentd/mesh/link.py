@@ -19,7 +19,7 @@ import logging
 import socket
 import ssl
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,7 +110,6 @@ class MeshLink:
         self._keys: dict[str, str] = {**(learned_keys or {}), **cfg.trust.peers}  # configured keys win
         self._learned = len(learned_keys or {})
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self.rejected: Counter[str] = Counter()
         self._answered: dict[str, float] = {}
         self._resend: list[dict[str, Any]] = []
         self._resent_at: dict[str, float] = {}  # decision id -> when we last resent it
@@ -323,11 +322,14 @@ class MeshLink:
 
     def _refused(self, path: str, sender: str, exc: InputError) -> None:
         """Count a refused message by path and reason; log the first of each kind a minute."""
-        if path == "peer":
-            self.rejected[exc.reason] += 1
         if self.refusals.add(path, exc.reason, sender=sender, detail=str(exc)):
             log.warning("refused a %s message from %s: %s: %s (further ones this minute are only counted)",
                         path, sender[:120], exc.reason, exc)
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Peer messages refused, by reason (the ``peer.*`` part of the refusal counts)."""
+        return {k[len("peer."):]: n for k, n in self.refusals.total.items() if k.startswith("peer.")}
 
     @property
     def _ready(self) -> asyncio.Event:
@@ -366,7 +368,6 @@ class MeshLink:
             self._refused("peer", node, exc)
             return
         if env["id"] in self._seen:
-            self.rejected["duplicate"] += 1
             self.refusals.add("peer", "duplicate", summarise=False)
             return
         self._seen[env["id"]] = None
