@@ -185,6 +185,16 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def write_card(X_tr: np.ndarray, out: Path, seed: int) -> Path:
+    """The model's input card (agentd.stages.card) from its training rows: the out-of-distribution gate."""
+    from agentd.stages.card import build_card
+
+    card = build_card([dict(zip(INPUTS, map(float, row), strict=True)) for row in X_tr], INPUTS, model=NAME, seed=seed)
+    path = out / f"{NAME}.card.json"
+    path.write_text(json.dumps(card, separators=(",", ":")) + "\n")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models"))
@@ -240,6 +250,7 @@ def main() -> None:
         },
     }
     (args.out / f"{NAME}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_card(X_tr, args.out, args.seed)
 
     print(f"samples={args.samples} seed={args.seed} train={len(y_tr)} test={len(y_te)}")
     print(f"held-out accuracy float={acc_float:.4f} int8={acc_int8:.4f}")

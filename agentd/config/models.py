@@ -29,6 +29,9 @@ class OnnxModelConfig(_ModelBase):
     output_name: str | None = None
     threads: int = Field(default=1, ge=1, le=64)
     memory_headroom_mb: float = Field(default=64.0, ge=0)
+    # The statistics of the training inputs (`agentd model card`): inputs outside them fall
+    # back with reason out_of_distribution (stages/card.py). None: no such gate.
+    card: ConfigPath | None = None
 
 
 class DelayModelConfig(_ModelBase):

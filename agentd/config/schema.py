@@ -153,6 +153,9 @@ class StageConfig(_Model):
     map: dict[str, str] = Field(default_factory=dict)
     timeout_ms: float | None = Field(default=None, gt=0)
     shadow: bool = False  # runs on the same events, recorded, never acted on
+    # With a model card: an input scoring above this (1.0: beyond the training data's own
+    # 99th percentile) falls back as out_of_distribution. null: the card is only recorded.
+    max_ood_score: float | None = Field(default=1.0, gt=0)
 
 
 class RuleConfig(_Model):
@@ -174,6 +177,20 @@ class ApprovalConfig(_Model):
     timeout_s: float = Field(default=900.0, gt=0, le=30 * 86400)
     on_timeout: str | None = None
     on_reject: str | None = None
+
+
+UncertainReason = Literal["low_confidence", "out_of_distribution"]
+
+
+class UncertainConfig(_Model):
+    """When the model could not be trusted on an event: which of those cases a human decides."""
+
+    # Fallback reasons that send the decision to a human (while the interim action applies)
+    # when the model's best answer and the rules' answer differ; [] (the default): the rules
+    # decide. (A disagreement goes to a human with `on_disagreement: ask`.)
+    ask: list[UncertainReason] = Field(default_factory=list)
+    # What applies while such a decision waits; null: the rules' answer.
+    interim: str | None = None
 
 
 class HandlerConfig(_Model):
@@ -201,6 +218,21 @@ class SkillConfig(_Model):
     approval: ApprovalConfig = ApprovalConfig()
     handlers: list[HandlerConfig] = Field(default_factory=list)
     max_event_bytes: int = Field(default=65536, ge=64, le=16 * 1024 * 1024)
+    # The rules run on every decision; when an acting model's answer differs from theirs:
+    # model (it stands), rules (they decide), safer (the more severe by `severity`), ask (a human).
+    on_disagreement: Literal["model", "rules", "safer", "ask"] = "model"
+    # The actions from least to most severe (for `safer`, and for what a human is asked about);
+    # default: the order of `actions`.
+    severity: list[str] | None = None
+    uncertain: UncertainConfig = UncertainConfig()
+
+    def severity_of(self, action: str) -> int:
+        """Rank of ``action`` in the severity order (higher is more severe)."""
+        return (self.severity or self.actions).index(action)
+
+    def safer(self, a: str, b: str) -> str:
+        """The more severe of two actions (``a`` on a tie)."""
+        return b if self.severity_of(b) > self.severity_of(a) else a
 
     @model_validator(mode="after")
     def _check(self) -> SkillConfig:
@@ -237,6 +269,9 @@ class SkillConfig(_Model):
             need(getattr(self.approval, key), f"approval.{key}")
         for i, handler in enumerate(self.handlers):
             need(handler.action, f"handlers[{i}].action")
+        if self.severity is not None and sorted(self.severity) != sorted(self.actions):
+            raise ValueError(f"severity must list every action exactly once (actions: {', '.join(self.actions)})")
+        need(self.uncertain.interim, "uncertain.interim")
         return self
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.config.base import MODES
 from agentd.errors import ConfigError, InputError, NotFound
+from agentd.decision.model import ASK_REASONS
 from agentd.state import queries
 
 if TYPE_CHECKING:
@@ -21,6 +22,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def _uncertain(record: dict[str, Any]) -> bool:
+    """Was the decision sent to a human because the model could not be trusted on it?
+
+    Then a rejection or an expiry keeps its interim action (the rules' answer, or the
+    skill's ``uncertain.interim``), not the ``on_reject``/``on_timeout`` meant for a listed action.
+    """
+    return record.get("approval", {}).get("because") in ASK_REASONS
 
 
 class ApprovalMixin:
@@ -60,7 +69,7 @@ class ApprovalMixin:
         current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
         skill = self._skill_or_none(current["skill"])
         interim = current.get("approval", {}).get("interim_action") or current["action"]
-        applied = (skill.approval.on_reject if skill else None) or interim
+        applied = (skill.approval.on_reject if skill and not _uncertain(current) else None) or interim
         record = await self.store.resolve_approval(current["id"], status="rejected", applied_action=applied, by=by, reason=reason)
         if applied != interim:
             self.fleet.add_decision(applied, time.time())
@@ -93,7 +102,7 @@ class ApprovalMixin:
             current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
             skill = self._skill_or_none(current["skill"])
             interim = current.get("approval", {}).get("interim_action") or current["action"]
-            applied = (skill.approval.on_timeout if skill else None) or interim
+            applied = (skill.approval.on_timeout if skill and not _uncertain(current) else None) or interim
             record = await self.store.resolve_approval(decision_id, status="expired", applied_action=applied, by="timeout")
         except NotFound:
             return True  # approved or rejected meanwhile

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from agentd.decision.policy import CircuitBreaker, StageTrace, gate
 from agentd.errors import InputError, ModelError
 from agentd.stages.base import CallHandle, Cancelled, ModelStage
+from agentd.stages.card import Verdict
 
 if TYPE_CHECKING:
     from agentd.config.loader import LoadedConfig
@@ -126,8 +127,23 @@ class CascadeMixin:
         breaker.success()
         trace.answer, trace.confidence, trace.scores = answer.label, answer.confidence, answer.scores
         trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
-        trace.extra = answer.extra
+        trace.extra = dict(answer.extra)
         mapped = stage_cfg.map.get(answer.label, answer.label)
         trace.action = mapped if mapped in skill.actions else None
-        action, outcome = gate(answer, stage_cfg, skill.actions)
+        ood = input_verdict(stage, fields)
+        if ood is not None:
+            trace.extra["ood_score"] = round(ood.score, 4)
+            if ood.field is not None:
+                trace.extra["ood_field"] = ood.field
+        action, outcome = gate(answer, stage_cfg, skill.actions, ood)
         return outcome, action
+
+
+def input_verdict(stage: ModelStage, fields: dict[str, Any]) -> Verdict | None:
+    """How far the event lies from the stage's training inputs, by its card (None without one)."""
+    if stage.card is None:
+        return None
+    try:
+        return stage.card.check(fields)
+    except (KeyError, TypeError, ValueError):  # a field the card needs is not a number: as far out as it gets
+        return Verdict(float("inf"), next((f for f in stage.card.inputs if not isinstance(fields.get(f), int | float)), None))

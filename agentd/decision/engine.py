@@ -250,14 +250,28 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
                 fallback = outcome
 
         rules = self.rules[skill.name]
-        context = make_context({**fields, "skill": skill.name, "node": self.node, "action": action or ""}, self.fleet)
-        rule_name = None
-        rule_errors: list[str] = []
+        context = make_context({**fields, "skill": skill.name, "node": self.node, "action": ""}, self.fleet)
+        # The rules run on every decision: the floor when no model answered, a second opinion when one did.
+        rule, rule_errors = first_match(rules.rules, context)
+        rule_name: str | None = rule.name
+        rules_answer: dict[str, Any] | None = None
+        ask: str | None = None  # why the model could not be trusted here, when a human is to say
         if action is None:
-            rule, rule_errors = first_match(rules.rules, context)
-            action, rule_name = rule.action, rule.name
+            action = rule.action
+            # A model that answered but was not trusted (unsure, or out of its distribution): when its
+            # answer is the more severe, a human is asked about it while the rules' answer applies.
+            unsure = next((t for t in reversed(traces) if t.outcome in skill.uncertain.ask and t.action is not None), None)
+            if unsure is not None and unsure.action and skill.safer(rule.action, unsure.action) != rule.action:
+                ask, action = unsure.outcome, unsure.action
         else:
-            fallback = None
+            fallback, rules_answer = None, {"action": rule.action, "rule": rule.name}
+            rule_name = None
+            if action != rule.action:
+                assert model_info is not None
+                self.counters[f"disagreement:{model_info.name}@{model_info.version}"] += 1
+                ask, action, source, fallback, rule_name = self._disagree(skill, traces[-1], action, rule.action, rule.name)
+                if source == "rules":  # the model's answer is on its stage trace; the record names who decided
+                    model_info, confidence = None, None
 
         guard_name = None
         for g in rules.guards:
@@ -269,11 +283,16 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
                 rule_errors.append(str(exc))
 
         status, approval, expires_at = "decided", None, None
-        if needs_approval(skill, mode, action):
-            interim = interim_action(skill)
+        interim = (skill.uncertain.interim or rule.action) if ask is not None else None
+        if ask is not None and interim == action:
+            ask = None  # what a human would be asked about already applies
+        if needs_approval(skill, mode, action) and (ask is None or mode == "manual"):
+            interim, ask = interim_action(skill), "manual" if mode == "manual" else "action"
+        if ask is not None and interim is not None:
             expires_at = round(wall0 + skill.approval.timeout_s, 6)
-            approval = {"requested_action": action, "interim_action": interim, "status": "pending", "expires_at": expires_at}
+            approval = {"requested_action": action, "interim_action": interim, "status": "pending", "expires_at": expires_at, "because": ask}
             status, action = "pending_approval", interim
+            self.counters[f"asked:{ask}"] += 1
 
         latency_ms = round((time.monotonic() - t0) * 1000, 3)
         hlc = self.clock.now()
@@ -289,6 +308,7 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
                 "models": {n: s.version for n, s in self.stages.items()},
             },
             mode=Mode(mode), origin=origin, inputs=fields, approval=approval, rule_errors=rule_errors,
+            rules_answer=rules_answer,
         )
         record = typed.to_dict()
         record_bytes = canonical(record)
@@ -320,6 +340,23 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
         if mode != "observe":  # while pending, the interim action is in force: its handlers run
             self._run_handlers_for(skill, record)
         return record
+
+    @staticmethod
+    def _disagree(skill: SkillConfig, trace: StageTrace, model_action: str, rules_action: str,
+                  rule_name: str) -> tuple[str | None, str, str, str | None, str | None]:
+        """Resolve an acting model's answer that the rules do not share, by ``skill.on_disagreement``.
+
+        Returns (ask reason, action, source, fallback reason, rule name).
+        """
+        policy = skill.on_disagreement
+        model_safer = skill.safer(rules_action, model_action) != rules_action
+        if policy == "ask" and model_safer:  # a human is asked about the model's answer; the rules' applies meanwhile
+            trace.outcome = "disagreement"
+            return "disagreement", model_action, "rules", "disagreement", rule_name
+        if policy in ("rules", "ask") or (policy == "safer" and not model_safer):
+            trace.outcome = "disagreement"  # answered and passed its gates, but the rules' answer stands
+            return None, rules_action, "rules", "disagreement", rule_name
+        return None, model_action, "model", None, None
 
     def _remember(self, eid: str) -> None:
         self._recent[eid] = None

@@ -36,6 +36,11 @@ class Mode(StrEnum):
     MANUAL = "manual"
 
 
+# Why a decision waits for a human (``approval.because``): a listed action, manual mode, or
+# one of the cases where the model could not be trusted on the event.
+ASK_REASONS = ("low_confidence", "out_of_distribution", "disagreement")
+
+
 @dataclass(frozen=True)
 class ModelRef:
     name: str
@@ -73,6 +78,7 @@ class DecisionRecord:
     late_answer: dict[str, Any] | None = None
     approval: dict[str, Any] | None = None  # present only while or after an approval was needed
     rule_errors: list[str] = field(default_factory=list)  # present only when a rule or guard failed
+    rules_answer: dict[str, Any] | None = None  # the rules' answer beside an acting model's (present only then)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -88,6 +94,8 @@ class DecisionRecord:
             out["approval"] = self.approval
         if self.rule_errors:
             out["rule_errors"] = self.rule_errors[:5]
+        if self.rules_answer is not None:
+            out["rules_answer"] = self.rules_answer
         return out
 
     @classmethod
@@ -102,4 +110,5 @@ class DecisionRecord:
             latency_ms=d["latency_ms"], stages=d["stages"], hlc=d["hlc"], created_at=d["created_at"],
             lifecycle=d["lifecycle"], mode=Mode(d["mode"]), origin=d["origin"], inputs=d["inputs"],
             late_answer=d["late_answer"], approval=d.get("approval"), rule_errors=list(d.get("rule_errors", [])),
+            rules_answer=d.get("rules_answer"),
         )

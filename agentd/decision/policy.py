@@ -11,20 +11,24 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from agentd.config.schema import SkillConfig, StageConfig
     from agentd.stages.base import StageAnswer
+    from agentd.stages.card import Verdict
 
 
 ACCEPTED = "accepted"
 
 
-def gate(answer: StageAnswer, stage: StageConfig, actions: list[str]) -> tuple[str | None, str]:
-    """Map a model answer to an action and apply the confidence gate.
+def gate(answer: StageAnswer, stage: StageConfig, actions: list[str], ood: Verdict | None = None) -> tuple[str | None, str]:
+    """Map a model answer to an action and apply the stage's gates.
 
     Returns ``(action, "accepted")`` or ``(None, reason)`` with reason ``invalid_output``
-    (the label maps to no allowed action) or ``low_confidence``.
+    (the label maps to no allowed action), ``out_of_distribution`` (the input lies outside
+    what the model was trained on, by its card) or ``low_confidence``.
     """
     action = stage.map.get(answer.label, answer.label)
     if action not in actions:
         return None, "invalid_output"
+    if ood is not None and stage.max_ood_score is not None and ood.outside(stage.max_ood_score):
+        return None, "out_of_distribution"
     if not (answer.confidence >= stage.min_confidence):  # NaN fails too
         return None, "low_confidence"
     return action, ACCEPTED

@@ -20,9 +20,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentd.errors import ModelError
+
+if TYPE_CHECKING:
+    from agentd.stages.card import InputCard
 
 
 @dataclass(slots=True)
@@ -58,6 +61,7 @@ class ModelStage(ABC):
     version: str
     sha256: str | None
     labels: tuple[str, ...]
+    card: InputCard | None = None  # the training inputs' statistics, for the out-of-distribution gate
 
     @property
     def available(self) -> bool:

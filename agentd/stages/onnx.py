@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.errors import ModelError
 from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage, softmax_top
+from agentd.stages.card import InputCard
 from agentd.stages.loading import check_memory, verify_file
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class OnnxStage(ThreadedStage):
         self.output_name = cfg.output_name or self._find_prob_output(len(cfg.labels))
         self._row = np.zeros((1, len(self._fields)), dtype=np.float32)
         self._running: Any = None
+        if cfg.card is not None:
+            self.card = InputCard.load(Path(cfg.card), cfg.inputs)
 
     def _find_prob_output(self, n: int) -> str:
         for out in self._session.get_outputs():

@@ -24,10 +24,12 @@ ROOT = "agentd/v1/it/nodes/it-node"
 class Subscriber:
     """A plain paho client collecting every message under the node's topics."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, client_id: str | None = None) -> None:
+        """``client_id``: a persistent session (clean_session false) under that id, else a fresh one."""
         self.messages: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}-{time.monotonic_ns()}")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{port}-{time.monotonic_ns()}",
+                                  clean_session=client_id is None)
         self.client.on_message = lambda c, u, m: self._add(m.topic, m.payload)
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(f"{ROOT}/#", qos=1)
@@ -139,21 +141,29 @@ def test_bad_event_payloads_are_refused_and_the_node_lives(tmp_path: Path, broke
         sub.close()
 
 
-def test_broker_down_node_decides_on_and_delivers_everything_after(tmp_path: Path, broker: Broker) -> None:
-    sub = Subscriber(broker.port)
+def test_broker_down_node_decides_on_and_delivers_everything_after(tmp_path: Path) -> None:
+    # The subscriber's session (and its subscription) is persisted by the broker, so a node that
+    # reconnects before the test's subscriber does still delivers to it: no race on who is first.
+    (tmp_path / "mq").mkdir()
+    broker = Broker(folder=tmp_path, extra=f"persistence true\npersistence_location {tmp_path / 'mq'}/\nautosave_interval 1\n").start()
+    sub = Subscriber(broker.port, client_id="test-sub-persistent")
     node = _node(tmp_path, broker.port)
     try:
         for i in range(20):
             assert node.request({"op": "submit", "skill": "freezer_health", "data": EVENT, "id": f"a-{i}"})["ok"]
         sub.wait(20)
         sub.close()
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "mq" / "mosquitto.db").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the autosave that holds the subscriber's session
+        time.sleep(1.5)
         broker.stop()  # killed mid-stream
         for i in range(30):  # offline first: the node keeps deciding
             assert node.request({"op": "submit", "skill": "freezer_health", "data": EVENT, "id": f"b-{i}"})["ok"]
         depth = json.loads(cli(node.config_path, "status", "--json").stdout)["outbox_depth"]
         assert depth >= 30
-        broker.start()  # same port
-        sub = Subscriber(broker.port)
+        broker.start()  # same port, same persisted sessions
+        sub = Subscriber(broker.port, client_id="test-sub-persistent")
         got = sub.wait(30, timeout=60)  # the node reconnects with back-off and drains its outbox
         events = [d["body"]["event_id"] for d in got]
         assert sorted(e for e in events if e.startswith("b-")) == sorted(f"b-{i}" for i in range(30))
@@ -169,3 +179,4 @@ def test_broker_down_node_decides_on_and_delivers_everything_after(tmp_path: Pat
     finally:
         node.stop()
         sub.close()
+        broker.stop()

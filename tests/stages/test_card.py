@@ -1,0 +1,77 @@
+"""The input card (agentd.stages.card): built from training rows, it scores new inputs."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from agentd.errors import ModelError
+from agentd.stages.card import InputCard, Verdict, build_card
+
+INPUTS = ["temperature_c", "door_open_s"]
+
+
+def two_clusters(n: int, seed: int = 1) -> list[dict[str, float]]:
+    """A cold closed box and a warmer one with the door open: two clusters, as a classifier's classes make."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        if i % 2:
+            rows.append({"temperature_c": rng.gauss(-20, 0.8), "door_open_s": abs(rng.gauss(5, 3))})
+        else:
+            rows.append({"temperature_c": rng.gauss(-8, 1.0), "door_open_s": rng.gauss(400, 40)})
+    return rows
+
+
+def test_training_rows_score_inside_and_far_inputs_outside() -> None:
+    rows = two_clusters(1000)
+    card = InputCard(build_card(rows, INPUTS, quantile=0.99))
+    fresh = two_clusters(400, seed=2)
+    inside = sum(not card.check(r).outside(1.0) for r in fresh)
+    assert inside >= 0.95 * len(fresh)  # the threshold is the training rows' own 99th percentile
+    # Between the clusters, within every field's range: only the joint score can tell.
+    between = card.check({"temperature_c": -14.0, "door_open_s": 200.0})
+    assert between.field is None and between.score > 1.0
+    # Beyond a field's training range: out whatever the joint score says, and the field is named.
+    hot = card.check({"temperature_c": 30.0, "door_open_s": 5.0})
+    assert hot.field == "temperature_c" and hot.outside(1.0)
+
+
+def test_verdict_outside_treats_nan_as_out() -> None:
+    assert Verdict(float("nan")).outside(1.0)
+    assert not Verdict(0.5).outside(1.0)
+    assert Verdict(0.5, "x").outside(1.0)
+
+
+def test_card_round_trips_through_a_file_and_checks_the_inputs(tmp_path: Path) -> None:
+    path = tmp_path / "m.card.json"
+    path.write_text(json.dumps(build_card(two_clusters(200), INPUTS, model="m")))
+    card = InputCard.load(path, INPUTS)
+    assert card.inputs == tuple(INPUTS) and card.samples == 200
+    with pytest.raises(ModelError, match="describes inputs"):
+        InputCard.load(path, ["door_open_s", "temperature_c"])
+    path.write_text('{"kind": "something else"}')
+    with pytest.raises(ModelError, match="not a valid input card"):
+        InputCard.load(path, INPUTS)
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        ([{"temperature_c": 1.0, "door_open_s": 2.0}] * 5, "at least"),
+        ([{"temperature_c": 1.0}] * 50, "no field 'door_open_s'"),
+        ([{"temperature_c": "warm", "door_open_s": 1.0}] * 50, "non-numeric"),
+        ([{"temperature_c": float("nan"), "door_open_s": 1.0}] * 50, "NaN"),
+    ],
+)
+def test_build_card_refuses_unusable_training_data(rows: list[dict[str, object]], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_card(rows, INPUTS)  # type: ignore[arg-type]
+
+
+def test_reference_rows_are_capped() -> None:
+    card = build_card(two_clusters(3000), INPUTS)
+    assert card["samples"] == 3000 and len(card["joint"]["points"]) == 2000
