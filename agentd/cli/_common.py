@@ -56,6 +56,16 @@ def _json_or(as_json: bool, obj: Any) -> bool:
     return as_json
 
 
+def _list(
+    config_path: Path | None, as_json: bool, query: Callable[..., list[dict[str, Any]]], *,
+    what: str, columns: list[str], row: Callable[[dict[str, Any]], Iterable[Any]],
+) -> None:
+    """The rows of ``query`` on the node's database: as JSON with --json, else a table titled "N <what>"."""
+    rows = _query(config_path, query)
+    if not _json_or(as_json, rows):
+        _table(f"{len(rows)} {what}", columns, (row(r) for r in rows))
+
+
 def _emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 

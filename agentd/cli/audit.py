@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from agentd.errors import AgentdError, InputError
-
-if TYPE_CHECKING:
-    pass
 from agentd.cli._common import _emit_json, _load, config_option, json_option, main
+from agentd.errors import AgentdError, InputError
 
 
 @main.group()

@@ -5,22 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from agentd.errors import AgentdError
-
-if TYPE_CHECKING:
-    pass
 from agentd.cli._common import (
     _emit_json,
     _find,
     _json_or,
+    _list,
     _load,
     _parse_json_arg,
     _print_decision,
-    _query,
     _table,
     _ts,
     _width,
@@ -29,6 +25,7 @@ from agentd.cli._common import (
     json_option,
     main,
 )
+from agentd.errors import AgentdError
 
 
 @main.command()
@@ -81,7 +78,8 @@ def submit(config_path: Path | None, as_json: bool, skill: str, data: str, event
 @click.option("--release", default=None, help="Lifecycle release.")
 @click.option("--status", type=click.Choice(["decided", "pending_approval", "approved", "rejected", "expired"]), default=None)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
-def decisions(config_path: Path | None, as_json: bool, limit: int, **filters: str | None) -> None:
+def decisions(config_path: Path | None, as_json: bool, limit: int, skill: str | None, source: str | None,
+              stage: str | None, release: str | None, status: str | None) -> None:
     """Recent decisions, newest first.
 
     Example: agentd decisions --skill freezer_health --source rules --limit 50
@@ -91,7 +89,7 @@ def decisions(config_path: Path | None, as_json: bool, limit: int, **filters: st
 
     loaded = _load(config_path)
     conn = queries.open_readonly(loaded.config.data_dir)
-    rows = queries.list_decisions(conn, limit=limit, **filters)
+    rows = queries.list_decisions(conn, queries.DecisionFilter(skill=skill, source=source, stage=stage, release=release, status=status), limit=limit)
     if _json_or(as_json, rows):
         return
     wide = _width() >= 140
@@ -175,11 +173,9 @@ def approvals(config_path: Path | None, as_json: bool) -> None:
     """Decisions waiting for a human."""
     from agentd.state import queries
 
-    rows = _query(config_path, queries.pending_approvals)
-    if _json_or(as_json, rows):
-        return
-    _table(f"{len(rows)} pending approval(s)", ["decision", "requested", "in force", "expires"],
-           ((r["decision_id"][:12], r["requested_action"], r["interim_action"], _ts(r["expires_at"])[11:]) for r in rows))
+    _list(config_path, as_json, queries.pending_approvals, what="pending approval(s)",
+          columns=["decision", "requested", "in force", "expires"],
+          row=lambda r: (r["decision_id"][:12], r["requested_action"], r["interim_action"], _ts(r["expires_at"])[11:]))
 
 
 @main.command()

@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from agentd.cli._common import _emit_json, _load, _parse_json_arg, config_option, json_option, main
 from agentd.control.registry import COMMANDS, REGISTRY
 from agentd.errors import InputError
-
-if TYPE_CHECKING:
-    pass
-from agentd.cli._common import _emit_json, _load, _parse_json_arg, config_option, json_option, main
 
 
 @main.group()

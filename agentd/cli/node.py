@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from agentd.cli._common import _emit_json, _json_or, _list, _load, _query, _table, _ts, config_option, json_option, main
 from agentd.errors import AgentdError, InputError
-
-if TYPE_CHECKING:
-    pass
-from agentd.cli._common import _emit_json, _json_or, _load, _query, _table, _ts, config_option, json_option, main
 
 
 @main.command()
@@ -114,13 +110,12 @@ def peers(config_path: Path | None, as_json: bool) -> None:
 
     from agentd.state import queries
 
-    rows = _query(config_path, queries.list_peers)
-    if _json_or(as_json, rows):
-        return
     now = time.time()
-    _table(f"{len(rows)} peer(s)", ["node", "status", "last seen", "ago s", "decisions", "key"],
-           ((r["node"], r["status"], _ts(r["last_seen"]) if r["last_seen"] else "", f"{now - r['last_seen']:.0f}" if r["last_seen"] else "",
-             r["decisions"], ("learned " if r["learned"] else "configured ") + str(r["public_key"] or "")[:12]) for r in rows))
+    _list(config_path, as_json, queries.list_peers, what="peer(s)",
+          columns=["node", "status", "last seen", "ago s", "decisions", "key"],
+          row=lambda r: (r["node"], r["status"], _ts(r["last_seen"]) if r["last_seen"] else "",
+                         f"{now - r['last_seen']:.0f}" if r["last_seen"] else "", r["decisions"],
+                         ("learned " if r["learned"] else "configured ") + str(r["public_key"] or "")[:12]))
 
 
 @main.command("fleet-state")

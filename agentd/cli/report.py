@@ -40,7 +40,7 @@ def register(group: click.Group, cli: ModuleType) -> None:
         loaded = cli._load(config_path)
         conn = queries.open_readonly(loaded.config.data_dir)
         since = time.time() - hours * 3600 if hours else None
-        rows = reports.report(conn, skill=skill, since=since, stage=stage, release=release)
+        rows = reports.report(conn, queries.DecisionFilter(skill=skill, since=since, stage=stage, release=release))
         if as_json:
             cli._emit_json({"stages": rows})
             return

@@ -169,7 +169,7 @@ def _snapshot(node: DemoNode, request_skill: str | None = None) -> dict[str, Any
         ).fetchall())
         recent = queries.list_decisions(conn, limit=3)
         if request_skill is not None:  # the rare LLM decision would scroll away among the freezer ones
-            latest = queries.list_decisions(conn, skill=request_skill, limit=1)
+            latest = queries.list_decisions(conn, queries.DecisionFilter(skill=request_skill), limit=1)
             recent = latest + [d for d in recent if d["id"] not in {x["id"] for x in latest}]
     except Exception:  # a node may be mid-migration at start-up
         return {"name": node.name, "up": False}

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,28 +61,37 @@ def find_by_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | N
     return None if row is None else _decision(row)
 
 
-def list_decisions(
-    conn: sqlite3.Connection,
-    *,
-    skill: str | None = None,
-    source: str | None = None,
-    stage: str | None = None,
-    release: str | None = None,
-    status: str | None = None,
-    limit: int = 20,
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class DecisionFilter:
+    """Which decisions a read covers: every field that is set must match (``since`` bounds ``created_at``)."""
+
+    skill: str | None = None
+    source: str | None = None
+    stage: str | None = None
+    release: str | None = None
+    status: str | None = None
+    since: float | None = None
+
+    def where(self, *, stage_column: str = "stage") -> tuple[str, list[Any]]:
+        """The SQL condition (``"1=1"`` when nothing is set) and its arguments.
+
+        ``stage_column`` names the lifecycle stage column of a table other than ``decisions``.
+        """
+        equal = (("skill", self.skill), ("source", self.source), (stage_column, self.stage),
+                 ("release", self.release), ("status", self.status))
+        where = [f"{column} = ?" for column, value in equal if value is not None]
+        args: list[Any] = [value for _, value in equal if value is not None]
+        if self.since is not None:
+            where.append("created_at >= ?")
+            args.append(self.since)
+        return " AND ".join(where) or "1=1", args
+
+
+def list_decisions(conn: sqlite3.Connection, filters: DecisionFilter | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
     """The newest decisions, filtered."""
-    where, args = [], []
-    for column, value in (("skill", skill), ("source", source), ("stage", stage), ("release", release), ("status", status)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    sql = "SELECT record, late_answer FROM decisions"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
-    args.append(str(max(1, min(limit, 10_000))))
-    return [_decision(r) for r in conn.execute(sql, args)]
+    where, args = (filters or DecisionFilter()).where()
+    sql = f"SELECT record, late_answer FROM decisions WHERE {where} ORDER BY created_at DESC, rowid DESC LIMIT ?"
+    return [_decision(r) for r in conn.execute(sql, (*args, max(1, min(limit, 10_000))))]
 
 
 def audit_for(conn: sqlite3.Connection, ref: str) -> list[dict[str, Any]]:

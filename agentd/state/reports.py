@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from agentd.state.queries import DecisionFilter
 from agentd.stats import percentile
 
 
@@ -49,21 +50,17 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(percentile(values, q * 100), 4) if values else None
 
 
-def report(
-    conn: sqlite3.Connection,
-    *,
-    skill: str | None = None,
-    since: float | None = None,
-    stage: str | None = None,
-    release: str | None = None,
-    limit: int = 50_000,
-) -> list[dict[str, Any]]:
+def report(conn: sqlite3.Connection, filters: DecisionFilter | None = None, *, limit: int = 50_000) -> list[dict[str, Any]]:
     """One row per (skill, model, version, role, lifecycle stage, release), newest decisions first.
 
     ``agreement`` is the share of *answered* calls whose action equals the acted one (read
     it with ``answered`` / ``calls``); ``confidence`` and ``latency_ms`` give p10/p50/p90 and
-    p50/p99. ``stage`` and ``release`` filter on the lifecycle stamped on each decision.
+    p50/p99. ``filters`` takes skill, since and the lifecycle stage and release stamped on
+    each decision (shadow answers have no source or status to filter on).
     """
+    filters = filters or DecisionFilter()
+    if filters.source is not None or filters.status is not None:
+        raise ValueError("the stage report filters on skill, since, stage and release only")
     groups: dict[tuple[str, ...], dict[str, Any]] = defaultdict(
         lambda: {"outcomes": Counter(), "conf": [], "lat": [], "answered": 0, "agreed": 0}
     )
@@ -78,25 +75,16 @@ def report(
         if lat is not None:
             g["lat"].append(lat)
 
-    # the same filters on both tables, whose lifecycle columns are named differently
-    shadow_where, decision_where = ["1=1"], ["1=1"]
-    args: list[Any] = []
-    for shadow_col, decision_col, value in (("skill", "skill", skill), ("lifecycle_stage", "stage", stage), ("release", "release", release)):
-        if value is not None:
-            shadow_where.append(f"{shadow_col} = ?")
-            decision_where.append(f"{decision_col} = ?")
-            args.append(value)
-    if since is not None:
-        shadow_where.append("created_at >= ?")
-        decision_where.append("created_at >= ?")
-        args.append(since)
+    # the same filters on both tables, whose lifecycle stage columns are named differently
+    shadow_where, args = filters.where(stage_column="lifecycle_stage")
+    decision_where, _ = filters.where()
     for row in conn.execute(
         f"SELECT skill, model, version, lifecycle_stage, release, outcome, action, acted_action, confidence, latency_ms"
-        f" FROM shadow_answers WHERE {' AND '.join(shadow_where)} ORDER BY created_at DESC LIMIT ?", (*args, limit)
+        f" FROM shadow_answers WHERE {shadow_where} ORDER BY created_at DESC LIMIT ?", (*args, limit)
     ):
         sk, model, version, stage, release, outcome, action, acted, conf, lat = row
         add((sk, model, version, "shadow", stage, release), outcome, action, acted, conf, lat)
-    decisions = f"SELECT record FROM decisions WHERE {' AND '.join(decision_where)} ORDER BY created_at DESC LIMIT ?"
+    decisions = f"SELECT record FROM decisions WHERE {decision_where} ORDER BY created_at DESC LIMIT ?"
     for (raw,) in conn.execute(decisions, (*args, limit)):
         rec = json.loads(raw)
         life = rec.get("lifecycle") or {}
