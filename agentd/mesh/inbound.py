@@ -1,8 +1,8 @@
-"""Inbound MQTT messages: the event payload and the topics a node subscribes to."""
+"""Inbound MQTT messages: the topics a node subscribes to, what each topic it receives is, the event payload."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from agentd.errors import Rejected
 from agentd.mesh.topics import topic
@@ -48,3 +48,35 @@ def subscriptions(cfg: Config, *, commands: bool = True) -> list[str]:
     if commands:
         topics += [topic(fleet, "cmd", node), topic(fleet, "cmd", "all")]
     return topics
+
+
+class Route(NamedTuple):
+    """What an inbound topic is: an ``event`` for skill ``name``, a ``command``, or a ``peer`` message of ``kind`` from node ``name``."""
+
+    path: Literal["event", "command", "peer"]
+    name: str = ""
+    kind: str = ""
+
+
+class Router:
+    """Classifies the topics one node receives (the filters of ``subscriptions``) by plain string tests."""
+
+    def __init__(self, *, fleet: str, node: str) -> None:
+        self._node = node
+        self._events = topic(fleet, "nodes", node, "events") + "/"
+        self._peers = topic(fleet, "nodes") + "/"
+        self._gossip = topic(fleet, "gossip") + "/"
+        self._commands = (topic(fleet, "cmd", node), topic(fleet, "cmd", "all"))
+
+    def route(self, name: str) -> Route | None:
+        """The route of topic ``name``; None for one that is not for this node (its own decisions, say)."""
+        if name.startswith(self._events):
+            return Route("event", name[len(self._events):])
+        if name in self._commands:
+            return Route("command")
+        parts = name[len(self._peers):].split("/") if name.startswith(self._peers) else []
+        if name.startswith(self._gossip) and name[len(self._gossip):] != self._node:
+            parts = [name[len(self._gossip):], "gossip"]
+        if len(parts) == 2 and parts[0] != self._node and parts[1] in ("decisions", "status", "gossip"):
+            return Route("peer", parts[0], parts[1])
+        return None

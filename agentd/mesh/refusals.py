@@ -10,11 +10,16 @@ reply and no log line beyond one per reason per minute.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from agentd.errors import InputError
+
+log = logging.getLogger(__name__)
 MAX_SENDERS = 5  # senders named per summary (the most frequent)
 LOG_EVERY_S = 60.0
 
@@ -61,6 +66,12 @@ class RefusalTally:
             self._logged[key] = now
             return True
         return False
+
+    def refused(self, path: str, sender: str, exc: InputError) -> None:
+        """Count a refused message by path and reason; log the first of each kind a minute."""
+        if self.add(path, exc.reason, sender=sender, detail=str(exc)):
+            log.warning("refused a %s message from %s: %s: %s (further ones this minute are only counted)",
+                        path, sender[:120], exc.reason, exc)
 
     def take(self) -> list[dict[str, Any]]:
         """One summary per ``path.reason`` refused since the last call, and start a new interval."""
