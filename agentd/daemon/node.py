@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from agentd import __version__
 from agentd.config.loader import LoadedConfig, load_config
-from agentd.daemon import logs
+from agentd.daemon import housekeeping, logs
 from agentd.daemon.commands import NodeCommands
 from agentd.daemon.fleet_commands import FleetCommands
 from agentd.daemon.metrics import NodeMetrics
@@ -106,8 +106,8 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                tg.create_task(self._watchdog(), name="watchdog")
-                tg.create_task(self._housekeeping(), name="housekeeping")
+                tg.create_task(housekeeping.watchdog(self), name="watchdog")
+                tg.create_task(housekeeping.housekeeping(self), name="housekeeping")
                 tg.create_task(self._reloader(), name="reloader")
                 tg.create_task(self._simulator(), name="simulator")
                 if cfg.mqtt.enabled:
@@ -136,7 +136,7 @@ class Daemon:
                     await self._idle.wait()
                     await self.engine.store.flush()
             with contextlib.suppress(Exception):
-                await self._audit_refusals()
+                await self.audit_refusals()
                 await self.engine.store.audit("stop", {"reason": "signal", "inflight": self._inflight})
                 await self.engine.store.checkpoint()  # a clean stop leaves the whole chain under a signature
             await self.engine.__aexit__(None, None, None)
@@ -151,7 +151,7 @@ class Daemon:
             self.notifier.close()
             log.info("stopped")
 
-    async def _audit_refusals(self) -> None:
+    async def audit_refusals(self) -> None:
         """One audit record per path and reason refused since the last call (a flood costs a few records)."""
         for summary in self.refusals.take():
             await self.current_engine().store.audit("input_refused", summary)
@@ -210,51 +210,6 @@ class Daemon:
             await store.__aexit__(None, None, None)
 
     # -- background tasks -----------------------------------------------------
-
-    async def _watchdog(self) -> None:
-        interval = self.loaded.config.daemon.watchdog_interval_s
-        if self.notifier.watchdog_s:
-            interval = min(interval, self.notifier.watchdog_s / 2)
-        while True:
-            t = time.monotonic()
-            await asyncio.sleep(interval)
-            lag = time.monotonic() - t - interval
-            # Only a loop that keeps turning pets the watchdog; a blocked loop lets systemd restart us.
-            if lag < interval:
-                self.notifier.send("WATCHDOG=1")
-            else:
-                log.warning("event loop lagged %.3f s", lag)
-
-    async def _housekeeping(self) -> None:
-        st = self.loaded.config.state
-        next_prune = time.monotonic() + 5.0
-        next_checkpoint = time.monotonic() + st.checkpoint_interval_s
-        next_summary = time.monotonic() + self.loaded.config.mesh.refusal_summary_s
-        while True:
-            await asyncio.sleep(min(st.checkpoint_interval_s, 5.0))
-            await self._gate.wait()  # not while a reload swaps the engine
-            engine = self.engine
-            if engine is None:
-                continue
-            try:
-                if time.monotonic() >= next_summary:
-                    next_summary = time.monotonic() + self.loaded.config.mesh.refusal_summary_s
-                    await self._audit_refusals()
-                if time.monotonic() >= next_checkpoint:
-                    await engine.store.checkpoint()
-                    next_checkpoint = time.monotonic() + st.checkpoint_interval_s
-                if time.monotonic() >= next_prune:
-                    r = st.retention
-                    result = await engine.store.prune(
-                        max_age_s=r.max_age_days * 86400, max_db_bytes=int(r.max_db_mb * 2**20),
-                        outbox_max_rows=r.outbox_max_rows, min_keep_s=r.min_keep_hours * 3600,
-                    )
-                    if any(result.values()):
-                        log.info("retention: %s", result)
-                    next_prune = time.monotonic() + r.interval_s
-                self.notifier.send(f"STATUS=deciding; mode {engine.mode}; {sum(v for k, v in engine.counters.items() if k.startswith('source:'))} decisions")
-            except AgentdError as exc:
-                log.error("housekeeping failed: %s", exc)
 
     async def _reloader(self) -> None:
         while True:
@@ -361,12 +316,9 @@ class Daemon:
             if self._inflight == 0:
                 self._idle.set()
 
-    # -- local socket API ----------------------------------------------------
-
 
 class _Shutdown(Exception):
     pass
-
 
 
 def lock_data_dir(data_dir: Path) -> TextIO:
@@ -392,6 +344,7 @@ def lock_data_dir(data_dir: Path) -> TextIO:
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     return fh
+
 
 def run_daemon(config_path: Path) -> None:
     """`agentd run`: load and validate the config, then run until stopped."""
