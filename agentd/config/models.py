@@ -116,6 +116,48 @@ class LlamaModelConfig(_ModelBase):
         return self
 
 
+class TextExample(_Model):
+    """One labelled example of a text stage: a text and the label it stands for."""
+
+    text: str = Field(min_length=1, max_length=2000)
+    label: str = Field(min_length=1, max_length=64)
+
+
+class EmbeddingModelConfig(_ModelBase):
+    """Text classified by its similarity to labelled examples (a sentence-embedding ONNX model).
+
+    The answer is the label whose nearest examples are most similar; its confidence a
+    softmax over the labels' similarities; its out-of-distribution score how far the text
+    is from every example (above 1: the nearest example is less similar than
+    ``min_similarity``).
+    """
+
+    backend: Literal["embedding"]
+    path: ConfigPath
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tokenizer: ConfigPath  # the model's tokenizer.json (Hugging Face tokenizers)
+    tokenizer_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    fields: list[str] = Field(min_length=1, max_length=8)  # the text fields read, joined by " / "
+    examples: list[TextExample] = Field(min_length=2, max_length=10_000)
+    max_tokens: int = Field(default=128, ge=8, le=512)
+    k: int = Field(default=3, ge=1, le=50)  # a label's similarity: the mean of its k most similar examples
+    temperature: float = Field(default=0.05, gt=0, le=10)
+    min_similarity: float = Field(default=0.35, ge=-1, lt=1)
+    threads: int = Field(default=1, ge=1, le=64)
+    memory_headroom_mb: float = Field(default=64.0, ge=0)
+
+    @property
+    def labels(self) -> list[str]:
+        """The examples' labels, in order of first appearance."""
+        return list(dict.fromkeys(e.label for e in self.examples))
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbeddingModelConfig:
+        if len(self.labels) < 2:
+            raise ValueError("examples must cover at least two labels")
+        return self
+
+
 ModelConfig = Annotated[
-    OnnxModelConfig | DelayModelConfig | LlamaModelConfig, Field(discriminator="backend")
+    OnnxModelConfig | DelayModelConfig | LlamaModelConfig | EmbeddingModelConfig, Field(discriminator="backend")
 ]

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from agentd.config.base import ConfigPath, Name, _Model
-from agentd.config.models import DelayModelConfig, LlamaModelConfig, ModelConfig, OnnxModelConfig
+from agentd.config.models import DelayModelConfig, EmbeddingModelConfig, LlamaModelConfig, ModelConfig, OnnxModelConfig
 from agentd.errors import ConfigError
 
 
@@ -189,6 +189,9 @@ class UncertainConfig(_Model):
     # when the model's best answer and the rules' answer differ; [] (the default): the rules
     # decide. (A disagreement goes to a human with `on_disagreement: ask`.)
     ask: list[UncertainReason] = Field(default_factory=list)
+    # Only an unsure answer among these actions is worth a human's time (e.g. [escalate]);
+    # null: any answer more severe than the rules'.
+    actions: list[str] | None = None
     # What applies while such a decision waits; null: the rules' answer.
     interim: str | None = None
 
@@ -272,6 +275,8 @@ class SkillConfig(_Model):
         if self.severity is not None and sorted(self.severity) != sorted(self.actions):
             raise ValueError(f"severity must list every action exactly once (actions: {', '.join(self.actions)})")
         need(self.uncertain.interim, "uncertain.interim")
+        for a in self.uncertain.actions or ():
+            need(a, "uncertain.actions")
         return self
 
 
@@ -332,8 +337,9 @@ class Config(_Model):
                         " also uses; they would share one worker (declare the shadow's own model, e.g. the canary version)"
                     )
                 model = next(m for m in self.models if m.name == stage.model)
-                if isinstance(model, LlamaModelConfig) and model.prompt.fields is not None:
-                    missing = [f for f in model.prompt.fields if f not in skill.input]
+                read = model.prompt.fields if isinstance(model, LlamaModelConfig) else model.fields if isinstance(model, EmbeddingModelConfig) else None
+                if read is not None:
+                    missing = [f for f in read if f not in skill.input]
                     if missing:
                         raise ValueError(
                             f"skill {skill.name!r}: model {model.name!r} puts field(s) {', '.join(missing)} in its prompt,"
@@ -357,7 +363,7 @@ class Config(_Model):
                 return s
         raise ConfigError(f"unknown skill {name!r} (known: {', '.join(s.name for s in self.skills)})")
 
-    def model(self, name: str) -> OnnxModelConfig | DelayModelConfig | LlamaModelConfig:
+    def model(self, name: str) -> OnnxModelConfig | DelayModelConfig | LlamaModelConfig | EmbeddingModelConfig:
         """The model called ``name``."""
         for m in self.models:
             if m.name == name:
@@ -377,5 +383,5 @@ class Config(_Model):
 
 
 _MODEL_BY_TAG: dict[str, type[BaseModel]] = {
-    "onnx": OnnxModelConfig, "delay": DelayModelConfig, "llama_cpp": LlamaModelConfig,
+    "onnx": OnnxModelConfig, "delay": DelayModelConfig, "llama_cpp": LlamaModelConfig, "embedding": EmbeddingModelConfig,
 }

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from agentd.config.schema import SkillConfig
 
-NOTES = ("", "", "", "routine check", "door left ajar by forklift", "ice on the evaporator", "compressor noisy", "")
+# What staff write on a reading of each condition (often nothing). Notes follow the condition,
+# as a person's would: earlier versions picked one of these at random whatever the reading,
+# which taught nothing and made a note-reading stage look wrong where the note was.
+NOTES = {
+    "normal": ("", "", "", "routine check", "", "all fine", "", ""),
+    "door_open": ("", "", "door left ajar by forklift", "", "door found open", "", "", ""),
+    "icing": ("", "ice on the evaporator", "", "", "frost on the coil", "", "", ""),
+    "failure": ("", "compressor noisy", "", "", "", "compressor not starting", "", ""),
+}
 
 
 def freezer_event(rng: random.Random) -> dict[str, float | str]:
@@ -27,7 +35,7 @@ def freezer_reading(rng: random.Random) -> tuple[str, dict[str, float | str]]:
         t, d, a = rng.gauss(-15, 2), max(0.0, rng.gauss(5, 5)), rng.uniform(7.5, 10)
     else:
         t, d, a = rng.uniform(-8, 5), max(0.0, rng.gauss(5, 5)), rng.choice((rng.uniform(0, 0.4), rng.uniform(11, 14)))
-    return kind, {"temperature_c": round(t, 2), "door_open_s": round(d, 1), "compressor_a": round(max(0.0, a), 2), "note": rng.choice(NOTES)}
+    return kind, {"temperature_c": round(t, 2), "door_open_s": round(d, 1), "compressor_a": round(max(0.0, a), 2), "note": rng.choice(NOTES[kind])}
 
 
 def event_for(skill: SkillConfig, rng: random.Random) -> dict[str, Any]:

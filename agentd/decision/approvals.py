@@ -10,8 +10,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agentd.config.base import MODES
-from agentd.errors import ConfigError, InputError, NotFound
 from agentd.decision.model import ASK_REASONS
+from agentd.errors import ConfigError, InputError, NotFound
 from agentd.state import queries
 
 if TYPE_CHECKING:

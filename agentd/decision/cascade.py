@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.decision.policy import CircuitBreaker, StageTrace, gate
 from agentd.errors import InputError, ModelError
-from agentd.stages.base import CallHandle, Cancelled, ModelStage
+from agentd.stages.base import CallHandle, Cancelled, ModelStage, StageAnswer
 from agentd.stages.card import Verdict
 
 if TYPE_CHECKING:
@@ -99,6 +99,8 @@ class CascadeMixin:
             return "timeout", None
         if stage.expected_wait_s() > budget:
             return "overloaded", None
+        if stage.abstains(fields):
+            return "abstained", None
         if not breaker.allow(now):
             return "circuit_open", None
         t = time.monotonic()
@@ -130,7 +132,7 @@ class CascadeMixin:
         trace.extra = dict(answer.extra)
         mapped = stage_cfg.map.get(answer.label, answer.label)
         trace.action = mapped if mapped in skill.actions else None
-        ood = input_verdict(stage, fields)
+        ood = input_verdict(stage, fields, answer)
         if ood is not None:
             trace.extra["ood_score"] = round(ood.score, 4)
             if ood.field is not None:
@@ -139,10 +141,12 @@ class CascadeMixin:
         return outcome, action
 
 
-def input_verdict(stage: ModelStage, fields: dict[str, Any]) -> Verdict | None:
-    """How far the event lies from the stage's training inputs, by its card (None without one)."""
+def input_verdict(stage: ModelStage, fields: dict[str, Any], answer: StageAnswer | None = None) -> Verdict | None:
+    """How far the event lies from what the stage knows: by its card, else by the score its answer
+    carries (a text stage's distance to its examples); None when neither says."""
     if stage.card is None:
-        return None
+        score = answer.extra.get("ood_score") if answer is not None else None
+        return Verdict(float(score)) if isinstance(score, int | float) else None
     try:
         return stage.card.check(fields)
     except (KeyError, TypeError, ValueError):  # a field the card needs is not a number: as far out as it gets

@@ -247,7 +247,8 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
                     stage = self.stages[model_name]
                     model_info = ModelRef(stage.name, stage.version, stage.sha256)
                     break
-                fallback = outcome
+                if outcome != "abstained" or fallback is None:  # a stage with nothing to read says least
+                    fallback = outcome
 
         rules = self.rules[skill.name]
         context = make_context({**fields, "skill": skill.name, "node": self.node, "action": ""}, self.fleet)
@@ -258,11 +259,14 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
         ask: str | None = None  # why the model could not be trusted here, when a human is to say
         if action is None:
             action = rule.action
-            # A model that answered but was not trusted (unsure, or out of its distribution): when its
-            # answer is the more severe, a human is asked about it while the rules' answer applies.
-            unsure = next((t for t in reversed(traces) if t.outcome in skill.uncertain.ask and t.action is not None), None)
-            if unsure is not None and unsure.action and skill.safer(rule.action, unsure.action) != rule.action:
-                ask, action = unsure.outcome, unsure.action
+            # Models that answered but were not trusted (unsure, or out of their distribution): when the
+            # most severe of their answers is more severe than the rules', a human is asked about it
+            # while the rules' answer applies.
+            unsure = [t for t in traces if t.outcome in skill.uncertain.ask and t.action is not None
+                      and (skill.uncertain.actions is None or t.action in skill.uncertain.actions)]
+            worst = max(unsure, key=lambda t: skill.severity_of(str(t.action)), default=None)
+            if worst is not None and worst.action and skill.safer(rule.action, worst.action) != rule.action:
+                ask, action = worst.outcome, worst.action
         else:
             fallback, rules_answer = None, {"action": rule.action, "rule": rule.name}
             rule_name = None

@@ -71,6 +71,10 @@ class ModelStage(ABC):
     def missing_reason(self) -> str | None:
         return None
 
+    def abstains(self, inputs: Mapping[str, Any]) -> bool:
+        """Whether the stage has nothing to read in this event (e.g. an empty text): it is not asked."""
+        return False
+
     @abstractmethod
     def expected_wait_s(self) -> float:
         """Seconds a call made now would wait before its answer (queue + own run)."""

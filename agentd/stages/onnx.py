@@ -16,6 +16,26 @@ if TYPE_CHECKING:
     from agentd.config.models import OnnxModelConfig
 
 
+def onnx_session(name: str, path: Path, sha256: str, *, threads: int, headroom_mb: float, working_mb: int) -> tuple[Any, Any]:
+    """A verified, memory-checked ONNX Runtime session on the CPU, and the onnxruntime module."""
+    verify_file(path, sha256, what=f"model {name!r}")
+    size = path.stat().st_size
+    check_memory(name, size, working_bytes=3 * size + working_mb * 2**20, headroom_mb=headroom_mb)
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ModelError(f"model {name!r}: onnxruntime is not installed ({exc})") from exc
+    if hasattr(ort, "disable_telemetry_events"):
+        ort.disable_telemetry_events()  # no device id written under the state directory
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"]), ort
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelError(f"model {name!r}: onnxruntime cannot load {path}: {exc}") from exc
+
+
 class OnnxStage(ThreadedStage):
     """Builds the input row from named event fields in the declared order; answers the label distribution.
 
@@ -25,24 +45,10 @@ class OnnxStage(ThreadedStage):
     max_batch = 64
 
     def __init__(self, cfg: OnnxModelConfig) -> None:
-        path = Path(cfg.path)
-        verify_file(path, cfg.sha256, what=f"model {cfg.name!r}")
-        size = path.stat().st_size
-        check_memory(cfg.name, size, working_bytes=3 * size + 16 * 2**20, headroom_mb=cfg.memory_headroom_mb)
-        try:
-            import numpy as np
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ModelError(f"model {cfg.name!r}: onnxruntime is not installed ({exc})") from exc
-        if hasattr(ort, "disable_telemetry_events"):
-            ort.disable_telemetry_events()  # no device id written under the state directory
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.threads
-        opts.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"model {cfg.name!r}: onnxruntime cannot load {path}: {exc}") from exc
+        import numpy as np
+
+        self._session, ort = onnx_session(cfg.name, Path(cfg.path), cfg.sha256, threads=cfg.threads,
+                                          headroom_mb=cfg.memory_headroom_mb, working_mb=16)
         super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
         self._np = np
         self._ort = ort

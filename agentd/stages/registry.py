@@ -10,7 +10,7 @@ from agentd.errors import ModelError
 from agentd.stages.base import CallHandle, ModelStage, StageAnswer
 
 if TYPE_CHECKING:
-    from agentd.config.models import DelayModelConfig, LlamaModelConfig, OnnxModelConfig
+    from agentd.config.models import DelayModelConfig, EmbeddingModelConfig, LlamaModelConfig, OnnxModelConfig
 
 
 class MissingStage(ModelStage):
@@ -38,8 +38,12 @@ class MissingStage(ModelStage):
         raise ModelError(self._reason)
 
 
-def build_stage(cfg: OnnxModelConfig | DelayModelConfig | LlamaModelConfig) -> ModelStage:
+def build_stage(cfg: OnnxModelConfig | DelayModelConfig | LlamaModelConfig | EmbeddingModelConfig) -> ModelStage:
     """Load a model's runtime; ModelError (with what to do) if it cannot."""
+    if cfg.backend == "embedding":
+        from agentd.stages.embedding import EmbeddingStage
+
+        return EmbeddingStage(cfg)
     if cfg.backend == "onnx":
         from agentd.stages.onnx import OnnxStage
 

@@ -168,3 +168,22 @@ async def test_out_of_distribution_can_ask(onnx_config: Callable[..., LoadedConf
     assert (rec["status"], rec["action"], rec["rule"]) == ("pending_approval", "alert", "warm")
     assert rec["approval"]["requested_action"] == "shutdown" and rec["approval"]["because"] == "out_of_distribution"
     assert counters["asked:out_of_distribution"] == 1
+
+
+# -- a text stage that has nothing to read is not asked --------------------------------------
+
+
+async def test_a_text_stage_without_text_abstains_and_the_next_stage_decides(config_factory: Factory, node_key: NodeKey) -> None:
+    models = ROOT / "models"
+    reader = {"name": "reader", "backend": "embedding", "fields": ["note"],
+              "path": str(models / "all-MiniLM-L6-v2.int8.onnx"), "sha256": "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+              "tokenizer": str(models / "all-MiniLM-L6-v2.tokenizer.json"),
+              "tokenizer_sha256": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+              "examples": [{"text": "delivery being unloaded", "label": "none"}, {"text": "compressor is smoking", "label": "shutdown"}]}
+    cfg = config_factory(models=[{"name": "fast", "backend": "delay", "delay_ms": 1, "label": "warn", "confidence": 0.95}, reader],
+                         skill={"cascade": [{"model": "reader", "min_confidence": 0.6}, {"model": "fast", "min_confidence": 0.8, "map": {"warn": "alert"}}],
+                                "approval": {"actions": []}})
+    silent, _ = await decide(cfg, node_key, COLD)
+    assert [(s["model"], s["outcome"]) for s in silent["stages"]] == [("reader", "abstained"), ("fast", "accepted")]
+    noted, _ = await decide(cfg, node_key, {**COLD, "note": "the delivery is being unloaded"})
+    assert (noted["action"], noted["model"]["name"]) == ("none", "reader") and noted["stages"][0]["outcome"] == "accepted"

@@ -1,0 +1,132 @@
+"""The text stage: a text is classified by its similarity to labelled examples.
+
+A small sentence-embedding model (all-MiniLM-L6-v2, int8 ONNX, on ONNX Runtime; its
+tokenizer through Hugging Face ``tokenizers``) turns the event's text fields and every
+example into unit vectors (mean pooling over the attention mask, as sentence-transformers
+does). A label's similarity is the mean of its ``k`` most similar examples; the answer is
+the most similar label, with a softmax over the labels' similarities (``temperature``) as
+its confidence, so the margin between the best two labels is what makes it sure. How far
+the text is from every example is its out-of-distribution score: ``(1 - nearest) / (1 -
+min_similarity)``, above 1 when even the nearest example is less similar than
+``min_similarity``. An event whose text fields are all empty is not asked (``abstained``).
+
+Examples come from the config; more can be added at run time (``add_examples``), which is
+how labels from operators make the stage learn without retraining anything.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agentd.errors import ModelError
+from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage
+from agentd.stages.loading import verify_file
+from agentd.stages.onnx import onnx_session
+
+if TYPE_CHECKING:
+    from agentd.config.models import EmbeddingModelConfig
+
+
+class EmbeddingStage(ThreadedStage):
+    """Nearest-example text classification; ``predict`` embeds one text and compares it with the examples."""
+
+    max_batch = 32
+
+    def __init__(self, cfg: EmbeddingModelConfig) -> None:
+        tok_path = Path(cfg.tokenizer)
+        verify_file(tok_path, cfg.tokenizer_sha256, what=f"model {cfg.name!r} tokenizer")
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise ModelError(f"model {cfg.name!r}: {exc.name} is not installed; install the extra: pip install 'agentd[text]'") from exc
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as exc:  # tokenizers raises its own exception type
+            raise ModelError(f"model {cfg.name!r}: cannot read the tokenizer {tok_path}: {exc}") from exc
+        tokenizer.enable_truncation(max_length=cfg.max_tokens)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        session, _ = onnx_session(cfg.name, Path(cfg.path), cfg.sha256, threads=cfg.threads,
+                                  headroom_mb=cfg.memory_headroom_mb, working_mb=64)
+        self._tokenizer, self._session = tokenizer, session
+        self._inputs = {i.name for i in session.get_inputs()}
+        self._fields = tuple(cfg.fields)
+        self._k, self._temperature, self._min_similarity = cfg.k, cfg.temperature, cfg.min_similarity
+        self._examples: list[tuple[str, str]] = []
+        self._vectors = np.zeros((0, 1), dtype=np.float32)
+        super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
+        self.add_examples([(e.text, e.label) for e in cfg.examples])
+
+    # -- examples ------------------------------------------------------------------
+
+    def add_examples(self, examples: Sequence[tuple[str, str]]) -> None:
+        """Embed and keep more (text, label) examples; labels must be the stage's own."""
+        unknown = sorted({label for _, label in examples if label not in self.labels})
+        if unknown:
+            raise ModelError(f"model {self.name!r}: unknown label(s) {', '.join(unknown)} (known: {', '.join(self.labels)})")
+        if not examples:
+            return
+        vectors = self.embed([t for t, _ in examples])
+        self._examples = [*self._examples, *examples]
+        self._vectors = vectors if len(self._vectors) == 0 or self._vectors.shape[1] != vectors.shape[1] else np.vstack([self._vectors, vectors])
+        self._label_rows = {label: np.array([i for i, (_, lab) in enumerate(self._examples) if lab == label]) for label in self.labels}
+
+    @property
+    def example_count(self) -> int:
+        return len(self._examples)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of ``texts`` (mean pooling over the attention mask, then L2 normalisation)."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        try:
+            hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        except Exception as exc:
+            raise ModelError(f"model {self.name!r}: run failed: {exc}") from exc
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        unit: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return unit
+
+    # -- answering -----------------------------------------------------------------
+
+    def text_of(self, inputs: Mapping[str, Any]) -> str:
+        """The text the stage reads: its fields' non-empty values, joined by " / "."""
+        return " / ".join(str(v).strip() for f in self._fields if isinstance(v := inputs.get(f), str) and v.strip())
+
+    def abstains(self, inputs: Mapping[str, Any]) -> bool:
+        return not self.text_of(inputs)
+
+    def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
+        if cancel.is_set():
+            raise Cancelled("cancelled before run")
+        return self._answer(self.embed([self.text_of(inputs)])[0])
+
+    def predict_batch(self, batch: list[Mapping[str, Any]]) -> list[StageAnswer]:
+        return [self._answer(v) for v in self.embed([self.text_of(i) for i in batch])]
+
+    def _answer(self, vector: np.ndarray) -> StageAnswer:
+        sims = self._vectors @ vector
+        per_label = {}
+        for label, rows in self._label_rows.items():
+            top = np.sort(sims[rows])[-self._k:] if len(rows) else np.array([-1.0])
+            per_label[label] = float(top.mean())
+        values = np.array(list(per_label.values()))
+        exp = np.exp((values - values.max()) / self._temperature)
+        probs = exp / exp.sum()
+        scores = dict(zip(per_label, (float(p) for p in probs), strict=True))
+        best = max(scores, key=scores.__getitem__)
+        nearest = int(np.argmax(sims))
+        similarity = float(sims[nearest])
+        return StageAnswer(best, scores[best], scores, extra={
+            "similarity": round(similarity, 4),
+            "nearest": self._examples[nearest][0][:80],
+            "ood_score": round((1.0 - similarity) / (1.0 - self._min_similarity), 4),
+        })

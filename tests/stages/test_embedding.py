@@ -1,0 +1,81 @@
+"""The text stage (agentd.stages.embedding) with the real all-MiniLM-L6-v2 int8 model on ONNX Runtime."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentd.config.models import EmbeddingModelConfig
+from agentd.errors import ModelError
+from agentd.stages.embedding import EmbeddingStage
+
+MODELS = Path(__file__).resolve().parent.parent.parent / "models"
+MODEL = {"path": str(MODELS / "all-MiniLM-L6-v2.int8.onnx"), "sha256": "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+         "tokenizer": str(MODELS / "all-MiniLM-L6-v2.tokenizer.json"),
+         "tokenizer_sha256": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"}
+EXAMPLES = [
+    {"text": "we ran out of gloves", "label": "restock"}, {"text": "please bring more tape", "label": "restock"},
+    {"text": "the forklift is broken", "label": "maintenance"}, {"text": "the door hinge snapped", "label": "maintenance"},
+    {"text": "there is a fire in the office", "label": "escalate"}, {"text": "a colleague is injured and bleeding", "label": "escalate"},
+]
+
+
+def stage(**over: Any) -> EmbeddingStage:
+    return EmbeddingStage(EmbeddingModelConfig(name="req", backend="embedding", fields=["text"], examples=EXAMPLES, k=1, **{**MODEL, **over}))
+
+
+@pytest.fixture(scope="module")
+def req() -> EmbeddingStage:
+    return stage()
+
+
+def answer(st: EmbeddingStage, text: str) -> Any:
+    return st.predict({"text": text}, threading.Event())
+
+
+def test_texts_take_the_label_of_their_most_similar_examples(req: EmbeddingStage) -> None:
+    assert answer(req, "smoke and flames coming from the storeroom").label == "escalate"
+    assert answer(req, "can we get another box of gloves").label == "restock"
+    assert answer(req, "the pallet truck stopped working").label == "maintenance"
+    a = answer(req, "we ran out of gloves")  # an example itself: similarity 1, a clear margin
+    assert a.extra["similarity"] == pytest.approx(1.0, abs=1e-3) and a.confidence > 0.9
+    assert set(a.scores) == {"restock", "maintenance", "escalate"} and sum(a.scores.values()) == pytest.approx(1.0)
+
+
+def test_a_text_unlike_every_example_scores_out_of_distribution(req: EmbeddingStage) -> None:
+    near = answer(req, "we ran out of gloves")
+    far = answer(req, "Quarterly revenue of the European subsidiary rose by four percent.")
+    assert near.extra["ood_score"] < 0.1 < 1.0 < far.extra["ood_score"]
+
+
+def test_an_empty_text_is_not_asked(req: EmbeddingStage) -> None:
+    assert req.abstains({"text": "  "}) and req.abstains({}) and not req.abstains({"text": "hello"})
+
+
+def test_examples_added_at_run_time_change_the_answer() -> None:
+    st = stage()
+    before = answer(st, "the cat got into the freezer room")
+    st.add_examples([("the cat got into the freezer room", "maintenance")])
+    after = answer(st, "the cat got into the freezer room")
+    assert after.label == "maintenance" and after.extra["similarity"] == pytest.approx(1.0, abs=1e-3)
+    assert st.example_count == len(EXAMPLES) + 1 and (before.label != "maintenance" or before.extra["similarity"] < 0.99)
+    with pytest.raises(ModelError, match="unknown label"):
+        st.add_examples([("x", "dance")])
+
+
+def test_batch_answers_equal_single_answers(req: EmbeddingStage) -> None:
+    texts = ["we ran out of gloves", "there is a fire", "the lift is stuck"]
+    single = [answer(req, t) for t in texts]
+    batch = req.predict_batch([{"text": t} for t in texts])
+    assert [a.label for a in batch] == [a.label for a in single]
+    assert [round(a.confidence, 4) for a in batch] == [round(a.confidence, 4) for a in single]
+
+
+def test_a_wrong_hash_or_a_missing_tokenizer_refuses_the_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="SHA-256|sha256"):
+        stage(sha256="0" * 64)
+    with pytest.raises(ModelError):
+        stage(tokenizer=str(tmp_path / "none.json"))
