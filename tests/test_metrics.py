@@ -63,3 +63,15 @@ def test_one_decision_counts_once_in_its_own_registry(config_factory: Callable[.
     assert not any(n.endswith(("_bucket", "_created")) for n in snap["metrics"])
     a.close()
     b.close()
+
+
+def test_disagreements_and_asks_are_counted(config_factory: Callable[..., LoadedConfig]) -> None:
+    m = NodeMetrics(cfg=config_factory(metrics={"enabled": True}).config, config_sha256="a" * 64, live=lambda: (None, None))
+    stages = [{"model": "fast", "latency_ms": 1.0, "outcome": "accepted", "action": "alert"}]
+    m.observe(_record(source="model", fallback_reason=None, stages=stages, rules_answer={"action": "none", "rule": "all_good"}))
+    m.observe(_record(source="model", fallback_reason=None, stages=stages, rules_answer={"action": "alert", "rule": "warm"}))
+    m.observe(_record(approval={"requested_action": "shutdown", "because": "low_confidence"}))
+    labels = {"skill": "freezer", "stage": "canary", "release": "r1"}
+    assert _value(m, "agentd_model_disagreements_total", model="fast", version="3", **labels) == 1
+    assert _value(m, "agentd_decisions_asked_total", because="low_confidence", **labels) == 1
+    m.close()

@@ -56,6 +56,14 @@ class NodeMetrics:
             "agentd_model_latency_seconds", "Model stage calls that returned or timed out, by model and version.",
             ["model", "version", "stage", "release"], buckets=MODEL_BUCKETS, registry=self.registry,
         )
+        self.disagreements = Counter(
+            "agentd_model_disagreements", "Accepted model answers the rules did not share, by skill, model and version.",
+            ["skill", "model", "version", "stage", "release"], registry=self.registry,
+        )
+        self.asked = Counter(
+            "agentd_decisions_asked", "Decisions sent to a human, by skill and why (approval.because).",
+            ["skill", "because", "stage", "release"], registry=self.registry,
+        )
         self._children: dict[tuple[str, ...], Any] = {}
         self.registry.register(_LiveCollector(self, config_sha256))
         self._db_lock = threading.Lock()
@@ -84,6 +92,14 @@ class NodeMetrics:
             self._children[key] = pair
         pair[0].inc()
         pair[1].observe(record["latency_ms"] / 1000)
+        rules = (record.get("rules_answer") or {}).get("action")
+        if rules is not None:
+            beside = next((s for s in record["stages"] if s.get("outcome") in ("accepted", "disagreement")), None)
+            if beside is not None and beside.get("action") != rules:
+                model = beside["model"]
+                self.disagreements.labels(record["skill"], model, lc["models"].get(model, ""), stage, release).inc()
+        if record.get("approval") is not None:
+            self.asked.labels(record["skill"], record["approval"].get("because", "action"), stage, release).inc()
         for s in record["stages"]:
             if s.get("latency_ms") is None:
                 continue

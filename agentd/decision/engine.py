@@ -21,7 +21,7 @@ from agentd.decision.cascade import CascadeMixin
 from agentd.decision.fleet import FleetView
 from agentd.decision.handlers import HandlerMixin
 from agentd.decision.model import DecisionRecord, Mode, ModelRef, Source, Status
-from agentd.decision.policy import ACCEPTED, CircuitBreaker, StageTrace, interim_action, needs_approval
+from agentd.decision.policy import ACCEPTED, CircuitBreaker, StageTrace, disagreement, interim_action, needs_approval
 from agentd.decision.rules import SkillRules, compile_all, evaluate, first_match, make_context
 from agentd.decision.shadows import ShadowMixin
 from agentd.decision.validate import validate_event
@@ -262,8 +262,10 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
             # Models that answered but were not trusted (unsure, or out of their distribution): when the
             # most severe of their answers is more severe than the rules', a human is asked about it
             # while the rules' answer applies.
+            # The default rule means "nothing to do", not "the model was unsure": over it, any such
+            # answer is asked about; over another rule only those among uncertain.actions.
             unsure = [t for t in traces if t.outcome in skill.uncertain.ask and t.action is not None
-                      and (skill.uncertain.actions is None or t.action in skill.uncertain.actions)]
+                      and (rule.default or skill.uncertain.actions is None or t.action in skill.uncertain.actions)]
             worst = max(unsure, key=lambda t: skill.severity_of(str(t.action)), default=None)
             if worst is not None and worst.action and skill.safer(rule.action, worst.action) != rule.action:
                 ask, action = worst.outcome, worst.action
@@ -273,9 +275,14 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
             if action != rule.action:
                 assert model_info is not None
                 self.counters[f"disagreement:{model_info.name}@{model_info.version}"] += 1
-                ask, action, source, fallback, rule_name = self._disagree(skill, traces[-1], action, rule.action, rule.name)
-                if source == "rules":  # the model's answer is on its stage trace; the record names who decided
-                    model_info, confidence = None, None
+                rules_win, asked = disagreement(skill, action, rule.action)
+                if rules_win or asked:  # the model's answer stays on its stage trace; the rules' applies
+                    traces[-1].outcome = fallback = "disagreement"
+                    source, rule_name, model_info, confidence = "rules", rule.name, None, None
+                    if asked:
+                        ask = "disagreement"  # about the model's answer, with the rules' in force meanwhile
+                    else:
+                        action = rule.action
 
         guard_name = None
         for g in rules.guards:
@@ -344,23 +351,6 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
         if mode != "observe":  # while pending, the interim action is in force: its handlers run
             self._run_handlers_for(skill, record)
         return record
-
-    @staticmethod
-    def _disagree(skill: SkillConfig, trace: StageTrace, model_action: str, rules_action: str,
-                  rule_name: str) -> tuple[str | None, str, str, str | None, str | None]:
-        """Resolve an acting model's answer that the rules do not share, by ``skill.on_disagreement``.
-
-        Returns (ask reason, action, source, fallback reason, rule name).
-        """
-        policy = skill.on_disagreement
-        model_safer = skill.safer(rules_action, model_action) != rules_action
-        if policy == "ask" and model_safer:  # a human is asked about the model's answer; the rules' applies meanwhile
-            trace.outcome = "disagreement"
-            return "disagreement", model_action, "rules", "disagreement", rule_name
-        if policy in ("rules", "ask") or (policy == "safer" and not model_safer):
-            trace.outcome = "disagreement"  # answered and passed its gates, but the rules' answer stands
-            return None, rules_action, "rules", "disagreement", rule_name
-        return None, model_action, "model", None, None
 
     def _remember(self, eid: str) -> None:
         self._recent[eid] = None

@@ -71,6 +71,20 @@ class CircuitBreaker:
             self.opened_at, self.probing = now, False
 
 
+def disagreement(skill: SkillConfig, model_action: str, rules_action: str) -> tuple[bool, bool]:
+    """An accepted model answer the rules do not share, by ``skill.on_disagreement``:
+    ``(the rules' answer applies, a human is asked about the model's)``.
+
+    ``ask`` asks only when the model's answer is the more severe; otherwise the rules'
+    (the safer) applies and there is nothing to ask. ``safer`` takes the more severe.
+    """
+    policy = skill.on_disagreement
+    model_safer = skill.safer(rules_action, model_action) != rules_action
+    if policy == "ask":
+        return True, model_safer
+    return policy == "rules" or (policy == "safer" and not model_safer), False
+
+
 def needs_approval(skill: SkillConfig, mode: str, action: str) -> bool:
     """Whether ``action`` must wait for a human (listed, or every action in manual mode)."""
     if mode == "manual":

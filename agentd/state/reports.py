@@ -65,7 +65,8 @@ def report(conn: sqlite3.Connection, filters: DecisionFilter | None = None, *, l
         lambda: {"outcomes": Counter(), "conf": [], "lat": [], "answered": 0, "agreed": 0}
     )
 
-    def add(key: tuple[str, ...], outcome: str, action: str | None, acted: str, conf: float | None, lat: float | None) -> None:
+    def add(key: tuple[str, ...], outcome: str, action: str | None, acted: str, conf: float | None, lat: float | None,
+            rules: str | None = None) -> None:
         g = groups[key]
         g["outcomes"][outcome] += 1
         if conf is not None:
@@ -74,6 +75,9 @@ def report(conn: sqlite3.Connection, filters: DecisionFilter | None = None, *, l
             g["agreed"] += int(action == acted)
         if lat is not None:
             g["lat"].append(lat)
+        if rules is not None:  # an accepted answer beside the rules' (issue 13)
+            g["beside_rules"] = g.get("beside_rules", 0) + 1
+            g["disagreed"] = g.get("disagreed", 0) + int(action != rules)
 
     # the same filters on both tables, whose lifecycle stage columns are named differently
     shadow_where, args = filters.where(stage_column="lifecycle_stage")
@@ -89,12 +93,14 @@ def report(conn: sqlite3.Connection, filters: DecisionFilter | None = None, *, l
         rec = json.loads(raw)
         life = rec.get("lifecycle") or {}
         acted = (rec.get("approval") or {}).get("requested_action") or rec.get("action")
+        rules = (rec.get("rules_answer") or {}).get("action")
         for st in rec.get("stages") or []:
             model = st.get("model", "?")
             version = str((life.get("models") or {}).get(model, "?"))
             action = st.get("action")  # the stage's answer mapped to an action, whether or not it was acted on
+            beside = rules if st.get("outcome") in ("accepted", "disagreement") else None
             add((rec.get("skill", "?"), model, version, "acted", life.get("stage", "?"), life.get("release", "?")),
-                st.get("outcome") or "?", action, acted, st.get("confidence"), st.get("latency_ms"))
+                st.get("outcome") or "?", action, acted, st.get("confidence"), st.get("latency_ms"), beside)
     out = []
     for (sk, model, version, role, stage, release), g in sorted(groups.items()):
         n = sum(g["outcomes"].values())
@@ -105,5 +111,26 @@ def report(conn: sqlite3.Connection, filters: DecisionFilter | None = None, *, l
             "outcomes": dict(g["outcomes"]),
             "confidence": {"p10": _pct(g["conf"], 0.10), "p50": _pct(g["conf"], 0.50), "p90": _pct(g["conf"], 0.90)},
             "latency_ms": {"p50": _pct(g["lat"], 0.50), "p99": _pct(g["lat"], 0.99)},
+            # accepted answers with the rules' answer beside them, and how many of those differed
+            "beside_rules": g.get("beside_rules", 0), "disagreements": g.get("disagreed", 0),
         })
     return out
+
+
+def decision_summary(conn: sqlite3.Connection, filters: DecisionFilter | None = None, *, limit: int = 50_000) -> list[dict[str, Any]]:
+    """Per skill: who decided, why models fell back, and the share sent to a human and why (``approval.because``)."""
+    where, args = (filters or DecisionFilter()).where()
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"decisions": 0, "sources": Counter(), "fallbacks": Counter(), "asked": Counter()})
+    for (raw,) in conn.execute(f"SELECT record FROM decisions WHERE {where} ORDER BY created_at DESC LIMIT ?", (*args, limit)):
+        rec = json.loads(raw)
+        g = groups[rec.get("skill", "?")]
+        g["decisions"] += 1
+        g["sources"][rec.get("source", "?")] += 1
+        if rec.get("fallback_reason"):
+            g["fallbacks"][rec["fallback_reason"]] += 1
+        approval = rec.get("approval")
+        if approval is not None:
+            g["asked"][approval.get("because", "action")] += 1
+    return [{"skill": sk, "decisions": g["decisions"], "sources": dict(g["sources"]), "fallback_reasons": dict(g["fallbacks"]),
+             "asked": sum(g["asked"].values()), "asked_share": round(sum(g["asked"].values()) / g["decisions"], 4),
+             "asked_because": dict(g["asked"])} for sk, g in sorted(groups.items())]

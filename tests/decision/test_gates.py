@@ -187,3 +187,21 @@ async def test_a_text_stage_without_text_abstains_and_the_next_stage_decides(con
     assert [(s["model"], s["outcome"]) for s in silent["stages"]] == [("reader", "abstained"), ("fast", "accepted")]
     noted, _ = await decide(cfg, node_key, {**COLD, "note": "the delivery is being unloaded"})
     assert (noted["action"], noted["model"]["name"]) == ("none", "reader") and noted["stages"][0]["outcome"] == "accepted"
+
+
+async def test_the_report_counts_disagreements_and_asks(config_factory: Factory, node_key: NodeKey) -> None:
+    from agentd.state import queries, reports
+
+    cfg = config_factory(skill={"on_disagreement": "ask", "approval": {"actions": []}})
+    async with Engine(loaded=cfg, key=node_key, run_handlers=False) as eng:
+        await eng.decide(SKILL, COLD)  # model alert, rules none: asked
+        await eng.decide(SKILL, {"temperature_c": -5.0})  # model alert, rules warm -> alert: agreed
+    conn = queries.open_readonly(cfg.config.data_dir)
+    try:
+        stage = next(r for r in reports.report(conn) if r["model"] == "fast")
+        summary = reports.decision_summary(conn)
+    finally:
+        conn.close()
+    assert (stage["beside_rules"], stage["disagreements"]) == (2, 1)
+    assert summary == [{"skill": SKILL, "decisions": 2, "sources": {"rules": 1, "model": 1},
+                        "fallback_reasons": {"disagreement": 1}, "asked": 1, "asked_share": 0.5, "asked_because": {"disagreement": 1}}]

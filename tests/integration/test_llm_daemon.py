@@ -31,8 +31,11 @@ def _example_llm_model() -> dict[str, Any]:
 
 
 def _example_request_skill(**update: Any) -> dict[str, Any]:
+    """The example's request skill with the LLM as its only stage (these tests are about the LLM stage)."""
     raw = yaml.safe_load((REPO / "config" / "agentd.yaml").read_text())
-    return {**next(s for s in raw["skills"] if s["name"] == "operator_request"), **update}
+    skill = next(s for s in raw["skills"] if s["name"] == "operator_request")
+    skill["cascade"] = [s for s in skill["cascade"] if s["model"] == "request_llm"]
+    return {**skill, **update}
 
 
 def _need_gemma() -> None:

@@ -48,7 +48,7 @@ def test_texts_take_the_label_of_their_most_similar_examples(req: EmbeddingStage
 def test_a_text_unlike_every_example_scores_out_of_distribution(req: EmbeddingStage) -> None:
     near = answer(req, "we ran out of gloves")
     far = answer(req, "Quarterly revenue of the European subsidiary rose by four percent.")
-    assert near.extra["ood_score"] < 0.1 < 1.0 < far.extra["ood_score"]
+    assert near.extra["ood_score"] < 0.1 and far.extra["ood_score"] > 1.0
 
 
 def test_an_empty_text_is_not_asked(req: EmbeddingStage) -> None:
@@ -75,7 +75,7 @@ def test_batch_answers_equal_single_answers(req: EmbeddingStage) -> None:
 
 
 def test_a_wrong_hash_or_a_missing_tokenizer_refuses_the_model(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="SHA-256|sha256"):
+    with pytest.raises(ModelError, match=r"SHA-256|sha256"):
         stage(sha256="0" * 64)
     with pytest.raises(ModelError):
         stage(tokenizer=str(tmp_path / "none.json"))
