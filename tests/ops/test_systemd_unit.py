@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 UNIT = ROOT / "systemd" / "agentd.service"
 JETSON = ROOT / "systemd" / "jetson.conf"
 EXAMPLE_CONFIG = ROOT / "config" / "agentd.yaml"

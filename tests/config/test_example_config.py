@@ -20,7 +20,7 @@ from agentd.decision.fleet import FleetView
 from agentd.decision.rules import compile_all, first_match, make_context
 from agentd.trust.keys import create_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = ROOT / "config" / "agentd.yaml"
 SKILL = "freezer_health"
 LABEL_TO_ACTION = {"normal": "none", "door_open": "alert", "icing": "defrost", "failure": "shutdown"}

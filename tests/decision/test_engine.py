@@ -54,7 +54,7 @@ DESIGN_FIELDS = {
 }
 RULES_ONLY = {"cascade": []}
 NO_APPROVAL = {"approval": {"actions": []}}
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "freezer_anomaly.int8.onnx"
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent.parent / "models" / "freezer_anomaly.int8.onnx"
 Factory = Callable[..., LoadedConfig]
 
 
