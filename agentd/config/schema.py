@@ -147,6 +147,15 @@ class FieldSpec(_Model):
         return self
 
 
+class PromoteConfig(_Model):
+    """A stage that earns (or loses) the right to act from the node's labels."""
+
+    auto: bool = False  # off by default: the configured `shadow:` holds until a person changes it
+    min_labels: int = Field(default=20, ge=5, le=100_000)  # labelled events it and the rules both answered
+    window: int = Field(default=200, ge=5, le=100_000)  # judged on the newest this many of those
+    margin: float = Field(default=0.0, ge=0, le=1)  # how much better than the rules a shadow must be
+
+
 class StageConfig(_Model):
     model: Name
     min_confidence: float = Field(default=0.0, ge=0, le=1)
@@ -156,6 +165,7 @@ class StageConfig(_Model):
     # With a model card: an input scoring above this (1.0: beyond the training data's own
     # 99th percentile) falls back as out_of_distribution. null: the card is only recorded.
     max_ood_score: float | None = Field(default=1.0, gt=0)
+    promote: PromoteConfig = PromoteConfig()
 
 
 class RuleConfig(_Model):

@@ -9,6 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from agentd.decision.calibration import rescale
 from agentd.decision.policy import CircuitBreaker, StageTrace, gate
 from agentd.errors import InputError, ModelError
 from agentd.stages.base import CallHandle, Cancelled, ModelStage, StageAnswer
@@ -27,6 +28,7 @@ class CascadeMixin:
     """The engine's model stages (a part of ``Engine``; the attributes are the engine's)."""
 
     active: dict[tuple[str, int], str]
+    calibrations: dict[str, float]
     cfg: Config
     circuits: dict[str, CircuitBreaker]
     loaded: LoadedConfig
@@ -127,6 +129,11 @@ class CascadeMixin:
             log.warning("model %s failed: %s", stage.name, exc)
             return "model_error", None
         breaker.success()
+        temperature = self.calibrations.get(f"{stage.name}@{stage.version}")
+        if temperature is not None and answer.scores:  # fitted on the node's labels (decision/learning.py)
+            scores = rescale(answer.scores, temperature)
+            answer = StageAnswer(answer.label, scores.get(answer.label, answer.confidence), scores, answer.latency_ms,
+                                 {**answer.extra, "raw_confidence": round(answer.confidence, 4), "temperature": round(temperature, 4)})
         trace.answer, trace.confidence, trace.scores = answer.label, answer.confidence, answer.scores
         trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
         trace.extra = dict(answer.extra)

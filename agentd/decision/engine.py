@@ -20,6 +20,7 @@ from agentd.decision.approvals import ApprovalMixin
 from agentd.decision.cascade import CascadeMixin
 from agentd.decision.fleet import FleetView
 from agentd.decision.handlers import HandlerMixin
+from agentd.decision.learning import LearningMixin
 from agentd.decision.model import DecisionRecord, Mode, ModelRef, Source, Status
 from agentd.decision.policy import ACCEPTED, CircuitBreaker, StageTrace, disagreement, interim_action, needs_approval
 from agentd.decision.rules import SkillRules, compile_all, evaluate, first_match, make_context
@@ -55,7 +56,7 @@ class Outbound(Protocol):
     def decision_messages(self, record: dict[str, Any], record_bytes: bytes) -> list[tuple[str, bytes, int, bool]]: ...
 
 
-class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
+class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
     """The decision pipeline over one config: compiled rules, stages, modes, approvals.
 
     The daemon passes the long-lived ``store`` and model ``pool`` it owns, so a reload
@@ -91,6 +92,8 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
         self.mode: str = self.cfg.daemon.mode
         self.stage: str = self.cfg.lifecycle.stage
         self.active: dict[tuple[str, int], str] = {}  # (skill, cascade index) -> model, set by activate_model
+        self.calibrations: dict[str, float] = {}  # "model@version" -> temperature (decision/learning.py)
+        self.stage_states: dict[tuple[str, int], str] = {}  # (skill, cascade index) -> acting | shadow, earned from labels
         self.counters: Counter[str] = Counter()
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -110,6 +113,7 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
         try:
             await self._load_state()
             await self._load_models()
+            await self._load_learning()
             self._tasks = asyncio.TaskGroup()
             await self._tasks.__aenter__()
             self._expiry_task = self._tasks.create_task(self._expiry_loop(), name="approval-expiry")
@@ -229,11 +233,11 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
         source, fallback, model_info, confidence = "rules", None, None, None
         mode = self.mode
 
-        acted = [(i, s) for i, s in enumerate(skill.cascade) if not s.shadow]
+        acted = [(i, s) for i, s in enumerate(skill.cascade) if not self.is_shadow(skill.name, i, s)]
         if mode == "rules_only":
             fallback = "mode_rules_only"
-        elif not acted:
-            fallback = "model_missing"
+        elif not acted:  # "demoted": the node took the configured acting stages' right to act away
+            fallback = "demoted" if any(not s.shadow for s in skill.cascade) else "model_missing"
         else:
             for index, stage_cfg in acted:
                 model_name = self.active.get((skill.name, index), stage_cfg.model)
@@ -342,7 +346,7 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
         if mode != "rules_only":
             # Shadows start once the decision is committed, so they never delay it or queue ahead of it.
             for index, stage_cfg in enumerate(skill.cascade):
-                if stage_cfg.shadow:
+                if self.is_shadow(skill.name, index, stage_cfg):
                     call = self._start_shadow(skill, index, stage_cfg, fields)
                     self._spawn(self._finish_shadow(record, call), name=f"shadow-{record['id'][:8]}")
         if expires_at is not None:
@@ -363,21 +367,13 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # -- approvals -----------------------------------------------------------
-
-    # -- handlers, modes, status --------------------------------------------
+    # -- status --------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
         """What `agentd status` shows."""
         totals = await self.store.read(queries.counts)
-        models = []
-        for name, stage in self.stages.items():
-            models.append({
-                **stage.info(),
-                "available": stage.available,
-                "missing_reason": stage.missing_reason,
-                "circuit": self.circuits[name].state,
-            })
+        models = [{**stage.info(), "available": stage.available, "missing_reason": stage.missing_reason,
+                   "circuit": self.circuits[name].state} for name, stage in self.stages.items()]
         return {
             "node": self.node,
             "fleet": self.cfg.node.fleet,
@@ -385,6 +381,7 @@ class Engine(CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
             "lifecycle": {"stage": self.stage, "release": self.cfg.lifecycle.release, "config_sha256": self.loaded.sha256},
             "models": models,
             "skills": [s.name for s in self.cfg.skills],
+            "stage_states": self.stage_state_list(),
             "counters": dict(self.counters),
             **totals,
         }

@@ -71,6 +71,12 @@ class ModelStage(ABC):
     def missing_reason(self) -> str | None:
         return None
 
+    learns = False  # whether ``learn`` keeps what it is told (a text stage's examples)
+
+    def learn(self, inputs: Mapping[str, Any], label: str) -> bool:
+        """Take a labelled event as an example; False when the stage does not learn or knew it."""
+        return False
+
     def abstains(self, inputs: Mapping[str, Any]) -> bool:
         """Whether the stage has nothing to read in this event (e.g. an empty text): it is not asked."""
         return False

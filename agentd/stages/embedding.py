@@ -56,28 +56,40 @@ class EmbeddingStage(ThreadedStage):
         self._inputs = {i.name for i in session.get_inputs()}
         self._fields = tuple(cfg.fields)
         self._k, self._temperature, self._min_similarity = cfg.k, cfg.temperature, cfg.min_similarity
-        self._examples: list[tuple[str, str]] = []
-        self._vectors = np.zeros((0, 1), dtype=np.float32)
+        self._index: tuple[np.ndarray, list[tuple[str, str]], dict[str, np.ndarray]] = (np.zeros((0, 1), dtype=np.float32), [], {})
+        self._known: set[tuple[str, str]] = set()
         super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
         self.add_examples([(e.text, e.label) for e in cfg.examples])
 
     # -- examples ------------------------------------------------------------------
 
-    def add_examples(self, examples: Sequence[tuple[str, str]]) -> None:
-        """Embed and keep more (text, label) examples; labels must be the stage's own."""
+    def add_examples(self, examples: Sequence[tuple[str, str]]) -> int:
+        """Embed and keep more (text, label) examples (each once; labels must be the stage's own); how many were new."""
         unknown = sorted({label for _, label in examples if label not in self.labels})
         if unknown:
             raise ModelError(f"model {self.name!r}: unknown label(s) {', '.join(unknown)} (known: {', '.join(self.labels)})")
-        if not examples:
-            return
-        vectors = self.embed([t for t, _ in examples])
-        self._examples = [*self._examples, *examples]
-        self._vectors = vectors if len(self._vectors) == 0 or self._vectors.shape[1] != vectors.shape[1] else np.vstack([self._vectors, vectors])
-        self._label_rows = {label: np.array([i for i, (_, lab) in enumerate(self._examples) if lab == label]) for label in self.labels}
+        vectors, known, _ = self._index
+        fresh = list(dict.fromkeys((t.strip(), lab) for t, lab in examples if t.strip() and (t.strip(), lab) not in self._known))
+        if not fresh:
+            return 0
+        added = self.embed([t for t, _ in fresh])
+        all_vectors = added if len(vectors) == 0 else np.vstack([vectors, added])
+        texts = [*known, *fresh]
+        rows = {label: np.array([i for i, (_, lab) in enumerate(texts) if lab == label], dtype=np.int64) for label in self.labels}
+        # one assignment: the worker thread reads either the old index or the new one, never a mix
+        self._index = (all_vectors, texts, rows)
+        self._known.update(fresh)
+        return len(fresh)
+
+    learns = True
+
+    def learn(self, inputs: Mapping[str, Any], label: str) -> bool:
+        """The event's text becomes an example of ``label`` (an operator's label); False if empty or known."""
+        return self.add_examples([(self.text_of(inputs), label)]) > 0
 
     @property
     def example_count(self) -> int:
-        return len(self._examples)
+        return len(self._index[1])
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors of ``texts`` (mean pooling over the attention mask, then L2 normalisation)."""
@@ -113,9 +125,10 @@ class EmbeddingStage(ThreadedStage):
         return [self._answer(v) for v in self.embed([self.text_of(i) for i in batch])]
 
     def _answer(self, vector: np.ndarray) -> StageAnswer:
-        sims = self._vectors @ vector
+        vectors, known, label_rows = self._index
+        sims = vectors @ vector
         per_label = {}
-        for label, rows in self._label_rows.items():
+        for label, rows in label_rows.items():
             top = np.sort(sims[rows])[-self._k:] if len(rows) else np.array([-1.0])
             per_label[label] = float(top.mean())
         values = np.array(list(per_label.values()))
@@ -127,6 +140,6 @@ class EmbeddingStage(ThreadedStage):
         similarity = float(sims[nearest])
         return StageAnswer(best, scores[best], scores, extra={
             "similarity": round(similarity, 4),
-            "nearest": self._examples[nearest][0][:80],
+            "nearest": known[nearest][0][:80],
             "ood_score": round((1.0 - similarity) / (1.0 - self._min_similarity), 4),
         })

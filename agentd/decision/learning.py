@@ -1,0 +1,211 @@
+"""What the engine learns from its operators' labels (a part of ``Engine``).
+
+- **Text stages learn**: a labelled decision's text becomes an example of every text stage
+  of its skill (``stages/embedding.py``), at once and again at each start.
+- **Calibration**: ``calibrate`` fits a temperature per model version on the labelled
+  answers (``decision/calibration.py``); the cascade applies it before the gate, and the
+  trace keeps the raw confidence beside the calibrated one.
+- **A model earns the right to act**: each cascade stage is acting or shadow; the config's
+  ``shadow:`` is only where it starts. The state is stored, audited and shown by status.
+  With ``promote.auto`` a shadow stage whose labelled accuracy beats the rules' on the same
+  events over at least ``promote.min_labels`` labels is promoted; an acting stage that falls
+  below them is demoted, and the rules take over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from agentd.decision.calibration import MIN_LABELS, Labelled, action_scores, fit, rescale
+from agentd.decision.quality import calibration
+from agentd.errors import InputError
+from agentd.state import learning, queries
+
+if TYPE_CHECKING:
+    from collections import Counter
+
+    from agentd.config.schema import Config, SkillConfig, StageConfig
+    from agentd.decision.rules import SkillRules
+    from agentd.stages.base import ModelStage
+    from agentd.state.store import Store
+
+log = logging.getLogger(__name__)
+STATES = ("acting", "shadow")
+
+
+class LearningMixin:
+    """Labels in, better decisions out (a part of ``Engine``; the attributes are the engine's)."""
+
+    active: dict[tuple[str, int], str]
+    calibrations: dict[str, float]
+    cfg: Config
+    counters: Counter[str]
+    rules: dict[str, SkillRules]
+    stage_states: dict[tuple[str, int], str]
+    stages: dict[str, ModelStage]
+    store: Store
+
+    if TYPE_CHECKING:
+        def _spawn(self, coro: Any, *, name: str) -> None: ...
+
+    # -- state ---------------------------------------------------------------------
+
+    async def _load_learning(self) -> None:
+        """Calibrations and stage states from the database; text stages taught the labels kept so far."""
+        raw = await self.store.read(lambda c: queries.get_setting(c, "calibration"))
+        self.calibrations = {k: float(v["temperature"]) for k, v in (json.loads(raw) if raw else {}).items()}
+        raw = await self.store.read(lambda c: queries.get_setting(c, "stage_states"))
+        for key, saved in (json.loads(raw) if raw else {}).items():
+            skill_name, _, idx = key.rpartition("/")
+            skill = next((s for s in self.cfg.skills if s.name == skill_name), None)
+            # a state holds while the stage is the same model; a config that changes it starts afresh
+            if skill is not None and idx.isdigit() and int(idx) < len(skill.cascade) and skill.cascade[int(idx)].model == saved.get("model"):
+                self.stage_states[(skill_name, int(idx))] = saved["state"]
+        for skill in self.cfg.skills:
+            if any(getattr(self.stages.get(s.model), "learns", False) for s in skill.cascade):
+                for record, action in await self.store.read(partial(learning.labelled, skill=skill.name)):
+                    self._teach(skill, record, action)
+
+    def is_shadow(self, skill_name: str, index: int, stage_cfg: StageConfig) -> bool:
+        """Whether a cascade stage is a shadow now (the node's own state, else the config's)."""
+        state = self.stage_states.get((skill_name, index))
+        return stage_cfg.shadow if state is None else state == "shadow"
+
+    def stage_state_list(self) -> list[dict[str, Any]]:
+        """Every cascade stage's state, for status."""
+        return [{"skill": s.name, "stage": i, "model": st.model, "state": "shadow" if self.is_shadow(s.name, i, st) else "acting",
+                 "configured": "shadow" if st.shadow else "acting", "auto": st.promote.auto}
+                for s in self.cfg.skills for i, st in enumerate(s.cascade)]
+
+    async def set_stage_state(self, skill_name: str, index: int, state: str, *, by: str, evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Make a cascade stage acting or shadow; persisted and audited."""
+        skill = self.cfg.skill(skill_name)
+        if state not in STATES:
+            raise InputError(f"unknown stage state {state!r} (known: {', '.join(STATES)})")
+        if not 0 <= index < len(skill.cascade):
+            raise InputError(f"skill {skill_name!r} has {len(skill.cascade)} cascade stage(s); no stage {index}")
+        before = "shadow" if self.is_shadow(skill_name, index, skill.cascade[index]) else "acting"
+        self.stage_states[(skill_name, index)] = state
+        saved = {f"{s}/{i}": {"state": st, "model": self.cfg.skill(s).cascade[i].model} for (s, i), st in self.stage_states.items()
+                 if any(k.name == s for k in self.cfg.skills)}
+        await self.store.set_setting("stage_states", json.dumps(saved, sort_keys=True))
+        body = {"skill": skill_name, "stage": index, "model": skill.cascade[index].model, "from": before, "to": state, "by": by}
+        await self.store.audit("stage_state", {**body, **({"evidence": evidence} if evidence else {})})
+        if before != state:
+            self.counters[f"stage_{'promoted' if state == 'acting' else 'demoted'}"] += 1
+            log.warning("skill %s stage %d (%s): %s -> %s by %s %s", skill_name, index, skill.cascade[index].model, before, state, by, evidence or "")
+        return body
+
+    # -- labels --------------------------------------------------------------------
+
+    def _on_label(self, record: dict[str, Any], action: str) -> None:
+        """A label was committed: teach the text stages, and review the stages that promote themselves."""
+        skill = next((s for s in self.cfg.skills if s.name == record.get("skill")), None)
+        if skill is None:
+            return
+        self._teach(skill, record, action)
+        if any(st.promote.auto for st in skill.cascade):
+            self._spawn(self._review_stages(skill), name=f"review-{skill.name}")
+
+    def _teach(self, skill: SkillConfig, record: dict[str, Any], action: str) -> None:
+        for index, st in enumerate(skill.cascade):
+            stage = self.stages.get(self.active.get((skill.name, index), st.model))
+            if stage is None or not stage.learns:
+                continue
+            label = next((lab for lab, act in st.map.items() if act == action), action)
+            if label in stage.labels:
+                stage.learn(record.get("inputs") or {}, label)
+
+    def _rules_action(self, skill: SkillConfig, record: dict[str, Any]) -> str | None:
+        """What the rules answered on a decision: beside a model (``rules_answer``), or as the deciding rule."""
+        if record.get("rules_answer"):
+            return str(record["rules_answer"]["action"])
+        rule = next((r for r in self.rules[skill.name].rules if r.name == record.get("rule")), None)
+        return rule.action if rule is not None else None
+
+    async def _review_stages(self, skill: SkillConfig) -> None:
+        rows = await self.store.read(lambda c: learning.labelled(c, skill.name, limit=2000))
+        shadows = await self.store.read(lambda c: learning.labelled_shadow_answers(c, skill.name, limit=2000))
+        for index, st in enumerate(skill.cascade):
+            if not st.promote.auto:
+                continue
+            pairs: list[tuple[bool, bool]] = []  # (stage right, rules right) on the same labelled events
+            for record, label in rows:
+                trace = next((t for t in record.get("stages") or [] if t.get("model") == st.model and t.get("action")), None)
+                rules = self._rules_action(skill, record)
+                if trace is not None and rules is not None:
+                    pairs.append((trace["action"] == label, rules == label))
+            by_id = {r["id"]: r for r, _ in rows}
+            for s in shadows:
+                decided = by_id.get(s["decision_id"])
+                rules = self._rules_action(skill, decided) if decided is not None else None
+                if s["stage_index"] == index and s["action"] and rules is not None:
+                    pairs.append((s["action"] == s["label"], rules == s["label"]))
+            pairs = pairs[-st.promote.window:]
+            if len(pairs) < st.promote.min_labels:
+                continue
+            stage_acc, rules_acc = sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs)
+            shadow = self.is_shadow(skill.name, index, st)
+            evidence = {"labels": len(pairs), "stage_accuracy": round(stage_acc, 4), "rules_accuracy": round(rules_acc, 4)}
+            if shadow and stage_acc > rules_acc + st.promote.margin:
+                await self.set_stage_state(skill.name, index, "acting", by="auto", evidence=evidence)
+            elif not shadow and stage_acc < rules_acc:
+                await self.set_stage_state(skill.name, index, "shadow", by="auto", evidence=evidence)
+
+    # -- calibration ---------------------------------------------------------------
+
+    async def calibrate(self, *, by: str, skill_name: str | None = None, min_labels: int = MIN_LABELS) -> list[dict[str, Any]]:
+        """Fit a temperature per model version on the labelled answers, keep and apply it; audited.
+
+        Each row gives the fit (temperature, ECE before and after on the labels it was fitted
+        on) and ``held_out``: a fit on the older 70 % judged on the newest 30 %.
+        """
+        skills = [self.cfg.skill(skill_name)] if skill_name else list(self.cfg.skills)
+        groups: dict[str, list[Labelled]] = {}
+        for skill in skills:
+            maps = {st.model: st.map for st in skill.cascade}
+            for record, label in await self.store.read(partial(learning.labelled, skill=skill.name)):
+                versions = (record.get("lifecycle") or {}).get("models") or {}
+                for t in record.get("stages") or []:
+                    if not t.get("scores") or t.get("model") not in maps:
+                        continue
+                    raw = rescale(t["scores"], 1.0 / t["temperature"]) if t.get("temperature") else t["scores"]
+                    scores = action_scores(raw, maps[t["model"]], skill.actions)
+                    if scores:
+                        groups.setdefault(f"{t['model']}@{versions.get(t['model'], '?')}", []).append(Labelled(scores, label))
+        out: list[dict[str, Any]] = []
+        saved: dict[str, Any] = {}
+        previous = await self.store.read(lambda c: queries.get_setting(c, "calibration"))
+        saved.update(json.loads(previous) if previous else {})
+        for key, items in sorted(groups.items()):
+            result = fit(items, min_labels=min_labels)
+            if result is None:
+                out.append({"model": key, "labels": len(items), "fitted": False, "reason": f"fewer than {min_labels} labelled answers"})
+                continue
+            cut = int(len(items) * 0.7)
+            early = fit(items[:cut], min_labels=1)
+            held = _held_out(items[cut:], early.temperature) if early is not None and cut < len(items) else None
+            row = {"model": key, "fitted": True, **result.as_dict(), "held_out": held, "fitted_at": round(time.time(), 3)}
+            saved[key] = row
+            self.calibrations[key] = result.temperature
+            out.append(row)
+        await self.store.set_setting("calibration", json.dumps(saved, sort_keys=True))
+        await self.store.audit("calibration", {"by": by, "models": out})
+        return out
+
+
+def _held_out(items: list[Labelled], temperature: float) -> dict[str, float | int] | None:
+    def ece(t: float) -> float:
+        scored = []
+        for i in items:
+            p = rescale(i.scores, t)
+            top = max(p, key=p.__getitem__)
+            scored.append((p[top], top == i.action))
+        cal = calibration(scored)
+        return cal.ece if cal is not None else 0.0
+
+    return {"labels": len(items), "temperature": round(temperature, 4), "ece_before": round(ece(1.0), 4), "ece_after": round(ece(temperature), 4)} if items else None
