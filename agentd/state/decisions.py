@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import NotFound, StateError
-from agentd.state import queries
+from agentd.state import labels, queries
 from agentd.trust.canonical import canonical, sha256_hex
 
 if TYPE_CHECKING:
     from agentd.state.audit_log import AuditLog
+    from agentd.state.labels import LabelWrite
 
 OUTBOX_INSERT = "INSERT INTO outbox(topic, payload, qos, retain, created_at) VALUES (?,?,?,?,?)"
 FLEET_INSERT = "INSERT OR IGNORE INTO fleet_decisions(node, decision_id, skill, action, ts, hlc) VALUES (?,?,?,?,?,?)"
@@ -118,9 +119,13 @@ class Resolution:
 
 
 def resolve_approval(
-    conn: sqlite3.Connection, audit: AuditLog, *, node: str, decision_id: str, answer: Resolution, only_pending: bool
+    conn: sqlite3.Connection, audit: AuditLog, *, node: str, decision_id: str, answer: Resolution, only_pending: bool,
+    label: LabelWrite | None = None,
 ) -> dict[str, Any]:
-    """Apply ``answer`` to the approval, the stored record and the fleet row; audited; returns the record."""
+    """Apply ``answer`` to the approval, the stored record and the fleet row; audited; returns the record.
+
+    ``label``, if given, is written (and audited) after the approval's audit record.
+    """
     row = conn.execute("SELECT status FROM approvals WHERE decision_id = ?", (decision_id,)).fetchone()
     if row is None:
         raise NotFound(f"no approval for decision {decision_id!r}")
@@ -147,6 +152,8 @@ def resolve_approval(
         "UPDATE fleet_decisions SET action = ?, ts = ? WHERE node = ? AND decision_id = ?", (action, when, node, decision_id)
     )
     audit.append(conn, "approval", decision_id, {**audit_body(record, sha256_hex(text)), "by": by, "reason": answer.reason})
+    if label is not None:
+        labels.insert(conn, audit, label)
     if row[1] is not None:
         record["late_answer"] = json.loads(row[1])
     return dict(record)

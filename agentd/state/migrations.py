@@ -133,6 +133,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX shadow_answers_created ON shadow_answers(created_at);
 """,
+    # 5: labels: the right action for a decision, as an operator said it (issue 14; see agentd.state.labels)
+    """
+    CREATE TABLE labels (
+        id INTEGER PRIMARY KEY,
+        decision_id TEXT NOT NULL REFERENCES decisions(id),
+        event_id TEXT NOT NULL,
+        skill TEXT NOT NULL,
+        action TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('operator', 'approval', 'rejection')),
+        by TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX labels_decision ON labels(decision_id, id);
+    CREATE INDEX labels_created ON labels(created_at);
+""",
 ]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agentd.errors import NotFound, StateError
+from agentd.state import labels
 from agentd.trust.audit import GENESIS, AuditRow, Checkpoint, VerifyResult, verify_chain
 from agentd.trust.canonical import canonical, sha256_hex
 
@@ -139,7 +140,7 @@ def iter_audit(conn: sqlite3.Connection, after: int = 0) -> Iterator[AuditRow]:
 
 
 def verify_audit(conn: sqlite3.Connection, *, trusted_key: str | None = None) -> VerifyResult:
-    """Verify the hash chain, the checkpoints, and that every decision matches its last audit digest."""
+    """Verify the hash chain, the checkpoints, and that every decision and label matches its audit record."""
     base = get_setting(conn, "audit_base")
     base_seq, base_hash = (0, GENESIS)
     if base:
@@ -203,6 +204,9 @@ def verify_audit(conn: sqlite3.Connection, *, trusted_key: str | None = None) ->
         approval = json.loads(row[0]).get("approval", {}) if row else {}
         if (approval.get("status"), approval.get("expires_at"), approval.get("requested_action")) != (status_, expires_at, requested):
             return VerifyResult(False, result.records, result.checkpoints, latest.get(decision_id, (None,))[0], f"approval of decision {decision_id} differs from the audited decision record")
+    problem = labels.verify(conn, base_ts=base_ts)
+    if problem is not None:
+        return VerifyResult(False, result.records, result.checkpoints, None, problem)
     return result
 
 

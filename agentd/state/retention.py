@@ -49,7 +49,7 @@ def prune(
 
 
 def _delete_decisions(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> tuple[int, int]:
-    """Delete decisions (with their events and approvals); returns (count, newest audit seq among them)."""
+    """Delete decisions (with their events, approvals, labels and shadow answers); returns (count, newest audit seq among them)."""
     rows = conn.execute(f"SELECT id, event_id FROM decisions WHERE {where}", args).fetchall()
     if not rows:
         return 0, 0
@@ -58,6 +58,7 @@ def _delete_decisions(conn: sqlite3.Connection, where: str, args: tuple[Any, ...
         found = conn.execute("SELECT MAX(seq) FROM audit WHERE ref = ?", (decision_id,)).fetchone()[0]
         seq = max(seq, found or 0)
     conn.executemany("DELETE FROM approvals WHERE decision_id = ?", [(r[0],) for r in rows])
+    conn.executemany("DELETE FROM labels WHERE decision_id = ?", [(r[0],) for r in rows])  # export them first: `agentd label export`
     conn.executemany("DELETE FROM shadow_answers WHERE decision_id = ?", [(r[0],) for r in rows])
     conn.executemany("DELETE FROM decisions WHERE id = ?", [(r[0],) for r in rows])
     conn.executemany("DELETE FROM events WHERE id = ?", [(r[1],) for r in rows])

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentd.state import decisions, peers, queries, retention
+from agentd.state import decisions, labels, peers, queries, retention
 from agentd.state.audit_log import AuditLog
 from agentd.state.decisions import OUTBOX_INSERT, DecisionWrite, DuplicateEvent, Resolution
+from agentd.state.labels import LabelWrite
 from agentd.state.outbox import Outbox
 from agentd.state.writer import Soft, Writer
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from agentd.config.loader import LoadedConfig
     from agentd.trust.keys import NodeKey
 
-__all__ = ["DecisionWrite", "DuplicateEvent", "Soft", "Store", "open_store", "store_settings"]
+__all__ = ["DecisionWrite", "DuplicateEvent", "LabelWrite", "Soft", "Store", "open_store", "store_settings"]
 
 T = TypeVar("T")
 
@@ -98,14 +99,24 @@ class Store:
         reason: str = "",
         only_pending: bool = True,
         now: float | None = None,
+        label: LabelWrite | None = None,
     ) -> dict[str, Any]:
-        """Move a pending approval to approved/rejected/expired; audited; returns the updated record."""
+        """Move a pending approval to approved/rejected/expired; audited; returns the updated record.
+
+        ``label`` (an approval, or a rejection naming the right action) is written and audited
+        in the same transaction.
+        """
         answer = Resolution(status, applied_action, by, reason, now if now is not None else time.time())
         return await self._submit(
             lambda conn: decisions.resolve_approval(
-                conn, self._audit, node=self._node, decision_id=decision_id, answer=answer, only_pending=only_pending
+                conn, self._audit, node=self._node, decision_id=decision_id, answer=answer, only_pending=only_pending,
+                label=label,
             )
         )
+
+    async def add_label(self, w: LabelWrite) -> dict[str, Any]:
+        """Record a label (the right action for a decision) with its audit record; returns the stored label."""
+        return await self._submit(lambda conn: labels.insert(conn, self._audit, w))
 
     async def set_late_answer(self, decision_id: str, late: dict[str, Any]) -> None:
         """Attach a model's late answer to a decision (never acted on) and audit it."""
