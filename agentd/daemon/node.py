@@ -198,8 +198,7 @@ class Daemon:
             await store.__aenter__()
             self.store, self.store_opened_at = store, time.time()
         engine = Engine(loaded=loaded, key=key, clock=self.clock, store=self.store, pool=self.pool,
-                        outbound=decision_wire(loaded.config, key))
-        engine.on_decision = self.metrics.observe if self.metrics else None
+                        outbound=decision_wire(loaded.config, key), on_decision=self.metrics.observe if self.metrics else None)
         await engine.__aenter__()
         await self.pool.retain([loaded.config.model(n) for n in engine.stages if engine.stages[n].available])
         return engine

@@ -55,7 +55,8 @@ def _nll(items: Sequence[Labelled], t: float) -> float:
     return -sum(math.log(max(rescale(i.scores, t).get(i.action, 0.0), EPS)) for i in items) / len(items)
 
 
-def _ece(items: Sequence[Labelled], t: float) -> float:
+def ece_at(items: Sequence[Labelled], t: float) -> float:
+    """The ECE of ``items`` at temperature ``t``."""
     scored = []
     for i in items:
         p = rescale(i.scores, t)
@@ -84,7 +85,7 @@ def fit(items: Sequence[Labelled], *, min_labels: int = MIN_LABELS) -> Fit | Non
             b = lo + g * (hi - lo)
             fb = _nll(items, math.exp(b))
     t = math.exp((lo + hi) / 2)
-    return Fit(temperature=t, labels=len(items), ece_before=_ece(items, 1.0), ece_after=_ece(items, t),
+    return Fit(temperature=t, labels=len(items), ece_before=ece_at(items, 1.0), ece_after=ece_at(items, t),
                nll_before=_nll(items, 1.0), nll_after=_nll(items, t))
 
 

@@ -74,6 +74,7 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
         store: Store | None = None,
         pool: ModelPool | None = None,
         outbound: Outbound | None = None,
+        on_decision: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
@@ -102,7 +103,7 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
         self._expiry_wake = asyncio.Event()
         self._expiry_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self.on_decision: Callable[[dict[str, Any]], None] | None = None  # metrics: called once per committed decision
+        self.on_decision = on_decision  # a port like outbound (the node's metrics): called once per committed decision
 
     # -- lifecycle -----------------------------------------------------------
 

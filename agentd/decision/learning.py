@@ -20,8 +20,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from agentd.decision.calibration import MIN_LABELS, Labelled, action_scores, fit, rescale
-from agentd.decision.quality import calibration
+from agentd.decision.calibration import MIN_LABELS, Labelled, action_scores, ece_at, fit, rescale
 from agentd.errors import InputError
 from agentd.state import learning, queries
 
@@ -199,13 +198,8 @@ class LearningMixin:
 
 
 def _held_out(items: list[Labelled], temperature: float) -> dict[str, float | int] | None:
-    def ece(t: float) -> float:
-        scored = []
-        for i in items:
-            p = rescale(i.scores, t)
-            top = max(p, key=p.__getitem__)
-            scored.append((p[top], top == i.action))
-        cal = calibration(scored)
-        return cal.ece if cal is not None else 0.0
-
-    return {"labels": len(items), "temperature": round(temperature, 4), "ece_before": round(ece(1.0), 4), "ece_after": round(ece(temperature), 4)} if items else None
+    """How a temperature fitted on older labels does on newer ones it never saw."""
+    if not items:
+        return None
+    return {"labels": len(items), "temperature": round(temperature, 4), "ece_before": round(ece_at(items, 1.0), 4),
+            "ece_after": round(ece_at(items, temperature), 4)}
