@@ -27,9 +27,10 @@ class Command:
 REGISTRY: dict[str, Command] = {c.name: c for c in (
     Command("status", "viewer", True, "mode, lifecycle, models, counts"),
     Command("approve", "operator", True, "approve a pending decision"),
-    Command("reject", "operator", True, "reject a pending decision"),
+    Command("reject", "operator", True, "reject a pending decision (with an action: the right one, a label)"),
     Command("set_mode", "operator", True, "auto, rules_only, observe or manual"),
     Command("quarantine", "operator", False, "observe only"),
+    Command("label", "operator", True, "record the right action for a decision"),
     Command("reload", "admin", True, "re-read the config file"),
     Command("set_config", "admin", False, "a whole config document, rolled back if it fails"),
     Command("set_stage", "admin", False, "the lifecycle stage stamped on decisions"),

@@ -18,6 +18,7 @@ from agentd.decision.rules import compile_all
 from agentd.errors import ConfigError, InputError
 from agentd.files import replace_atomically
 from agentd.state import queries
+from agentd.state.labels import MAX_BY
 
 if TYPE_CHECKING:
     from agentd.daemon.node import Daemon
@@ -83,11 +84,24 @@ class NodeCommands:
 
     async def _resolve(self, op: str, args: dict[str, Any], by: str, via: Via) -> Any:
         engine = self._node.current_engine()
-        did = args.get("id")
+        did, action = args.get("id"), args.get("action")
         if not isinstance(did, str):
             raise InputError(f'{op} needs "id" (a decision id)')
-        rec = await (engine.approve(did, by=by) if op == "approve" else engine.reject(did, by=by, reason=str(args.get("reason") or "")[:500]))
+        if op == "approve":
+            rec = await engine.approve(did, by=by)
+        else:
+            if action is not None and not isinstance(action, str):
+                raise InputError('"action" of reject (the right action, applied instead of on_reject) must be a string')
+            rec = await engine.reject(did, by=by, reason=str(args.get("reason") or "")[:500], action=action)
         return {"id": rec["id"], "status": rec["status"], "action": rec["action"]} if via == "fleet" else rec
+
+    async def _label(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
+        did, action, note = args.get("id"), args.get("action"), args.get("note", "")
+        if not isinstance(did, str) or not isinstance(action, str) or not isinstance(note, str):
+            raise InputError('label needs {"id": "<decision or event id>", "action": "<the right action>"} and may take "note" (a string)')
+        if via == "fleet":  # "operator:NAME" may pass the bound; the command's own audit record keeps it whole
+            by = by[:MAX_BY]
+        return await self._node.current_engine().label(did, action, by=by, note=note)
 
     async def _set_mode(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
         engine = self._node.current_engine()

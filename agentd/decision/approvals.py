@@ -10,9 +10,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agentd.config.base import MODES
+from agentd.decision.labels import check_action
 from agentd.decision.model import ASK_REASONS
 from agentd.errors import ConfigError, InputError, NotFound
-from agentd.state import queries
+from agentd.state import labels, queries
 
 if TYPE_CHECKING:
 
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
     from agentd.state.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def _who(by: str) -> str:
+    """Who resolved an approval, as its label keeps it (bounded like every label's ``by``)."""
+    return by[: labels.MAX_BY] or "unknown"
 
 
 def _uncertain(record: dict[str, Any]) -> bool:
@@ -45,6 +51,7 @@ class ApprovalMixin:
 
     if TYPE_CHECKING:
         def _run_handlers_for(self, skill: SkillConfig, record: dict[str, Any]) -> None: ...
+        def _labelled(self, record: dict[str, Any], action: str) -> None: ...
 
     def _skill_or_none(self, name: str) -> SkillConfig | None:
         """The skill, or None when a reload removed it (its pending approvals must still resolve)."""
@@ -54,26 +61,45 @@ class ApprovalMixin:
             return None
 
     async def approve(self, decision_id: str, *, by: str) -> dict[str, Any]:
-        """Approve a pending decision: its requested action applies and its handlers run."""
+        """Approve a pending decision: its requested action applies and its handlers run.
+
+        The approval is a label too (the requested action was right), written with it.
+        """
         current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
         requested = current.get("approval", {}).get("requested_action")
         if requested is None:
             raise NotFound(f"decision {decision_id!r} never needed approval")
-        record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by)
+        label = labels.label_for(current, requested, source="approval", by=_who(by))
+        record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by, label=label)
         self.fleet.add_decision(requested, time.time())
         self._after_resolution(record)
+        self._labelled(record, requested)
         return record
 
-    async def reject(self, decision_id: str, *, by: str, reason: str = "") -> dict[str, Any]:
-        """Reject a pending decision: ``approval.on_reject`` (else the interim action) stays in force."""
+    async def reject(self, decision_id: str, *, by: str, reason: str = "", action: str | None = None) -> dict[str, Any]:
+        """Reject a pending decision: ``approval.on_reject`` (else the interim action) stays in force.
+
+        With ``action`` (one of the skill's actions, not the one asked for), that action applies
+        instead, and it is a label of the decision, written with the rejection.
+        """
         current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
         skill = self._skill_or_none(current["skill"])
         interim = current.get("approval", {}).get("interim_action") or current["action"]
-        applied = (skill.approval.on_reject if skill and not _uncertain(current) else None) or interim
-        record = await self.store.resolve_approval(current["id"], status="rejected", applied_action=applied, by=by, reason=reason)
+        label = None
+        if action is not None:
+            applied = check_action(skill, current, action)
+            if applied == current.get("approval", {}).get("requested_action"):
+                raise InputError(f"{applied!r} is the action asked for: approve the decision instead of rejecting it")
+            label = labels.label_for(current, applied, source="rejection", by=_who(by), note=reason[: labels.MAX_NOTE])
+        else:
+            applied = (skill.approval.on_reject if skill and not _uncertain(current) else None) or interim
+        record = await self.store.resolve_approval(current["id"], status="rejected", applied_action=applied, by=by, reason=reason,
+                                                   label=label)
         if applied != interim:
             self.fleet.add_decision(applied, time.time())
             self._after_resolution(record)
+        if label is not None:
+            self._labelled(record, applied)
         return record
 
     def _after_resolution(self, record: dict[str, Any]) -> None:

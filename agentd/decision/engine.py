@@ -20,6 +20,7 @@ from agentd.decision.approvals import ApprovalMixin
 from agentd.decision.cascade import CascadeMixin
 from agentd.decision.fleet import FleetView
 from agentd.decision.handlers import HandlerMixin
+from agentd.decision.labels import LabelMixin
 from agentd.decision.learning import LearningMixin
 from agentd.decision.model import DecisionRecord, Mode, ModelRef, Source, Status
 from agentd.decision.policy import ACCEPTED, CircuitBreaker, StageTrace, disagreement, interim_action, needs_approval
@@ -56,7 +57,7 @@ class Outbound(Protocol):
     def decision_messages(self, record: dict[str, Any], record_bytes: bytes) -> list[tuple[str, bytes, int, bool]]: ...
 
 
-class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin):
+class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin, LabelMixin):
     """The decision pipeline over one config: compiled rules, stages, modes, approvals.
 
     The daemon passes the long-lived ``store`` and model ``pool`` it owns, so a reload

@@ -457,7 +457,7 @@ async def test_approval_approve(config_factory: Factory, node_key: NodeKey, capl
     assert (approved["status"], approved["action"], approved["source"]) == ("approved", "shutdown", "human")
     assert approved["approval"]["resolved_by"] == "alice"
     assert again["status"] == "approved" and again["action"] == "shutdown"
-    assert kinds == ["decision", "approval"]
+    assert kinds == ["decision", "approval", "label"]  # an approval is a label of the requested action
     assert any("action shutdown for event hot-1" in r.getMessage() for r in caplog.records)
     assert verified.ok
 
@@ -559,7 +559,7 @@ async def test_decided_approvals_are_not_rearmed(config_factory: Factory, node_k
         final = await stored(eng, rec["id"])
         kinds = await audit_kinds(eng, rec["id"])
     assert final["status"] == "approved"
-    assert kinds == ["decision", "approval"]
+    assert kinds == ["decision", "approval", "label"]  # approved once (and labelled), never expired after
 
 
 # -- exactly one decision per event id ---------------------------------------------------------
