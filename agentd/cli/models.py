@@ -1,4 +1,5 @@
-"""`agentd model`: model cards (the input statistics behind the out-of-distribution gate)."""
+"""`agentd model` (model cards, the input statistics behind the out-of-distribution gate), and what
+the node learns about its models: `agentd calibrate`, `agentd promote`, `agentd demote`."""
 
 from __future__ import annotations
 
@@ -50,3 +51,78 @@ def model_card(config_path: Path | None, as_json: bool, name: str, data: Path, o
     _table(f"input card of {name}: {target}", ["field", "training min", "training max"],
            ((f, lo, hi) for f, (lo, hi) in result["ranges"].items()))
     click.echo(f"{result['samples']} rows, {result['reference_rows']} kept for the joint score (threshold {result['threshold']:g})")
+
+
+@main.command()
+@config_option
+@json_option
+@click.option("--skill", default=None, help="Only the stages of this skill.")
+@click.option("--min-labels", type=click.IntRange(5, 100_000), default=20, show_default=True,
+              help="Fewest labelled answers a model version needs to be fitted.")
+def calibrate(config_path: Path | None, as_json: bool, skill: str | None, min_labels: int) -> None:
+    """Fit each model version's confidence to the node's labels (a temperature); the gates read it from now on.
+
+    Prints the ECE before and after on the labels, and on the newest 30 % held out from a
+    fit on the older 70 %. Audited. The daemon must be running.
+    Example: agentd calibrate --skill operator_request
+    """
+    from agentd.control.client import request
+
+    loaded = _load(config_path)
+    req: dict[str, object] = {"op": "calibrate", "min_labels": min_labels, "by": _who(None)}
+    if skill is not None:
+        req["skill"] = skill
+    result = request(loaded.config.socket_path, req)
+    if _json_or(as_json, result):
+        return
+
+    def held(r: dict[str, object]) -> str:
+        h = r.get("held_out")
+        return f"{h['ece_before']:g} -> {h['ece_after']:g} ({h['labels']})" if isinstance(h, dict) else "-"
+
+    _table("calibration", ["model@version", "labels", "temperature", "ECE before", "ECE after", "held out ECE (labels)"],
+           ((r["model"], r["labels"], r.get("temperature", "-"), r.get("ece_before", "-"), r.get("ece_after", "-"),
+             held(r) if r["fitted"] else r.get("reason", "")) for r in result["models"]))
+
+
+def _who(by: str | None) -> str:
+    import getpass
+
+    return by or f"local:{getpass.getuser()}"
+
+
+def _stage_state(state: str, config_path: Path | None, as_json: bool, skill: str, stage: int, by: str | None) -> None:
+    from agentd.control.client import request
+
+    loaded = _load(config_path)
+    result = request(loaded.config.socket_path, {"op": "set_stage_state", "skill": skill, "stage": stage, "state": state, "by": _who(by)})
+    if not _json_or(as_json, result):
+        click.echo(f"{skill} stage {stage} ({result['model']}): {result['from']} -> {result['to']} by {result['by']}")
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("skill")
+@click.option("--stage", type=click.IntRange(0, 63), default=0, show_default=True, help="The cascade index.")
+@click.option("--by", default=None, help="Who (default: the local user).")
+def promote(config_path: Path | None, as_json: bool, skill: str, stage: int, by: str | None) -> None:
+    """Let a cascade stage act (it was a shadow); stored and audited, until demoted.
+
+    Example: agentd promote operator_request --stage 0
+    """
+    _stage_state("acting", config_path, as_json, skill, stage, by)
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("skill")
+@click.option("--stage", type=click.IntRange(0, 63), default=0, show_default=True, help="The cascade index.")
+@click.option("--by", default=None, help="Who (default: the local user).")
+def demote(config_path: Path | None, as_json: bool, skill: str, stage: int, by: str | None) -> None:
+    """Make a cascade stage a shadow: it still answers (for `agentd report`), never acts.
+
+    Example: agentd demote freezer_health --stage 1
+    """
+    _stage_state("shadow", config_path, as_json, skill, stage, by)

@@ -35,6 +35,8 @@ REGISTRY: dict[str, Command] = {c.name: c for c in (
     Command("set_config", "admin", False, "a whole config document, rolled back if it fails"),
     Command("set_stage", "admin", False, "the lifecycle stage stamped on decisions"),
     Command("activate_model", "admin", False, "switch a cascade stage to another declared model"),
+    Command("set_stage_state", "admin", True, "make a cascade stage acting or shadow"),
+    Command("calibrate", "admin", True, "fit each model version's confidence to the node's labels"),
     Command("submit", None, True, "decide an event"),
     Command("approvals", None, True, "pending approvals"),
     Command("ping", None, True, "is the daemon there"),

@@ -120,6 +120,18 @@ class NodeCommands:
             raise InputError('activate_model needs args {"skill": "<skill>", "stage": <cascade index>, "model": "<declared model>"}')
         return await self._node.current_engine().activate_model(skill, index, model, by=by)
 
+    async def _set_stage_state(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
+        skill, index, state = args.get("skill"), args.get("stage", 0), args.get("state")
+        if not isinstance(skill, str) or state not in ("acting", "shadow") or isinstance(index, bool) or not isinstance(index, int):
+            raise InputError('set_stage_state needs args {"skill": "<skill>", "stage": <cascade index>, "state": "acting" | "shadow"}')
+        return await self._node.current_engine().set_stage_state(skill, index, str(state), by=by)
+
+    async def _calibrate(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
+        skill, min_labels = args.get("skill"), args.get("min_labels", 20)
+        if (skill is not None and not isinstance(skill, str)) or isinstance(min_labels, bool) or not isinstance(min_labels, int) or not 5 <= min_labels <= 100_000:
+            raise InputError('calibrate takes args {"skill": "<skill>" (optional), "min_labels": 5..100000 (default 20)}')
+        return {"models": await self._node.current_engine().calibrate(by=by, skill_name=skill, min_labels=min_labels)}
+
     async def _set_stage(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
         engine = self._node.current_engine()
         await engine.set_stage(_text(args, "stage", "set_stage", "dev, canary or prod"), by=by)
