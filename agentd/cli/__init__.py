@@ -7,14 +7,14 @@ Heavy runtimes (onnxruntime, cel, rich) are imported only by the commands that u
 
 from __future__ import annotations
 
-from agentd.cli import _common, audit, decisions, fleet, models, node, ops, quality, report, tools
+from agentd.cli import _common, audit, decisions, fleet, labels, models, node, ops, quality, report, tools
 from agentd.cli._common import main
 
 ops.register(main, _common)
 report.register(main, _common)
 quality.register(main, _common)
 
-__all__ = ["audit", "decisions", "fleet", "main", "models", "node", "tools"]
+__all__ = ["audit", "decisions", "fleet", "labels", "main", "models", "node", "tools"]
 
 if __name__ == "__main__":
     main()

@@ -194,12 +194,18 @@ def approve(config_path: Path | None, as_json: bool, decision_id: str, by: str |
 @click.argument("decision_id")
 @click.option("--by", default=None, help="Who rejects (default: the local user).")
 @click.option("--reason", default="", help="Why (stored in the audit trail).")
-def reject(config_path: Path | None, as_json: bool, decision_id: str, by: str | None, reason: str) -> None:
-    """Reject a pending decision (the daemon must be running)."""
-    _resolve("reject", config_path, as_json, decision_id, by, reason)
+@click.option("--action", default=None, help="The right action: it applies instead of approval.on_reject, and labels the decision.")
+def reject(config_path: Path | None, as_json: bool, decision_id: str, by: str | None, reason: str, action: str | None) -> None:
+    """Reject a pending decision (the daemon must be running).
+
+    Without --action, approval.on_reject (else the interim action) stays in force.
+    Example: agentd reject 3f2a9c1e --action defrost --reason "iced up, not failed"
+    """
+    _resolve("reject", config_path, as_json, decision_id, by, reason, action)
 
 
-def _resolve(op: str, config_path: Path | None, as_json: bool, decision_id: str, by: str | None, reason: str) -> None:
+def _resolve(op: str, config_path: Path | None, as_json: bool, decision_id: str, by: str | None, reason: str,
+             action: str | None = None) -> None:
     import getpass
 
     from agentd.control.client import request
@@ -209,7 +215,8 @@ def _resolve(op: str, config_path: Path | None, as_json: bool, decision_id: str,
     who = by or f"local:{getpass.getuser()}"
     with contextlib.suppress(AgentdError):  # accept the short ids `agentd decisions` shows; else the daemon says what is wrong
         decision_id = _find(queries.open_readonly(loaded.config.data_dir), decision_id)["id"]
-    d = request(loaded.config.socket_path, {"op": op, "id": decision_id, "by": who, "reason": reason})
+    req = {"op": op, "id": decision_id, "by": who, "reason": reason, **({"action": action} if action is not None else {})}
+    d = request(loaded.config.socket_path, req)
     if as_json:
         _emit_json(d)
     else:
