@@ -57,8 +57,7 @@ async def score(eng: Engine, rows: list[dict[str, Any]], tag: str) -> dict[str, 
     return {"items": len(rows), "accuracy": round(right / len(rows), 4), "asked": round(asked / len(rows), 4)}
 
 
-async def run(config: Path, data: Path, skill: str, deadline_ms: float) -> dict[str, Any]:
-    rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+async def run(config: Path, data: Path, rows: list[dict[str, Any]], skill: str, deadline_ms: float) -> dict[str, Any]:
     rows = [r for r in rows if r["skill"] == skill]
     taught, unseen = rows[0::2], rows[1::2]
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +84,8 @@ def main() -> int:
     ap.add_argument("--skill", default="operator_request")
     ap.add_argument("--deadline-ms", type=float, default=5000)
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(run(args.config, args.file, args.skill, args.deadline_ms)), indent=2))
+    rows = [json.loads(line) for line in args.file.read_text().splitlines() if line.strip()]
+    print(json.dumps(asyncio.run(run(args.config, args.file, rows, args.skill, args.deadline_ms)), indent=2))
     return 0
 
 
