@@ -212,6 +212,12 @@ class _LiveCollector:
                 for state in ("closed", "open", "half_open"):
                     circuits.add_metric([name, version, state, *lc], 1.0 if state == current else 0.0)
         yield circuits
+        acting = GaugeMetricFamily("agentd_stage_acting", "Cascade stages: 1 while acting, 0 while a shadow (earned from labels or set).",
+                                   labels=["skill", "index", "model", "stage", "release"])
+        if engine is not None:
+            for st in engine.stage_state_list():
+                acting.add_metric([st["skill"], str(st["stage"]), st["model"], *lc], 1.0 if st["state"] == "acting" else 0.0)
+        yield acting
         if cfg.mqtt.enabled:
             broker = GaugeMetricFamily("agentd_broker_connected", "1 while the MQTT session is up.", labels=["stage", "release"])
             broker.add_metric(lc, 1.0 if link is not None and link.connected else 0.0)

@@ -86,6 +86,7 @@ def test_prometheus_exposition_counts_what_the_node_decided(node: tuple[DaemonPr
     assert _value(s, "agentd_circuit_state", model="slow", state="open", **lc) == 1
     assert _value(s, "agentd_circuit_state", model="slow", state="closed") == 0
     assert _value(s, "agentd_circuit_state", model="freezer_anomaly", state="closed", **lc) == 1
+    assert _value(s, "agentd_stage_acting", skill="freezer_health", index="0", model="freezer_anomaly", **lc) == 1
     assert _value(s, "agentd_broker_connected", **lc) == 1
     assert _value(s, "agentd_peers_online", **lc) == 0
     assert _value(s, "agentd_node_info", node="it-node", fleet="it", **lc) == 1
