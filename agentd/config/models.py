@@ -140,8 +140,11 @@ class EmbeddingModelConfig(_ModelBase):
     fields: list[str] = Field(min_length=1, max_length=8)  # the text fields read, joined by " / "
     examples: list[TextExample] = Field(min_length=2, max_length=10_000)
     max_tokens: int = Field(default=128, ge=8, le=512)
-    k: int = Field(default=3, ge=1, le=50)  # a label's similarity: the mean of its k most similar examples
-    temperature: float = Field(default=0.05, gt=0, le=10)
+    # linear: a softmax classifier over the embeddings, trained on the examples at load and
+    # again as labels add examples; nearest: the label whose k nearest examples are most similar.
+    head: Literal["linear", "nearest"] = "linear"
+    k: int = Field(default=3, ge=1, le=50)  # nearest: a label's similarity is the mean of its k most similar examples
+    temperature: float = Field(default=0.05, gt=0, le=10)  # nearest: softmax temperature over the labels' similarities
     min_similarity: float = Field(default=0.35, ge=-1, lt=1)
     threads: int = Field(default=1, ge=1, le=64)
     memory_headroom_mb: float = Field(default=64.0, ge=0)

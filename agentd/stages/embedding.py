@@ -3,9 +3,11 @@
 A small sentence-embedding model (all-MiniLM-L6-v2, int8 ONNX, on ONNX Runtime; its
 tokenizer through Hugging Face ``tokenizers``) turns the event's text fields and every
 example into unit vectors (mean pooling over the attention mask, as sentence-transformers
-does). A label's similarity is the mean of its ``k`` most similar examples; the answer is
-the most similar label, with a softmax over the labels' similarities (``temperature``) as
-its confidence, so the margin between the best two labels is what makes it sure. How far
+does). With ``head: linear`` (the default) a softmax classifier trained on the examples'
+vectors gives the label distribution; with ``head: nearest`` a label's similarity is the
+mean of its ``k`` most similar examples and a softmax over those (``temperature``) is the
+distribution. Either way the confidence is the top label's share, so the margin between the
+best two labels is what makes it sure. How far
 the text is from every example is its out-of-distribution score: ``(1 - nearest) / (1 -
 min_similarity)``, above 1 when even the nearest example is less similar than
 ``min_similarity``. An event whose text fields are all empty is not asked (``abstained``).
@@ -56,7 +58,9 @@ class EmbeddingStage(ThreadedStage):
         self._inputs = {i.name for i in session.get_inputs()}
         self._fields = tuple(cfg.fields)
         self._k, self._temperature, self._min_similarity = cfg.k, cfg.temperature, cfg.min_similarity
-        self._index: tuple[np.ndarray, list[tuple[str, str]], dict[str, np.ndarray]] = (np.zeros((0, 1), dtype=np.float32), [], {})
+        self._head = cfg.head
+        self._index: tuple[np.ndarray, list[tuple[str, str]], dict[str, np.ndarray], LinearHead | None] = (
+            np.zeros((0, 1), dtype=np.float32), [], {}, None)
         self._known: set[tuple[str, str]] = set()
         super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
         self.add_examples([(e.text, e.label) for e in cfg.examples])
@@ -68,7 +72,7 @@ class EmbeddingStage(ThreadedStage):
         unknown = sorted({label for _, label in examples if label not in self.labels})
         if unknown:
             raise ModelError(f"model {self.name!r}: unknown label(s) {', '.join(unknown)} (known: {', '.join(self.labels)})")
-        vectors, known, _ = self._index
+        vectors, known, _, head = self._index
         fresh = list(dict.fromkeys((t.strip(), lab) for t, lab in examples if t.strip() and (t.strip(), lab) not in self._known))
         if not fresh:
             return 0
@@ -76,8 +80,11 @@ class EmbeddingStage(ThreadedStage):
         all_vectors = added if len(vectors) == 0 else np.vstack([vectors, added])
         texts = [*known, *fresh]
         rows = {label: np.array([i for i, (_, lab) in enumerate(texts) if lab == label], dtype=np.int64) for label in self.labels}
+        if self._head == "linear":
+            y = np.array([self.labels.index(lab) for _, lab in texts], dtype=np.int64)
+            head = LinearHead.fit(all_vectors, y, len(self.labels), warm=head)
         # one assignment: the worker thread reads either the old index or the new one, never a mix
-        self._index = (all_vectors, texts, rows)
+        self._index = (all_vectors, texts, rows, head)
         self._known.update(fresh)
         return len(fresh)
 
@@ -125,16 +132,19 @@ class EmbeddingStage(ThreadedStage):
         return [self._answer(v) for v in self.embed([self.text_of(i) for i in batch])]
 
     def _answer(self, vector: np.ndarray) -> StageAnswer:
-        vectors, known, label_rows = self._index
+        vectors, known, label_rows, head = self._index
         sims = vectors @ vector
-        per_label = {}
-        for label, rows in label_rows.items():
-            top = np.sort(sims[rows])[-self._k:] if len(rows) else np.array([-1.0])
-            per_label[label] = float(top.mean())
-        values = np.array(list(per_label.values()))
-        exp = np.exp((values - values.max()) / self._temperature)
-        probs = exp / exp.sum()
-        scores = dict(zip(per_label, (float(p) for p in probs), strict=True))
+        if head is not None:
+            probs = head.probabilities(vector)
+        else:
+            per_label = []
+            for label in self.labels:
+                rows = label_rows[label]
+                per_label.append(float(np.sort(sims[rows])[-self._k:].mean()) if len(rows) else -1.0)
+            values = np.array(per_label)
+            exp = np.exp((values - values.max()) / self._temperature)
+            probs = exp / exp.sum()
+        scores = dict(zip(self.labels, (float(p) for p in probs), strict=True))
         best = max(scores, key=scores.__getitem__)
         nearest = int(np.argmax(sims))
         similarity = float(sims[nearest])
@@ -143,3 +153,40 @@ class EmbeddingStage(ThreadedStage):
             "nearest": known[nearest][0][:80],
             "ood_score": round((1.0 - similarity) / (1.0 - self._min_similarity), 4),
         })
+
+
+class LinearHead:
+    """A softmax classifier over unit embeddings (cosine features scaled by ``SCALE``), L2-regularised,
+    fitted by full-batch gradient descent: deterministic, and warm-started when examples are added."""
+
+    SCALE = 20.0
+    L2 = 1e-2
+    STEP = 0.5
+
+    def __init__(self, weights: np.ndarray, bias: np.ndarray) -> None:
+        self.weights, self.bias = weights, bias
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, n_labels: int, *, warm: LinearHead | None = None) -> LinearHead:
+        xs = x.astype(np.float64) * cls.SCALE
+        if warm is not None and warm.weights.shape == (x.shape[1], n_labels):
+            w, b, epochs = warm.weights.copy(), warm.bias.copy(), 150
+        else:
+            w, b, epochs = np.zeros((x.shape[1], n_labels)), np.zeros(n_labels), 500
+        rows = np.arange(len(y))
+        for _ in range(epochs):
+            z = xs @ w + b
+            z -= z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            p[rows, y] -= 1.0
+            p /= len(y)
+            w -= cls.STEP * (xs.T @ p + cls.L2 * w)
+            b -= cls.STEP * p.sum(axis=0)
+        return cls(w, b)
+
+    def probabilities(self, vector: np.ndarray) -> np.ndarray:
+        z = (vector.astype(np.float64) * self.SCALE) @ self.weights + self.bias
+        e = np.exp(z - z.max())
+        out: np.ndarray = e / e.sum()
+        return out
