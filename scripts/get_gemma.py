@@ -10,7 +10,6 @@ run time: pip fetched the chunks when it installed the `llm-test` extra.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -20,11 +19,9 @@ DEFAULT = Path(__file__).resolve().parent.parent / "models" / "gemma-3-270m-q4_k
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from agentd.stages.loading import file_sha256  # the same check the daemon makes at load
+
+    return file_sha256(path)
 
 
 def main() -> int:

@@ -10,7 +10,6 @@ of the packages. Nothing is downloaded at run time.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import shutil
 import sys
@@ -26,11 +25,9 @@ DEFAULT = Path(__file__).resolve().parent.parent / "models"
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from agentd.stages.loading import file_sha256  # the same check the daemon makes at load
+
+    return file_sha256(path)
 
 
 def main() -> int:

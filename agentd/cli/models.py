@@ -100,29 +100,24 @@ def _stage_state(state: str, config_path: Path | None, as_json: bool, skill: str
         click.echo(f"{skill} stage {stage} ({result['model']}): {result['from']} -> {result['to']} by {result['by']}")
 
 
-@main.command()
-@config_option
-@json_option
-@click.argument("skill")
-@click.option("--stage", type=click.IntRange(0, 63), default=0, show_default=True, help="The cascade index.")
-@click.option("--by", default=None, help="Who (default: the local user).")
-def promote(config_path: Path | None, as_json: bool, skill: str, stage: int, by: str | None) -> None:
-    """Let a cascade stage act (it was a shadow); stored and audited, until demoted.
+def _stage_state_command(name: str, state: str, doc: str) -> None:
+    """Register `agentd NAME SKILL [--stage N] [--by WHO]`, which sets a cascade stage's state."""
+
+    @main.command(name=name, help=doc)
+    @config_option
+    @json_option
+    @click.argument("skill")
+    @click.option("--stage", type=click.IntRange(0, 63), default=0, show_default=True, help="The cascade index.")
+    @click.option("--by", default=None, help="Who (default: the local user).")
+    def command(config_path: Path | None, as_json: bool, skill: str, stage: int, by: str | None) -> None:
+        _stage_state(state, config_path, as_json, skill, stage, by)
+
+
+_stage_state_command("promote", "acting", """Let a cascade stage act (it was a shadow); stored and audited, until demoted.
 
     Example: agentd promote operator_request --stage 0
-    """
-    _stage_state("acting", config_path, as_json, skill, stage, by)
-
-
-@main.command()
-@config_option
-@json_option
-@click.argument("skill")
-@click.option("--stage", type=click.IntRange(0, 63), default=0, show_default=True, help="The cascade index.")
-@click.option("--by", default=None, help="Who (default: the local user).")
-def demote(config_path: Path | None, as_json: bool, skill: str, stage: int, by: str | None) -> None:
-    """Make a cascade stage a shadow: it still answers (for `agentd report`), never acts.
+    """)
+_stage_state_command("demote", "shadow", """Make a cascade stage a shadow: it still answers (for `agentd report`), never acts.
 
     Example: agentd demote freezer_health --stage 1
-    """
-    _stage_state("shadow", config_path, as_json, skill, stage, by)
+    """)
