@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     Field,
@@ -21,6 +20,8 @@ from pydantic import (
 )
 
 from agentd.config.base import ConfigPath, Name, _Model
+from agentd.config.fleet_state import FleetStateWrite
+from agentd.config.metrics import MetricsConfig
 from agentd.config.models import DelayModelConfig, EmbeddingModelConfig, LlamaModelConfig, ModelConfig, OnnxModelConfig
 from agentd.errors import ConfigError
 
@@ -238,6 +239,8 @@ class SkillConfig(_Model):
     # default: the order of `actions`.
     severity: list[str] | None = None
     uncertain: UncertainConfig = UncertainConfig()
+    # Keys of this node's own fleet state (nodes/<node id>/<key>) that its decisions set (issue 16).
+    fleet_state: list[FleetStateWrite] = Field(default_factory=list, max_length=64)
 
     def severity_of(self, action: str) -> int:
         """Rank of ``action`` in the severity order (higher is more severe)."""
@@ -282,30 +285,13 @@ class SkillConfig(_Model):
             need(getattr(self.approval, key), f"approval.{key}")
         for i, handler in enumerate(self.handlers):
             need(handler.action, f"handlers[{i}].action")
+        for i, write in enumerate(self.fleet_state):
+            need(write.action, f"fleet_state[{i}].action")
         if self.severity is not None and sorted(self.severity) != sorted(self.actions):
             raise ValueError(f"severity must list every action exactly once (actions: {', '.join(self.actions)})")
         need(self.uncertain.interim, "uncertain.interim")
         for a in self.uncertain.actions or ():
             need(a, "uncertain.actions")
-        return self
-
-
-def _loopback(value: str) -> str:
-    if value not in ("127.0.0.1", "::1", "localhost"):
-        raise ValueError(f"{value!r}: the metrics endpoint listens on loopback only (127.0.0.1, ::1 or localhost)")
-    return value
-
-
-class MetricsConfig(_Model):
-    enabled: bool = False
-    host: Annotated[str, AfterValidator(_loopback)] = "127.0.0.1"
-    port: int = Field(default=9464, ge=1, le=65535)
-    mqtt_interval_s: float = Field(default=60.0, ge=0, le=86400)  # 0: no snapshot on MQTT
-
-    @model_validator(mode="after")
-    def _check(self) -> MetricsConfig:
-        if 0 < self.mqtt_interval_s < 1:
-            raise ValueError("mqtt_interval_s must be 0 (off) or at least 1 second")
         return self
 
 

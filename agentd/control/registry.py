@@ -31,6 +31,8 @@ REGISTRY: dict[str, Command] = {c.name: c for c in (
     Command("set_mode", "operator", True, "auto, rules_only, observe or manual"),
     Command("quarantine", "operator", False, "observe only"),
     Command("label", "operator", True, "record the right action for a decision"),
+    Command("fleet_set", "operator", False, "set a site-wide fleet-state key, replicated to every node"),
+    Command("fleet_unset", "operator", False, "clear a site-wide fleet-state key"),
     Command("reload", "admin", True, "re-read the config file"),
     Command("set_config", "admin", False, "a whole config document, rolled back if it fails"),
     Command("set_stage", "admin", False, "the lifecycle stage stamped on decisions"),
@@ -46,4 +48,7 @@ ROLE_COMMANDS: dict[str, frozenset[str]] = {
     for role in ROLES
 }
 COMMANDS = ROLE_COMMANDS["admin"]  # every fleet command
+# The commands that write the fleet state: the operator's signed command is itself the write,
+# stored and gossiped whole so that every node checks the operator's signature and role.
+STATE_COMMANDS = ("fleet_set", "fleet_unset")
 LOCAL_OPS = tuple(c.name for c in REGISTRY.values() if c.local)

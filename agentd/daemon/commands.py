@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from agentd.config.loader import parse_config
-from agentd.control.registry import REGISTRY
+from agentd.control.registry import REGISTRY, STATE_COMMANDS
 from agentd.decision.rules import compile_all
 from agentd.errors import ConfigError, InputError
 from agentd.files import replace_atomically
@@ -36,7 +36,13 @@ class NodeCommands:
             name: getattr(self, f"_{name}") for name in REGISTRY
         }
 
-    async def run(self, name: str, args: dict[str, Any], *, by: str, via: Via, received: float | None = None) -> Any:
+    async def run(
+        self, name: str, args: dict[str, Any], *, by: str, via: Via, received: float | None = None, signed: dict[str, Any] | None = None
+    ) -> Any:
+        """``signed``: the fleet command's verified envelope (a fleet-state write is stored and gossiped whole)."""
+        if name in STATE_COMMANDS and signed is not None:
+            await self._node.accepting()
+            return await self._node.fleet_state.operator_write(signed)
         handler = self._handlers.get(name)
         if handler is None:
             raise InputError(f"unknown command {name!r} (known: {', '.join(REGISTRY)})")
@@ -102,6 +108,11 @@ class NodeCommands:
         if via == "fleet":  # "operator:NAME" may pass the bound; the command's own audit record keeps it whole
             by = by[:MAX_BY]
         return await self._node.current_engine().label(did, action, by=by, note=note)
+
+    async def _fleet_set(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
+        raise InputError("fleet_set and fleet_unset come only as an operator's signed fleet command (agentd fleet set)")
+
+    _fleet_unset = _fleet_set
 
     async def _set_mode(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
         engine = self._node.current_engine()

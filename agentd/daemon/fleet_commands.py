@@ -59,7 +59,7 @@ class FleetCommands:
             self._refused(Rejected("replayed", f"command id {env['id'][:40]!r} was already used"), operator)
             return
         try:
-            result = await self._node.commands.run(body["cmd"], body.get("args", {}), by=f"operator:{operator}", via="fleet")
+            result = await self._node.commands.run(body["cmd"], body.get("args", {}), by=f"operator:{operator}", via="fleet", signed=env)
             await self._done(env, True, {"result": result})
             log.info("fleet command %s (%s) by %s applied", body["cmd"], env["id"][:12], operator)
         except AgentdError as exc:

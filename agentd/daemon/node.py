@@ -19,6 +19,7 @@ from agentd.config.loader import LoadedConfig, load_config
 from agentd.daemon import housekeeping, logs
 from agentd.daemon.commands import NodeCommands
 from agentd.daemon.fleet_commands import FleetCommands
+from agentd.daemon.fleet_state import FleetState
 from agentd.daemon.metrics import NodeMetrics
 from agentd.daemon.notify import Notifier
 from agentd.daemon.socket_api import SocketApi
@@ -65,6 +66,7 @@ class Daemon:
         self.store_opened_at: float | None = None
         self.pool = ModelPool()
         self.commands = NodeCommands(self)  # one set of handlers for the socket and the fleet path
+        self.fleet_state = FleetState(self)  # fleet-state writes of operators (commands) and peers (gossip)
         self._lock: TextIO | None = None
 
     @property
@@ -117,7 +119,7 @@ class Daemon:
                         submit=self._mqtt_submit,
                         on_peer_decision=lambda node, body: self.current_engine().fleet.add_decision(body["action"], float(body["created_at"])),
                         learned_keys={p["node"]: p["public_key"] for p in peers if p["learned"] and p["public_key"]},
-                        on_command=FleetCommands(self).handle, refusals=self.refusals,
+                        on_command=FleetCommands(self).handle, on_state=self.fleet_state.peer_write, refusals=self.refusals,
                     )
                     self.link.metrics_source = self.metrics.snapshot_async if self.metrics else None
                     tg.create_task(self.link.run(), name="mqtt-link")

@@ -19,6 +19,7 @@ from agentd.config.base import MODES
 from agentd.decision.approvals import ApprovalMixin
 from agentd.decision.cascade import CascadeMixin
 from agentd.decision.fleet import FleetView
+from agentd.decision.fleet_writes import FleetStateMixin
 from agentd.decision.handlers import HandlerMixin
 from agentd.decision.labels import LabelMixin
 from agentd.decision.learning import LearningMixin
@@ -57,7 +58,7 @@ class Outbound(Protocol):
     def decision_messages(self, record: dict[str, Any], record_bytes: bytes) -> list[tuple[str, bytes, int, bool]]: ...
 
 
-class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin, LabelMixin):
+class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin, LabelMixin, FleetStateMixin):
     """The decision pipeline over one config: compiled rules, stages, modes, approvals.
 
     The daemon passes the long-lived ``store`` and model ``pool`` it owns, so a reload
@@ -160,8 +161,7 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
                         self.active[(skill_name, int(idx))] = model
         for action, ts in rows:
             self.fleet.add_decision(action, ts)
-        for k, v, _node in values:
-            self.fleet.set_value(k, json.loads(v))
+        self.fleet.load(values)
         # A mode set at run time (CLI, fleet command) holds until the config's own mode changes.
         if mode in MODES and mode_config == self.cfg.daemon.mode:
             self.mode = mode
@@ -332,7 +332,7 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
         outbox = self.outbound.decision_messages(record, record_bytes) if self.outbound is not None else []
         write = DecisionWrite(eid, skill.name, wall0, fields, record, self.node, outbox, expires_at, record_bytes)
         try:
-            await self.store.record_decision(write)
+            await self._record_decision(skill, write)  # with the node's fleet-state writes (decision/fleet_writes.py)
         except DuplicateEvent:
             self.counters["duplicates"] += 1
             return await self.store.read(lambda c: queries.find_by_event(c, eid) or record)

@@ -1,11 +1,14 @@
 """Rules and guards as CEL expressions, compiled once at load.
 
 Expressions see the event's fields by name, ``action`` (the chosen action, for guards),
-``skill`` and ``node``, and two functions over the local fleet-state view:
+``skill`` and ``node``, and three functions over the local fleet-state view:
 
 - ``fleet_count(action, window_s)``: decisions with that action by any node of the fleet
   in the last ``window_s`` seconds;
-- ``fleet_value(key)``: a value of the replicated fleet-state map, or ``null``."""
+- ``fleet_value(key)``: a value of the replicated fleet-state map, or ``null`` (never set,
+  unset, or expired);
+- ``fleet_keys(prefix)``: the keys of that map holding a value now that start with
+  ``prefix``, sorted (e.g. ``size(fleet_keys("nodes/").filter(k, k.endsWith("/defrosting")))``)."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
     from agentd.config.schema import SkillConfig
 from agentd.decision.fleet import FleetView
 
-FUNCTIONS = ("fleet_count", "fleet_value")
+FUNCTIONS = ("fleet_count", "fleet_value", "fleet_keys")
 
 
 # CEL's core functions and macros, plus ours; anything else is a typo.

@@ -6,6 +6,12 @@ message seen before dropped. Every ``mqtt.digest_interval_s`` (and at once on co
 partition may have healed) the node tells its peers how many decisions of each node it holds;
 a peer's digest that lacks some of ours gets them sent again. Which ones is decided by the
 pure functions ``resend_after`` and ``due_for_resend``.
+
+The digest also sums up the fleet-state map (``"state": {"n", "newest", "sha"}``, a hash over
+every key's winning write). A peer whose sum differs is sent the signed writes newer than its
+newest, or, when it is not behind in time (a partition wrote on both sides), every write held
+(``state_to_send``); a ``state`` message is handed to ``on_state``, which checks the write
+inside against this node's own trust.
 """
 
 from __future__ import annotations
@@ -21,12 +27,12 @@ from agentd.errors import Rejected
 from agentd.mesh.peerwire import check_peer_body
 from agentd.mesh.topics import topic
 from agentd.mesh.transport import publish_in_loop
-from agentd.state import queries
+from agentd.state import fleet_state, queries
 from agentd.trust.envelope import check_envelope, envelope
 from agentd.trust.hlc import decode as hlc_decode
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from agentd.config.schema import Config
     from agentd.mesh.publisher import OutboxPublisher
@@ -63,6 +69,16 @@ def due_for_resend(
     return [r for r in records if made_at >= resent_at.get(str(r.get("id")), -1e18) + grace_s]
 
 
+def state_to_send(theirs: Any, ours: dict[str, Any]) -> str | None:
+    """From which HLC on to send our fleet-state writes to a peer whose digest says ``theirs``
+    (``{"n", "newest", "sha"}``): after its newest, or "" (everything) when it is not behind us
+    in time; None when the maps agree (or it says nothing: an older agentd)."""
+    if not isinstance(theirs, dict) or not ours["n"] or theirs.get("sha") == ours["sha"]:
+        return None
+    newest = str(theirs.get("newest") or "")
+    return newest if newest < ours["newest"] else ""
+
+
 class Gossip:
     """One node's view of its peers: their keys, the messages seen, and the digest exchange."""
 
@@ -77,23 +93,29 @@ class Gossip:
         counters: dict[str, int],
         refusals: RefusalTally,
         on_peer_decision: Callable[[str, dict[str, Any]], None] | None = None,
+        on_state: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
         learned_keys: dict[str, str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.fleet, self.node = cfg.node.fleet, cfg.node.id
         self._key, self._clock, self._store, self._publisher = key, clock, store, publisher
         self._counters, self._refusals = counters, refusals
-        self._on_peer_decision = on_peer_decision
+        self._on_peer_decision, self._on_state = on_peer_decision, on_state
         self._keys: dict[str, str] = {**(learned_keys or {}), **cfg.trust.peers}  # configured keys win
         self._learned = len(learned_keys or {})
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._answered_at = -1e9  # monotonic time of the last digest answered with a resend
-        self._resent_at: dict[str, float] = {}  # decision id -> when we last resent it
+        self._resent_at: dict[str, float] = {}  # decision id (or fleet-state key@HLC) -> when we last resent it
+        self._state_answered_at = -1e9  # monotonic time of the last digest answered with fleet-state writes
 
     def update_trust(self, peers: dict[str, str]) -> None:
         """After a reload: configured peer keys replace the old ones; learned keys stay."""
         for node, key in peers.items():
             self._keys[node] = key
+
+    def key_of(self, node: str) -> str | None:
+        """The key trusted for peer ``node`` (configured, or learned on first use), or None."""
+        return self._keys.get(node)
 
     def _key_for(self, node: str, env: dict[str, Any]) -> str | None:
         known = self._keys.get(node)
@@ -143,7 +165,12 @@ class Gossip:
                     log.warning("learned the key of peer %s on first use (trust.allow_unknown_peers; %d learned)", node, self._learned)
             await store.upsert_peer(node, status=body["status"], hlc=env["hlc"], public_key=self._keys[node], learned=learned)
         elif env["kind"] == "digest":
-            await self._answer_digest(node, body, hlc_decode(env["hlc"])[0] / 1000)
+            made_at = hlc_decode(env["hlc"])[0] / 1000
+            await self._answer_digest(node, body, made_at)
+            await self._answer_state(node, body.get("state"), made_at)
+        elif env["kind"] == "state":
+            if self._on_state is not None:
+                await self._on_state(node, env)
         else:
             fresh = await store.record_peer_decision(node, body, env["hlc"])
             if fresh and self._on_peer_decision is not None:  # a resend must not count twice
@@ -157,7 +184,7 @@ class Gossip:
         while True:
             since = time.time() - DIGEST_WINDOW_S
             counts = await self._store().read(functools.partial(queries.fleet_digest, since=since))
-            body = {"since": since, "counts": counts}
+            body = {"since": since, "counts": counts, "state": await self._store().read(fleet_state.digest)}
             payload = envelope("digest", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
             await publish_in_loop(client, topic(self.fleet, "gossip", self.node), payload, qos=0)
             await asyncio.sleep(self.cfg.mqtt.digest_interval_s)
@@ -193,3 +220,25 @@ class Gossip:
         self._counters["resent"] = self._counters.get("resent", 0) + len(records)
         log.info("anti-entropy: %s holds %s of our %s decisions; resending %d", peer[:64], theirs[0], ours[0], len(records))
         self._publisher.resend(records)
+
+    async def _answer_state(self, peer: str, theirs: Any, made_at: float) -> None:
+        """A peer's digest sums up a fleet-state map unlike ours: relay the signed writes it may lack."""
+        now = time.monotonic()
+        if now - self._state_answered_at < self.cfg.mqtt.digest_interval_s:
+            return  # a relay on gossip/<node> reaches every peer: once per digest round
+        store = self._store()
+        after = state_to_send(theirs, await store.read(fleet_state.digest))
+        if after is None:
+            return
+        held = await store.read(functools.partial(fleet_state.origins, after=after))
+        grace = min(RESEND_GRACE_S, self.cfg.mqtt.digest_interval_s)
+        due = [(f"{k}@{h}", o) for k, h, o in held if made_at >= self._resent_at.get(f"{k}@{h}", -1e18) + grace]
+        if not due:
+            return
+        self._state_answered_at = now
+        wall = time.time()
+        for ref, _ in due:
+            self._resent_at[ref] = wall
+        self._counters["state_resent"] = self._counters.get("state_resent", 0) + len(due)
+        log.info("anti-entropy: %s holds another fleet state; relaying %d write(s)", peer[:64], len(due))
+        self._publisher.resend_state([o for _, o in due])

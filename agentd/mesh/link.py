@@ -62,6 +62,7 @@ class MeshLink:
         submit: Submit,
         on_peer_decision: Callable[[str, dict[str, Any]], None] | None = None,
         on_command: Callable[[bytes], Awaitable[None]] | None = None,
+        on_state: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
         learned_keys: dict[str, str] | None = None,
         refusals: RefusalTally | None = None,
     ) -> None:
@@ -80,7 +81,7 @@ class MeshLink:
         self._on_command = on_command
         self._publisher = OutboxPublisher(cfg=cfg, key=key, clock=clock, store=store, counters=self.counters)
         self._gossip = Gossip(cfg=cfg, key=key, clock=clock, store=store, publisher=self._publisher, counters=self.counters,
-                              refusals=self.refusals, on_peer_decision=on_peer_decision, learned_keys=learned_keys)
+                              refusals=self.refusals, on_peer_decision=on_peer_decision, on_state=on_state, learned_keys=learned_keys)
         self._receiver = Receiver(cfg=cfg, submit=submit, gossip=self._gossip, counters=self.counters,
                                   refusals=self.refusals, on_command=on_command)
         # "5" or "3.1.1": what the next connect asks for; auto starts with 5 and falls back once
@@ -228,6 +229,10 @@ class MeshLink:
     def update_trust(self, peers: dict[str, str]) -> None:
         """After a reload: configured peer keys replace the old ones; learned keys stay."""
         self._gossip.update_trust(peers)
+
+    def peer_key(self, node: str) -> str | None:
+        """The key trusted for peer ``node`` (configured, or learned on first use), or None."""
+        return self._gossip.key_of(node)
 
     async def _metrics(self, client: Any) -> None:
         """Every metrics.mqtt_interval_s: the metrics snapshot, signed, on nodes/<node>/metrics at QoS 0."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from agentd.errors import Rejected
 
-KINDS_BY_TOPIC = {"status": ("status",), "decisions": ("decision",), "gossip": ("digest", "decision")}
+KINDS_BY_TOPIC = {"status": ("status",), "decisions": ("decision",), "gossip": ("digest", "decision", "state")}
 MAX_DIGEST_NODES = 10_000
 
 
@@ -35,6 +35,14 @@ def check_peer_body(topic_kind: str, env: dict[str, Any], *, now_s: float, max_s
             if (len(node) > 64 or not isinstance(entry, list) or len(entry) != 2 or isinstance(entry[0], bool)
                     or not isinstance(entry[0], int) or entry[0] < 0 or not _is_number(entry[1])):
                 raise Rejected("malformed", f"digest entry for {node[:64]!r} must be [count, newest time]")
+        state = body.get("state")
+        if state is not None and (not isinstance(state, dict) or isinstance(state.get("n"), bool) or not isinstance(state.get("n"), int)
+                                  or not isinstance(state.get("newest"), str) or len(state["newest"]) > 32
+                                  or not isinstance(state.get("sha"), str) or len(state["sha"]) > 64):
+            raise Rejected("malformed", 'digest "state" must be {"n": keys, "newest": HLC, "sha": hash}')
+    elif kind == "state":  # a signed fleet-state write, relayed: its own signature is checked by agentd.control.state_writes
+        if set(body) != {"origin"} or not isinstance(body["origin"], dict):
+            raise Rejected("malformed", 'a state body is {"origin": <a signed write>}')
     else:
         _text(body, "id", 128)
         _text(body, "action", 64)

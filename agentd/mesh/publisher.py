@@ -40,7 +40,7 @@ class OutboxPublisher:
         self._key, self._clock, self._store, self._counters = key, clock, store, counters
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-outbox")
         self._outbox_reader = OutboxReader(cfg.data_dir)
-        self._resend: list[dict[str, Any]] = []
+        self._resend: list[tuple[str, dict[str, Any]]] = []  # (kind, body) to envelope afresh on gossip/<node>
 
     @property
     def _ready(self) -> asyncio.Event:
@@ -49,7 +49,12 @@ class OutboxPublisher:
 
     def resend(self, records: list[dict[str, Any]]) -> None:
         """Queue our own decision records to go out again, freshly enveloped, on ``gossip/<node>``."""
-        self._resend.extend(records)
+        self._resend.extend(("decision", r) for r in records)
+        self._ready.set()
+
+    def resend_state(self, origins: list[dict[str, Any]]) -> None:
+        """Queue signed fleet-state writes (anyone's) to be relayed, each in a ``state`` envelope, on ``gossip/<node>``."""
+        self._resend.extend(("state", {"origin": o}) for o in origins)
         self._ready.set()
 
     async def close(self) -> None:
@@ -117,9 +122,9 @@ class OutboxPublisher:
                 self._ready.clear()
                 if pending and time.monotonic() - min(t for _, t in pending.values()) > PUBACK_TIMEOUT_S:
                     raise aiomqtt_error(f"no PUBACK in {PUBACK_TIMEOUT_S:.0f} s")
-                while self._resend:  # anti-entropy: our own decisions again, freshly enveloped, on gossip/<node>
-                    record = self._resend.pop(0)
-                    payload = envelope("decision", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=record, key=self._key)
+                while self._resend:  # anti-entropy: our own decisions, and fleet-state writes, freshly enveloped, on gossip/<node>
+                    kind, body = self._resend.pop(0)
+                    payload = envelope(kind, fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
                     await wait_for_room()
                     publish(-1, topic(self.fleet, "gossip", self.node), payload, 1, False)
                 rows = self._store().outbox.take_fresh(after) if after else []

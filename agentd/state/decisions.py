@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import NotFound, StateError
-from agentd.state import labels, queries
+from agentd.state import fleet_state, labels, queries
 from agentd.trust.canonical import canonical, sha256_hex
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class DecisionWrite:
     approval_expires_at: float | None = None
     record_canonical: bytes | None = None
     outbox_seqs: list[int] = field(default_factory=list)  # filled in by the writer
+    state_writes: list[fleet_state.StateWrite] = field(default_factory=list)  # its node's own fleet-state keys (issue 16)
 
 
 class DuplicateEvent(StateError):
@@ -104,6 +105,9 @@ def write_decisions(conn: sqlite3.Connection, audit: AuditLog, writes: list[Deci
             approvals,
         )
     conn.executemany(FLEET_INSERT, fleet)
+    state = [sw for w, (ok, _) in zip(writes, results, strict=True) if ok for sw in w.state_writes]
+    if state:
+        fleet_state.apply(conn, state)
     return results
 
 

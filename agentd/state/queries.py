@@ -8,12 +8,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentd.errors import NotFound, StateError
-from agentd.state import labels
+from agentd.state import fleet_state, labels
 from agentd.trust.audit import GENESIS, AuditRow, Checkpoint, VerifyResult, verify_chain
 from agentd.trust.canonical import canonical, sha256_hex
+
+if TYPE_CHECKING:
+    from agentd.state.lww import Entry
 
 DB_FILE = "agentd.db"
 
@@ -244,7 +247,8 @@ def fleet_summary(conn: sqlite3.Connection, window_s: float = 600.0, now: float 
     by_node: dict[str, dict[str, int]] = {}
     for node, action, n in rows:
         by_node.setdefault(node, {})[action] = n
-    state = {k: {"value": json.loads(v), "hlc": h, "node": n} for k, v, h, n in conn.execute("SELECT key, value, hlc, node FROM fleet_state")}
+    at = now if now is not None else time.time()
+    state = {e.key: e.as_json(at) for e in fleet_state.entries(conn)}
     return {"window_s": window_s, "decisions": by_node, "state": state}
 
 
@@ -262,11 +266,11 @@ def export_audit(conn: sqlite3.Connection, after: int = 0) -> Iterator[dict[str,
         }
 
 
-def engine_state(conn: sqlite3.Connection) -> tuple[list[tuple[str, float]], dict[str, str | None], list[tuple[str, str, str]]]:
+def engine_state(conn: sqlite3.Connection) -> tuple[list[tuple[str, float]], dict[str, str | None], list[Entry]]:
     """What an engine starts from: the fleet decisions of the last 24 h, the persisted settings
     (mode, lifecycle stage, model activations), and the fleet-state map."""
     cutoff = time.time() - 24 * 3600
     rows = conn.execute("SELECT action, ts FROM fleet_decisions WHERE ts >= ? ORDER BY ts", (cutoff,)).fetchall()
-    values = conn.execute("SELECT key, value, node FROM fleet_state").fetchall()
+    values = fleet_state.entries(conn)
     keys = ("mode", "mode_config", "stage", "stage_config", "active_models")
     return rows, {k: get_setting(conn, k) for k in keys}, values
