@@ -123,7 +123,16 @@ def peers(config_path: Path | None, as_json: bool) -> None:
 @json_option
 @click.option("--window", "window_s", type=click.FloatRange(1, 30 * 86400), default=600, show_default=True, help="Seconds back.")
 def fleet_state(config_path: Path | None, as_json: bool, window_s: float) -> None:
-    """What this node knows the fleet did: decisions per node and action in the window (what fleet_count() reads)."""
+    """What this node knows of the fleet: decisions per node and action in the window (what fleet_count() reads),
+    and the fleet-state keys (what fleet_value() and fleet_keys() read) with value, writer, HLC and expiry.
+
+    A key's state is live, expired (rules read null) or unset (a tombstone, kept
+    so that an older write cannot bring the value back). --json prints
+    {"window_s", "decisions": {NODE: {ACTION: N}}, "state": {KEY: {"value",
+    "writer", "hlc", "expires_at", "deleted", "live"}}}.
+    """
+    import json
+
     from agentd.state import queries
 
     summary = _query(config_path, queries.fleet_summary, window_s)
@@ -131,6 +140,10 @@ def fleet_state(config_path: Path | None, as_json: bool, window_s: float) -> Non
         return
     _table(f"fleet decisions, last {window_s:g} s", ["node", "action", "count"],
            ((node, action, n) for node, acts in summary["decisions"].items() for action, n in acts.items()))
+    _table("fleet state", ["key", "value", "writer", "hlc", "expires", "state"],
+           ((k, "" if e["deleted"] else json.dumps(e["value"])[:80], e["writer"], e["hlc"],
+             _ts(e["expires_at"]) if e["expires_at"] else "never",
+             "unset" if e["deleted"] else "live" if e["live"] else "expired") for k, e in summary["state"].items()))
 
 
 @main.group()
