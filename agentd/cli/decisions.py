@@ -213,8 +213,8 @@ def _resolve(op: str, config_path: Path | None, as_json: bool, decision_id: str,
 
     loaded = _load(config_path)
     who = by or f"local:{getpass.getuser()}"
-    with contextlib.suppress(AgentdError):  # accept the short ids `agentd decisions` shows; else the daemon says what is wrong
-        decision_id = _find(queries.open_readonly(loaded.config.data_dir), decision_id)["id"]
+    with contextlib.suppress(AgentdError):  # a decision id or a unique prefix of 8+ of it, never an event id; else the daemon says what is wrong
+        decision_id = queries.decision_by_id(queries.open_readonly(loaded.config.data_dir), decision_id)["id"]
     req = {"op": op, "id": decision_id, "by": who, "reason": reason, **({"action": action} if action is not None else {})}
     d = request(loaded.config.socket_path, req)
     if as_json:

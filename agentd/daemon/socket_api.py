@@ -7,6 +7,9 @@ import contextlib
 import json
 import logging
 import os
+import pwd
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +47,7 @@ class SocketApi:
             writer.close()
             return
         self._open += 1
+        peer = peer_user(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -57,19 +61,19 @@ class SocketApi:
                 if not line:
                     return
                 received = time.monotonic()
-                await _reply(writer, await self._handle(line, received))
+                await _reply(writer, await self._handle(line, received, peer))
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
             self._open -= 1
             writer.close()
 
-    async def _handle(self, line: bytes, received: float) -> dict[str, Any]:
+    async def _handle(self, line: bytes, received: float, peer: str | None = None) -> dict[str, Any]:
         try:
             req = parse_json(line, max_bytes=MAX_REQUEST_BYTES, what="request")
             if not isinstance(req, dict) or not isinstance(req.get("op"), str):
                 raise InputError('a request is a JSON object with an "op" field')
-            result = await self._dispatch(req, received)
+            result = await self._dispatch(req, received, peer)
             return {"ok": True, "result": result}
         except AgentdError as exc:
             return {"ok": False, "code": exc.exit_code, "error": str(exc)}
@@ -77,16 +81,43 @@ class SocketApi:
             log.exception("request failed")
             return {"ok": False, "code": 1, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
-    async def _dispatch(self, req: dict[str, Any], received: float) -> Any:
+    async def _dispatch(self, req: dict[str, Any], received: float, peer: str | None) -> Any:
         op = req["op"]
         if op not in LOCAL_OPS:
             raise InputError(f"unknown op {op!r} (known: {', '.join(LOCAL_OPS)})")
-        by = req.get("by") or "local-cli"
-        if not isinstance(by, str):
+        claimed = req.get("by") or "local-cli"
+        if not isinstance(claimed, str):
             raise InputError('"by" must be a string')
-        return await self._node.commands.run(op, req, by=by, via="socket", received=received)
+        return await self._node.commands.run(op, req, by=who(claimed, peer), via="socket", received=received)
 
 
 async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
     await writer.drain()
+
+
+def peer_user(sock: socket.socket | None) -> str | None:
+    """Who is on the other end of a Unix socket, from the kernel (SO_PEERCRED): ``local:NAME(uid=N)``."""
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return None
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = "?"
+    return f"local:{name}(uid={uid})"
+
+
+def who(claimed: str, peer: str | None) -> str:
+    """What an action is recorded as done by: the kernel's word for the caller, with any name it claimed.
+
+    A caller can write any ``--by``; it is kept as a label beside the uid, never instead of it.
+    """
+    if peer is None:
+        return claimed
+    if claimed in ("local-cli", peer) or peer.startswith(f"{claimed}("):
+        return peer
+    return f"{claimed} via {peer}"

@@ -65,7 +65,7 @@ class ApprovalMixin:
 
         The approval is a label too (the requested action was right), written with it.
         """
-        current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
+        current = await self.store.read(lambda c: queries.decision_by_id(c, decision_id))
         requested = current.get("approval", {}).get("requested_action")
         if requested is None:
             raise NotFound(f"decision {decision_id!r} never needed approval")
@@ -82,7 +82,7 @@ class ApprovalMixin:
         With ``action`` (one of the skill's actions, not the one asked for), that action applies
         instead, and it is a label of the decision, written with the rejection.
         """
-        current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
+        current = await self.store.read(lambda c: queries.decision_by_id(c, decision_id))
         skill = self._skill_or_none(current["skill"])
         interim = current.get("approval", {}).get("interim_action") or current["action"]
         label = None

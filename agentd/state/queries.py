@@ -60,6 +60,29 @@ def get_decision(conn: sqlite3.Connection, ident: str) -> dict[str, Any]:
     return _decision(row)
 
 
+MIN_ID_PREFIX = 8
+
+
+def decision_by_id(conn: sqlite3.Connection, ident: str) -> dict[str, Any]:
+    """A decision by its id, or by a unique prefix of at least MIN_ID_PREFIX characters of it; never by an event id.
+
+    What an approval or a rejection names: event ids come from outside, so an event whose id
+    equals a decision's short form must never be what a person approves.
+    """
+    row = conn.execute("SELECT record, late_answer FROM decisions WHERE id = ?", (ident,)).fetchone()
+    if row is not None:
+        return _decision(row)
+    if len(ident) < MIN_ID_PREFIX:
+        raise NotFound(f"no decision with id {ident!r} (a short id needs at least {MIN_ID_PREFIX} characters)")
+    escaped = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    rows = conn.execute("SELECT record, late_answer FROM decisions WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (escaped + "%",)).fetchall()
+    if not rows:
+        raise NotFound(f"no decision with id {ident!r}")
+    if len(rows) > 1:
+        raise NotFound(f"{ident!r} is the start of more than one decision id: give more of it")
+    return _decision(rows[0])
+
+
 def find_by_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT record, late_answer FROM decisions WHERE event_id = ?", (event_id,)).fetchone()
     return None if row is None else _decision(row)

@@ -445,7 +445,9 @@ async def test_approval_approve(config_factory: Factory, node_key: NodeKey, capl
         assert (rec["status"], rec["action"], rec["rule"]) == ("pending_approval", "alert", "hot")
         assert rec["approval"]["requested_action"] == "shutdown" and rec["approval"]["interim_action"] == "alert"
         assert rec["approval"]["expires_at"] == pytest.approx(t_wall + 900, abs=2)
-        approved = await eng.approve("hot-1", by="alice")  # by event id works too
+        with pytest.raises(NotFound, match="no decision with id 'hot-1'"):
+            await eng.approve("hot-1", by="alice")  # an event id names no decision to approve (issue 15)
+        approved = await eng.approve(rec["id"][:8], by="alice")  # a unique prefix of 8+ characters of the decision id
         again = await stored(eng, rec["id"])
         kinds = await audit_kinds(eng, rec["id"])
         with pytest.raises(NotFound, match="not pending"):
