@@ -17,7 +17,8 @@ import pytest
 from agentd.config.loader import LoadedConfig, load_config
 from agentd.decision.engine import Engine
 from agentd.decision.fleet import FleetView
-from agentd.decision.rules import compile_all, first_match, make_context
+from agentd.decision.rules import compile_all, evaluate, first_match, make_context
+from agentd.state.lww import Entry
 from agentd.trust.keys import create_key
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -59,7 +60,8 @@ def test_example_config_loads_and_compiles() -> None:
     skill = cfg.skill(SKILL)
     assert skill.actions == ["none", "alert", "defrost", "shutdown"]
     assert rules.rules[-1].default and rules.rules[-1].action == "none"
-    assert [g.name for g in rules.guards] == ["fleet_shutdown_limit"]
+    assert [g.name for g in rules.guards] == ["fleet_shutdown_limit", "site_maintenance", "generator_power", "stagger_defrosts"]
+    assert [(w.action, w.key, w.value, w.ttl_s) for w in skill.fleet_state] == [("defrost", "defrosting", True, 1800)]
     assert skill.approval.actions == ["shutdown"] and skill.approval.interim == "alert"
     assert {h.action for h in skill.handlers} == {"alert", "defrost", "shutdown"}
 
@@ -151,3 +153,22 @@ def test_example_rules_agree_with_the_model_on_typical_telemetry(build_models: M
         assert sum(hits) / len(hits) >= 0.85, (action, sum(hits) / len(hits))
     for action, hits in agree_truth.items():  # and the rules alone are a reasonable floor
         assert sum(hits) / len(hits) >= 0.75, (action, sum(hits) / len(hits))
+
+
+def test_example_guards_read_the_fleet_state() -> None:
+    """The operator's site keys hold shutdowns and defrosts; the nodes' own keys stagger defrosts."""
+    guards = {g.name: g for g in compile_all(load_config(EXAMPLE))[SKILL].guards}
+    fleet = FleetView()
+
+    def holds(name: str, action: str) -> bool:
+        fields = {"temperature_c": -5.0, "door_open_s": 0.0, "compressor_a": 0.0, "note": ""}
+        return evaluate(guards[name], make_context({**fields, "skill": SKILL, "node": "n", "action": action}, fleet))
+
+    assert not holds("site_maintenance", "shutdown") and not holds("generator_power", "defrost") and not holds("stagger_defrosts", "defrost")
+    fleet.apply(Entry("site/maintenance", "1700000000000-0000", "operator:alice", "c1", {"by": "alice"}))
+    fleet.apply(Entry("site/generator_power", "1700000000000-0000", "operator:alice", "c2", True))
+    assert holds("site_maintenance", "shutdown") and not holds("site_maintenance", "alert") and holds("generator_power", "defrost")
+    for node in ("cold-store-02", "cold-store-03"):
+        assert not holds("stagger_defrosts", "defrost")
+        fleet.apply(Entry(f"nodes/{node}/defrosting", "1700000000000-0000", node, node, True))
+    assert holds("stagger_defrosts", "defrost")
