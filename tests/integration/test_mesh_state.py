@@ -16,7 +16,7 @@ from agentd.control.commands import new_command
 from agentd.trust.envelope import envelope
 from agentd.trust.hlc import Clock
 from agentd.trust.keys import NodeKey, create_key, create_key_file
-from tests.integration.broker import Broker
+from tests.integration.broker import Broker, free_port
 from tests.integration.conftest import DaemonProc, cli, freezer_config
 from tests.integration.test_mesh_link import wait_connected
 
@@ -25,12 +25,13 @@ MAINTENANCE = {"name": "maintenance", "when": 'fleet_value("site/maintenance") =
 WRITES = [{"action": "alert", "key": "alerting", "value": {"why": "maintenance"}, "ttl_s": 600}]
 
 
-def _nodes(tmp_path: Path, port: int, operators: list[dict[str, Any]], **mqtt_: Any) -> tuple[DaemonProc, DaemonProc, dict[str, NodeKey]]:
+def _nodes(tmp_path: Path, port: int, operators: list[dict[str, Any]], port_b: int | None = None,
+           **mqtt_: Any) -> tuple[DaemonProc, DaemonProc, dict[str, NodeKey]]:
     keys = {n: create_key(tmp_path / n / "data")[0] for n in ("node-a", "node-b")}
     procs = []
     for name, peer in (("node-a", "node-b"), ("node-b", "node-a")):
         data = tmp_path / name / "data"
-        cfg = freezer_config(data, mqtt_port=port, node_id=name)
+        cfg = freezer_config(data, mqtt_port=port_b if name == "node-b" and port_b else port, node_id=name)
         cfg["mqtt"].update(mqtt_)
         cfg["trust"] = {"operators": operators, "peers": {peer: keys[peer].public_b64}}
         skill = cfg["skills"][0]
@@ -42,8 +43,8 @@ def _nodes(tmp_path: Path, port: int, operators: list[dict[str, Any]], **mqtt_: 
     return procs[0], procs[1], keys
 
 
-def _operator(tmp_path: Path, port: int) -> Path:
-    folder = tmp_path / "laptop"
+def _operator(tmp_path: Path, port: int, name: str = "laptop") -> Path:
+    folder = tmp_path / name
     (folder / "data").mkdir(parents=True)
     path = folder / "agentd.yaml"
     path.write_text(yaml.safe_dump(freezer_config(folder / "data", mqtt_port=port, node_id="op-laptop")))
@@ -165,3 +166,70 @@ def test_a_node_that_missed_a_write_gets_it_from_the_digests(tmp_path: Path) -> 
         a.stop()
         b.stop()
         broker.stop()
+
+
+def test_concurrent_writes_on_both_sides_of_a_partition_heal_to_one_value(tmp_path: Path) -> None:
+    """Two bridged brokers, one node on each; split, each side's operator writes the same key and
+    each node its own; after the heal (no message of the split crosses the new bridge) the digests
+    bring both nodes to the same map: the later write of the key everywhere, both nodes' keys."""
+    queue = "max_queued_messages 100000\n"
+    b1 = Broker(folder=tmp_path, extra=queue)
+    b1.start()
+    p2 = free_port()
+
+    def bridged() -> str:
+        return queue + f"connection heal\naddress 127.0.0.1:{b1.port}\ntopic agentd/v1/# both 1\ncleansession true\n"
+
+    b2 = Broker(folder=tmp_path, port=p2, extra=bridged())
+    b2.start()
+    alice, _ = create_key_file(tmp_path / "keys" / "alice.key")
+    bob, _ = create_key_file(tmp_path / "keys" / "bob.key")
+    ops = [{"name": "alice", "key": alice.public_b64, "role": "operator"}, {"name": "bob", "key": bob.public_b64, "role": "admin"}]
+    a, b, keys = _nodes(tmp_path, b1.port, ops, port_b=p2, digest_interval_s=0.5)
+    side_a, side_b = _operator(tmp_path, b1.port, "laptop-a"), _operator(tmp_path, p2, "laptop-b")
+
+    def set_on(laptop: Path, node: str, who: str, value: str) -> None:
+        r = cli(laptop, "fleet", "set", "site/maintenance", value, "--target", node, "--key", str(tmp_path / "keys" / f"{who}.key"),
+                "--peer-key", f"{node}={keys[node].public_b64}")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    try:
+        for n in (a, b):
+            n.start()
+            wait_connected(n)
+        set_on(side_a, "node-a", "alice", "true")  # joined: it crosses the bridge
+        _wait(lambda: _state(b).get("site/maintenance", {}).get("value") is True)
+
+        b2.stop()  # the partition: the b-side broker back without its bridge
+        b2 = Broker(folder=tmp_path, port=p2, extra=queue)
+        b2.start()
+        for n in (a, b):
+            wait_connected(n)
+        for n, tag in ((a, "a"), (b, "b")):  # each node sets its own key (maintenance is still on: alert)
+            rec = n.request({"op": "submit", "skill": "freezer_health", "data": NORMAL, "id": f"split-{tag}"})["result"]
+            assert rec["guard"] == "maintenance"
+        set_on(side_b, "node-b", "bob", '"b-side"')
+        set_on(side_a, "node-a", "alice", '"a-side"')  # later: it wins, wherever it is seen first
+        time.sleep(1.5)  # several digest rounds: nothing may cross while split
+        assert _state(a)["site/maintenance"]["value"] == "a-side" and _state(b)["site/maintenance"]["value"] == "b-side"
+        assert "nodes/node-b/alerting" not in _state(a) and "nodes/node-a/alerting" not in _state(b)
+
+        b2.stop()  # the heal
+        b2 = Broker(folder=tmp_path, port=p2, extra=bridged())
+        b2.start()
+
+        def agreed() -> bool:
+            sa, sb = _state(a), _state(b)
+            return sa == sb and {"nodes/node-a/alerting", "nodes/node-b/alerting"} <= set(sa)
+
+        _wait(agreed, timeout=60)
+        entry = _state(a)["site/maintenance"]
+        assert (entry["value"], entry["writer"]) == ("a-side", "operator:alice")
+        for n in (a, b):
+            rec = n.request({"op": "submit", "skill": "freezer_health", "data": NORMAL, "id": "healed"})["result"]
+            assert rec["guard"] is None  # "a-side" is not true: the maintenance guard reads the same value on both
+    finally:
+        a.stop()
+        b.stop()
+        b1.stop()
+        b2.stop()
