@@ -386,7 +386,11 @@ fi
 
 # ---------------------------------------------------------------- 7. the node key
 KEY=$STATE_DIR/keys/node.key
-if [ -e "$ROOT$KEY" ]; then
+if [ -e "$ROOT$KEY" ] && [ -z "$ROOT" ] && [ ! -e "$STATE_DIR/keys/node.pub" ]; then
+  # an install from before issue 15: pin the key the audit trail is verified against
+  say "node key: $KEY exists (kept); pinning its public key in $STATE_DIR/keys/node.pub (agentd keys init)"
+  run runuser -u "$SERVICE_USER" -- "$VENV/bin/agentd" keys init --config "$CONF"
+elif [ -e "$ROOT$KEY" ]; then
   say "node key: $KEY exists (kept)"
 elif [ -n "$ROOT" ]; then
   # Under --root the config's data_dir names the box's path: point a copy at the tree.
@@ -434,6 +438,8 @@ Next:
   1. Edit $CONF: node.fleet, mqtt.host/port/tls, trust.operators and trust.peers
      (then: $VENV/bin/agentd config validate $CONF; systemctl reload agentd).
   2. Give this node's public key to the fleet: sudo -u $SERVICE_USER $VENV/bin/agentd keys show --json --config $CONF
+     and pin it in $CONF as trust.audit_public_key (the key \`agentd audit verify\` checks the audit trail against;
+     keys/node.pub pins it too, but the service user can replace that file)
   3. Check it: systemctl status agentd; journalctl -u agentd -f; $VENV/bin/agentd status --config $CONF
   4. docs/INSTALL.md ($PREFIX/docs/INSTALL.md): memory per setup, the LLM model, Jetson notes.
 EOF

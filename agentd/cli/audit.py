@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from agentd.cli._common import _emit_json, _load, config_option, json_option, main
-from agentd.errors import AgentdError, InputError
+from agentd.errors import InputError, TrustError
+
+if TYPE_CHECKING:
+    from agentd.config.loader import LoadedConfig
+    from agentd.trust.audit import VerifyResult
 
 
 @main.group()
@@ -20,28 +24,74 @@ def audit() -> None:
 @audit.command("verify")
 @config_option
 @json_option
-def audit_verify(config_path: Path | None, as_json: bool) -> None:
-    """Verify the hash chain, signed checkpoints and decision digests; name the first bad record.
+@click.option("--public-key", "public_key", default=None, metavar="KEY|FILE",
+              help="The node's public key to verify against: base64, a node.pub file, or a backup's folder or manifest.json"
+                   " (default: trust.audit_public_key, then keys/node.pub).")
+@click.option("--export", "exports", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Verify this file of `agentd audit export` offline, without the database; repeat it for consecutive exports.")
+@click.option("--with-database", is_flag=True, help="With --export: the exports and the node's database, as one chain.")
+def audit_verify(config_path: Path | None, as_json: bool, public_key: str | None, exports: tuple[Path, ...], with_database: bool) -> None:
+    """Verify the hash chain, the chained signed checkpoints and the decision digests against the pinned key.
 
-    Exit 0 if intact, 1 if not.
+    Fails (exit 1, naming the first bad record) on any edit, deletion, insertion or
+    reordering, a checkpoint deleted, replaced or signed by another key, a chain start no
+    signed retention record binds, a clean stop without its checkpoint, and an unsigned
+    tail beyond its bound (state.checkpoint_every records / checkpoint_interval_s, as
+    signed in the last checkpoint). With no pinned key it refuses to verify (exit 1).
+
+    Example: agentd audit verify --export /srv/siem/node-7.jsonl --public-key /srv/backups/node-7/node.pub
     """
-    from agentd.state import queries
-    from agentd.trust.keys import load_key
+    from agentd.state import audit_export, queries
+    from agentd.trust.audit import DEFAULT_BOUND, Bound
 
-    loaded = _load(config_path)
-    conn = queries.open_readonly(loaded.config.data_dir)
-    try:
-        trusted = load_key(loaded.config.data_dir).public_b64
-    except AgentdError:
-        trusted = None
-    result = queries.verify_audit(conn, trusted_key=trusted)
-    if as_json:
-        _emit_json(result.as_dict())
-    elif result.ok:
-        click.echo(f"audit trail intact: {result.records} record(s), {result.checkpoints} signed checkpoint(s)")
+    if with_database and not exports:
+        raise InputError("--with-database goes with --export FILE (without --export the database is what is verified)")
+    loaded = None if exports and not with_database and public_key else _load(config_path)
+    bound = Bound(loaded.config.state.checkpoint_every, loaded.config.state.checkpoint_interval_s) if loaded else DEFAULT_BOUND
+    key, where = _key(public_key, loaded)
+    conn = queries.open_readonly(loaded.config.data_dir) if loaded and (with_database or not exports) else None
+    if exports:
+        files = [(str(p), p.open(encoding="utf-8")) for p in exports]
+        try:
+            result = audit_export.verify_export(files, trusted_key=key, bound=bound, conn=conn)
+        finally:
+            for _, fh in files:
+                fh.close()
     else:
-        click.echo(f"audit trail BROKEN at record {result.first_bad_seq}: {result.problem}")
+        assert conn is not None
+        result = queries.verify_audit(conn, trusted_key=key, bound=bound)
+    _report(result, key, where, as_json)
     sys.exit(0 if result.ok else 1)
+
+
+def _key(public_key: str | None, loaded: LoadedConfig | None) -> tuple[str, str]:
+    """The key to verify against and where it came from: --public-key, else the pin (TrustError with none)."""
+    from agentd.trust.keys import pinned_key, public_key_from
+
+    if public_key is not None:
+        try:
+            return public_key_from(public_key)
+        except TrustError as exc:
+            raise TrustError(f"--public-key: {exc}") from exc
+    assert loaded is not None
+    return pinned_key(loaded.config.data_dir, loaded.config.trust.audit_public_key)
+
+
+def _report(result: VerifyResult, key: str, where: str, as_json: bool) -> None:
+    if as_json:
+        _emit_json({**result.as_dict(), "public_key": key, "key_source": where})
+        return
+    if not result.ok:
+        click.echo(f"audit trail BROKEN at record {result.first_bad_seq}: {result.problem}")
+        return
+    click.echo(f"audit trail intact: {result.records} record(s), {result.checkpoints} signed checkpoint(s),"
+               f" checked against key {key[:12]}... ({where})")
+    tail = result.tail
+    if tail is not None and tail.records:
+        limit = f"{tail.bound.records} records / {tail.bound.seconds:g} s"
+        click.echo(f"unsigned tail: {tail.records} record(s) over {tail.seconds:.1f} s after record {tail.after_seq} (bound {limit})")
+    elif result.head is not None:
+        click.echo(f"no unsigned tail: the head (record {result.head[0]}) is signed")
 
 
 @audit.command("export")
@@ -50,22 +100,27 @@ def audit_verify(config_path: Path | None, as_json: bool) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File (default: stdout).")
 @click.option("--mark", is_flag=True, help="Record the export so retention may prune what a signed checkpoint covers.")
 def audit_export(config_path: Path | None, after: int, output: Path | None, mark: bool) -> None:
-    """Write audit records as JSON lines (for a SIEM).
+    """Write the audit trail as JSON lines (for a SIEM), verifiable off the box.
+
+    Each record line holds the record's stored canonical body byte for byte; the signed
+    checkpoints that cover the records follow them (`"type": "checkpoint"` lines), so
+    `agentd audit verify --export FILE --public-key KEY` checks the file anywhere.
 
     Example: agentd audit export --after 1200 -o audit.jsonl
     """
     import sqlite3
 
     from agentd.state import queries
+    from agentd.state.audit_export import export_lines
 
     loaded = _load(config_path)
     conn = queries.open_readonly(loaded.config.data_dir)
-    out = output.open("w") if output else sys.stdout
+    out = output.open("w", encoding="utf-8") if output else sys.stdout
     last = after
     try:
-        for rec in queries.export_audit(conn, after):
-            out.write(json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n")
-            last = rec["seq"]
+        for seq, line in export_lines(conn, after):
+            out.write(line + "\n")
+            last = seq if seq is not None else last
     finally:
         if output:
             out.close()
@@ -76,3 +131,4 @@ def audit_export(config_path: Path | None, after: int, output: Path | None, mark
         with rw:
             rw.execute("INSERT OR REPLACE INTO settings(key, value) VALUES ('audit_exported_seq', ?)", (str(last),))
         rw.close()
+

@@ -157,11 +157,12 @@ def keys() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Folder for the operator key.")
 @click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), default="operator", show_default=True, help="Role for the printed trust entry.")
 def keys_init(config_path: Path | None, operator: str | None, out: Path, role: str) -> None:
-    """Create the node key (mode 0600) if it does not exist; or, with --operator, an operator key.
+    """Create the node key (mode 0600) if it does not exist, and pin its public key (keys/node.pub,
+    what `agentd audit verify` checks the audit trail against); or, with --operator, an operator key.
 
     Example: agentd keys init --operator alice --out ~/.agentd --role admin
     """
-    from agentd.trust.keys import create_key, create_key_file
+    from agentd.trust.keys import create_key, create_key_file, pin_path, public_key_from, write_pin
 
     if operator is not None:
         if not operator or len(operator) > 64 or "/" in operator:
@@ -175,6 +176,12 @@ def keys_init(config_path: Path | None, operator: str | None, out: Path, role: s
     key, created = create_key(loaded.config.data_dir)
     click.echo(f"{'created' if created else 'exists'}: {key.path}")
     click.echo(f"public key: {key.public_b64}")
+    pin = pin_path(loaded.config.data_dir)
+    if write_pin(loaded.config.data_dir, key.public_b64) or created:
+        click.echo(f"pinned: {pin} (for a pin the service user cannot change, set trust.audit_public_key to this key)")
+    elif public_key_from(str(pin))[0] != key.public_b64:
+        click.echo(f"warning: {pin} pins another key ({public_key_from(str(pin))[0]}): the node key was replaced;"
+                   " see docs/OPERATIONS.md (key rotation) before you remove the old pin", err=True)
 
 
 @keys.command("show")

@@ -97,6 +97,9 @@ class TrustConfig(_Model):
     operators: list[OperatorConfig] = Field(default_factory=list)
     peers: dict[Name, str] = Field(default_factory=dict)
     allow_unknown_peers: bool = False
+    # the node's public key as pinned at install: `agentd audit verify` checks the trail against it
+    # (before keys/node.pub, which the service user could replace; this file is root's)
+    audit_public_key: str | None = Field(default=None, min_length=40, max_length=64, description="base64 raw Ed25519 public key")
 
 
 class RetentionConfig(_Model):
@@ -290,6 +293,8 @@ class SkillConfig(_Model):
         if self.severity is not None and sorted(self.severity) != sorted(self.actions):
             raise ValueError(f"severity must list every action exactly once (actions: {', '.join(self.actions)})")
         need(self.uncertain.interim, "uncertain.interim")
+        if self.uncertain.interim is not None and self.uncertain.interim in self.approval.actions:
+            raise ValueError(f"uncertain.interim: {self.uncertain.interim!r} itself waits for approval (approval.actions); it cannot apply meanwhile")
         for a in self.uncertain.actions or ():
             need(a, "uncertain.actions")
         return self

@@ -29,6 +29,7 @@ from agentd import __version__
 from agentd.errors import InputError, StateError, TrustError, Unreachable
 from agentd.stages.loading import file_sha256
 from agentd.state import queries
+from agentd.trust.audit import Bound
 from agentd.trust.canonical import canonical
 from agentd.trust.keys import load_key, verify
 
@@ -65,7 +66,7 @@ def create_backup(loaded: LoadedConfig, dest: Path) -> dict[str, Any]:
         _online_copy(source, copy)
         conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
         try:
-            result = queries.verify_audit(conn, trusted_key=key.public_b64)
+            result = queries.verify_audit(conn, trusted_key=key.public_b64, bound=_bound(loaded))
             if not result.ok:
                 raise StateError(f"the node's audit chain does not verify (record {result.first_bad_seq}: {result.problem});"
                                  " run `agentd audit verify` and see docs/OPERATIONS.md before backing it up")
@@ -104,6 +105,11 @@ def create_backup(loaded: LoadedConfig, dest: Path) -> dict[str, Any]:
             for name in FILES:
                 os.replace(work / name, dest / name)
     return manifest
+
+
+def _bound(loaded: LoadedConfig) -> Bound:
+    """The tail bound of a chain that has no chained checkpoint yet: the config's."""
+    return Bound(loaded.config.state.checkpoint_every, loaded.config.state.checkpoint_interval_s)
 
 
 def _online_copy(source: Path, target: Path) -> None:

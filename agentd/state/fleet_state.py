@@ -68,17 +68,12 @@ def entries(conn: sqlite3.Connection) -> list[Entry]:
 def digest(conn: sqlite3.Connection) -> dict[str, Any]:
     """What a digest says of the map: ``{"n": keys, "newest": greatest HLC, "sha": a hash of every key's winner}``.
 
-    Two replicas with the same winner for every key have the same hash. Entries without a
-    signed write (made while MQTT was off) stay local: they are left out, or the peers
-    would see a difference that no relay can mend.
+    Two replicas with the same winner for every key have the same hash.
     """
     h = hashlib.sha256()
     n, newest = 0, ""
     for key, hlc, node, text in conn.execute("SELECT key, hlc, node, value FROM fleet_state ORDER BY key"):
-        rest = json.loads(text)
-        if not rest["origin"]:
-            continue
-        h.update(f"{key}\0{hlc}\0{node}\0{rest['wid']}\n".encode())
+        h.update(f"{key}\0{hlc}\0{node}\0{json.loads(text)['wid']}\n".encode())
         n += 1
         newest = max(newest, hlc)
     return {"n": n, "newest": newest, "sha": h.hexdigest()[:32]}

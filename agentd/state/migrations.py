@@ -149,6 +149,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX labels_decision ON labels(decision_id, id);
     CREATE INDEX labels_created ON labels(created_at);
 """,
+    # 6: chained checkpoints (issue 15; see agentd.trust.checkpoints): format version (1: legacy,
+    # unchained), record count, the previous checkpoint's digest, the signed tail bound
+    """
+    ALTER TABLE checkpoints ADD COLUMN v INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE checkpoints ADD COLUMN count INTEGER;
+    ALTER TABLE checkpoints ADD COLUMN prev TEXT;
+    ALTER TABLE checkpoints ADD COLUMN every INTEGER;
+    ALTER TABLE checkpoints ADD COLUMN interval_s REAL;
+""",
 ]
 
 

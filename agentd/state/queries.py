@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import NotFound, StateError
-from agentd.state import fleet_state, labels
-from agentd.trust.audit import GENESIS, AuditRow, Checkpoint, VerifyResult, verify_chain
+from agentd.state import fleet_state
+from agentd.trust.audit import AuditRow, VerifyResult
 from agentd.trust.canonical import canonical, sha256_hex
 
 if TYPE_CHECKING:
@@ -165,75 +165,11 @@ def iter_audit(conn: sqlite3.Connection, after: int = 0) -> Iterator[AuditRow]:
         yield AuditRow(*row)
 
 
-def verify_audit(conn: sqlite3.Connection, *, trusted_key: str | None = None) -> VerifyResult:
-    """Verify the hash chain, the checkpoints, and that every decision and label matches its audit record."""
-    base = get_setting(conn, "audit_base")
-    base_seq, base_hash = (0, GENESIS)
-    if base:
-        b = json.loads(base)
-        base_seq, base_hash = int(b["seq"]), str(b["hash"])
-    cps = [Checkpoint(*r) for r in conn.execute("SELECT seq, hash, ts, node, public_key, sig FROM checkpoints")]
-    base_ts = 0.0
-    if base_seq:
-        # A pruned chain starts at a signed checkpoint; a base without one is a forgery.
-        anchor = next((c for c in cps if c.seq == base_seq and c.hash == base_hash), None)
-        if anchor is None:
-            return VerifyResult(False, 0, len(cps), base_seq, f"the chain starts after record {base_seq}, but no signed checkpoint covers that start")
-        base_ts = anchor.ts
-    result = verify_chain(iter_audit(conn, 0), cps, base_seq=base_seq, base_hash=base_hash, trusted_key=trusted_key)
-    if not result.ok:
-        return result
-    # The decisions table must match the digests the chain holds.
-    latest: dict[str, tuple[int, str]] = {}
-    status: dict[str, str] = {}
-    pruned_through = 0
-    for seq, kind, ref, body in conn.execute(
-        "SELECT seq, kind, ref, body FROM audit WHERE kind IN ('decision', 'approval', 'retention') ORDER BY seq"
-    ):
-        parsed = json.loads(body)
-        if kind == "retention":
-            pruned_through = max(pruned_through, int(parsed.get("pruned_through_seq") or 0))
-            continue
-        digest = parsed.get("record_sha256")
-        if ref and digest:
-            latest[ref] = (seq, digest)
-            status[ref] = str(parsed.get("status"))
-    present = {i for (i,) in conn.execute("SELECT id FROM decisions")}
-    for ref, (seq, _) in latest.items():
-        # retention never prunes a pending approval, nor anything newer than it pruned
-        if ref not in present and (seq > pruned_through or status.get(ref) == "pending_approval"):
-            return VerifyResult(False, result.records, result.checkpoints, seq, f"decision {ref} (audit record {seq}) is missing from the decisions table (deleted?)")
-    late_audited = {
-        ref: body for ref, body in conn.execute("SELECT ref, body FROM audit WHERE kind = 'late_answer' ORDER BY seq")
-    }
-    columns = ("event_id", "skill", "action", "status", "source")
-    for decision_id, record, late, created_at, *cols in conn.execute(
-        f"SELECT id, record, late_answer, created_at, {', '.join(columns)} FROM decisions"
-    ):
-        known = latest.get(decision_id)
-        if known is None:
-            if base_seq and created_at <= base_ts:  # its audit record was pruned under the base checkpoint
-                continue
-            return VerifyResult(False, result.records, result.checkpoints, None, f"decision {decision_id} has no audit record (inserted?)")
-        parsed = json.loads(record)
-        if record_digest(parsed) != known[1]:
-            return VerifyResult(False, result.records, result.checkpoints, known[0], f"decision {decision_id} was edited after audit record {known[0]}")
-        for name, value in zip(columns, cols, strict=True):
-            if parsed.get(name) != value:
-                return VerifyResult(False, result.records, result.checkpoints, known[0], f"decision {decision_id} was edited: its {name} column differs from the audited record")
-        if late is not None and (decision_id not in late_audited or json.loads(late) != json.loads(late_audited[decision_id])):
-            return VerifyResult(False, result.records, result.checkpoints, known[0], f"decision {decision_id}: its late answer differs from the audited one")
-    for decision_id, status_, expires_at, requested in conn.execute(
-        "SELECT a.decision_id, a.status, a.expires_at, a.requested_action FROM approvals a"
-    ):
-        row = conn.execute("SELECT record FROM decisions WHERE id = ?", (decision_id,)).fetchone()
-        approval = json.loads(row[0]).get("approval", {}) if row else {}
-        if (approval.get("status"), approval.get("expires_at"), approval.get("requested_action")) != (status_, expires_at, requested):
-            return VerifyResult(False, result.records, result.checkpoints, latest.get(decision_id, (None,))[0], f"approval of decision {decision_id} differs from the audited decision record")
-    problem = labels.verify(conn, base_ts=base_ts)
-    if problem is not None:
-        return VerifyResult(False, result.records, result.checkpoints, None, problem)
-    return result
+def verify_audit(conn: sqlite3.Connection, **kw: Any) -> VerifyResult:
+    """Verify the audit trail and the tables against it: ``agentd.state.audit_check.verify_audit``."""
+    from agentd.state import audit_check  # it reads through this module: imported on use, not at load
+
+    return audit_check.verify_audit(conn, **kw)
 
 
 def list_peers(conn: sqlite3.Connection) -> list[dict[str, Any]]:

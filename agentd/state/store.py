@@ -8,11 +8,13 @@ it commits, with its audit record, all or nothing.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from agentd.errors import StateError
 from agentd.state import decisions, labels, peers, queries, retention
 from agentd.state.audit_log import AuditLog
 from agentd.state.decisions import OUTBOX_INSERT, DecisionWrite, DuplicateEvent, Resolution
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["DecisionWrite", "DuplicateEvent", "LabelWrite", "Soft", "Store", "open_store", "store_settings"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Store:
@@ -42,12 +45,13 @@ class Store:
         node: str,
         synchronous: str = "full",
         checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 300.0,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError("synchronous must be 'full' or 'normal'")
         self.path = queries.db_path(data_dir)
         self._node = node
-        self._audit = AuditLog(key=key, node=node, checkpoint_every=checkpoint_every)
+        self._audit = AuditLog(key=key, node=node, checkpoint_every=checkpoint_every, checkpoint_interval_s=checkpoint_interval_s)
         # The rows each commit added, so the MQTT publisher can send them without reading them
         # back (they stay in the table until their PUBACK), and its wake-up.
         self.outbox = Outbox()
@@ -58,7 +62,12 @@ class Store:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._writer.close()
+        try:
+            await self.checkpoint()  # a clean close leaves no unsigned tail
+        except StateError as err:
+            log.warning("no checkpoint at close: %s", err)
+        finally:
+            await self._writer.close()
 
     @property
     def commits(self) -> int:
@@ -180,6 +189,14 @@ class Store:
 
         await self._submit(op)
 
+    async def rotate_key(self, new: NodeKey) -> int:
+        """Hand the audit trail to the key ``new``: a ``key_rotation`` record signed by the old and the
+        new key, and a checkpoint at it by the new key (``trust.checkpoints``). Returns its seq.
+
+        The caller then makes ``new`` the node key and re-pins it (there is no CLI command for it yet).
+        """
+        return await self._submit(lambda conn: self._audit.rotate(conn, new))
+
     async def set_setting(self, key: str, value: str) -> None:
         """Set one row of the settings table."""
         await self._submit(
@@ -192,17 +209,19 @@ class Store:
         """Apply retention: age, then size (oldest decisions first), then the outbox cap.
 
         Pending approvals are kept. The audit trail is pruned only up to the newest signed
-        checkpoint that an export has covered (``settings.audit_exported_seq``).
+        checkpoint that an export has covered (``settings.audit_exported_seq``) and below every
+        kept decision's audit records; the ``retention`` record binds the chain's new start and
+        is signed with it (a checkpoint at it, in this transaction).
         """
         now_ = now if now is not None else time.time()
         cutoff = now_ - max_age_s
 
         def op(conn: sqlite3.Connection) -> dict[str, int]:
-            result, pruned_seq = retention.prune(
+            result, pruned_seq, base = retention.prune(
                 conn, cutoff=cutoff, now=now_, max_db_bytes=max_db_bytes, outbox_max_rows=outbox_max_rows, min_keep_s=min_keep_s
             )
             if any(result.values()):
-                self._audit.append(conn, "retention", None, {**result, "pruned_through_seq": pruned_seq})
+                self._audit.append(conn, "retention", None, {**result, "pruned_through_seq": pruned_seq, "base": base})
             return result
 
         return await self._submit(op)
@@ -212,10 +231,10 @@ def open_store(loaded: LoadedConfig, key: NodeKey) -> Store:
     """The node's store, configured from ``loaded`` (not yet open: use ``async with``)."""
     cfg = loaded.config
     return Store(data_dir=cfg.data_dir, key=key, node=cfg.node.id, synchronous=cfg.state.synchronous,
-                 checkpoint_every=cfg.state.checkpoint_every)
+                 checkpoint_every=cfg.state.checkpoint_every, checkpoint_interval_s=cfg.state.checkpoint_interval_s)
 
 
 def store_settings(loaded: LoadedConfig) -> tuple[Any, ...]:
     """What a store is opened with: a reload that changes any of it reopens the store."""
     cfg = loaded.config
-    return (cfg.data_dir, cfg.node.id, cfg.state.synchronous, cfg.state.checkpoint_every)
+    return (cfg.data_dir, cfg.node.id, cfg.state.synchronous, cfg.state.checkpoint_every, cfg.state.checkpoint_interval_s)

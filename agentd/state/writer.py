@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentd.errors import StateError
+from agentd.state import audit_upgrade
 from agentd.state.decisions import DecisionWrite, write_decisions
 from agentd.state.migrations import migrate
 from agentd.state.outbox import Message
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MAX_BATCH = 512
+CHAINED_CHECKPOINTS = 6  # the schema version that brought chained checkpoints (state.migrations)
 
 
 class Soft:
@@ -124,11 +126,25 @@ class Writer:
             conn.execute(f"PRAGMA synchronous={self._sync}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=10000")
+            before = conn.execute("PRAGMA user_version").fetchone()[0]
             migrate(conn)
+            self._on_open(conn, legacy=0 < before < CHAINED_CHECKPOINTS)
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: cannot open database: {exc}; run `agentd doctor`") from exc
-        self._audit.reload(conn)
         self._conn = conn
+
+    def _on_open(self, conn: sqlite3.Connection, *, legacy: bool) -> None:
+        """The audit trail's checks at open (``state.audit_upgrade``), in a transaction of their own."""
+        conn.execute("BEGIN IMMEDIATE")
+        self._audit.reload(conn)
+        mark = self._audit.mark()
+        try:
+            audit_upgrade.on_open(conn, self._audit, legacy=legacy)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self._audit.rewind(mark)
+            raise
 
     def _close(self) -> None:
         if self._conn is not None:

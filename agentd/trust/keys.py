@@ -1,8 +1,14 @@
-"""Canonical JSON (RFC 8785), Ed25519 node keys and signatures."""
+"""Ed25519 node keys and signatures, and the pinned public key the audit trail is verified against.
+
+The pin (``keys/node.pub``) is the node's public key written outside the database when the key
+is created or by `agentd keys init`; `agentd audit verify` checks the trail against it (or against
+``trust.audit_public_key``, or ``--public-key``), never against whatever key the database names.
+"""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agentd.errors import TrustError
-from agentd.files import write_synced
+from agentd.files import replace_atomically, write_synced
 from agentd.trust.canonical import b64
 
 KEY_FILE = "node.key"
+PIN_FILE = "node.pub"
+MAX_KEY_FILE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,65 @@ def load_key_file(path: Path) -> NodeKey:
 
 
 def create_key(data_dir: Path) -> tuple[NodeKey, bool]:
-    """Load the node key, creating it (mode 0600) if absent. Returns (key, created)."""
-    return create_key_file(key_path(data_dir))
+    """Load the node key, creating it (mode 0600) and its pin if absent. Returns (key, created)."""
+    key, created = create_key_file(key_path(data_dir))
+    if created:
+        write_pin(data_dir, key.public_b64)
+    return key, created
+
+
+def pin_path(data_dir: Path) -> Path:
+    return data_dir / "keys" / PIN_FILE
+
+
+def write_pin(data_dir: Path, public_b64: str) -> bool:
+    """Pin ``public_b64`` as the key the audit trail is verified against; False if a pin exists already.
+
+    An existing pin is never replaced here (a different one means the key changed: see
+    docs/OPERATIONS.md, key rotation).
+    """
+    path = pin_path(data_dir)
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    replace_atomically(path, public_b64.encode("ascii") + b"\n", 0o644)
+    return True
+
+
+def public_key_from(source: str) -> tuple[str, str]:
+    """``(key, where)`` from a base64 public key, a key file (`node.pub`), a backup manifest or a backup folder."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "manifest.json" if (path / "manifest.json").is_file() else path / PIN_FILE
+    if not path.is_file():
+        public_key_from_b64(source)
+        return source, "--public-key"
+    try:
+        text = path.read_bytes()[:MAX_KEY_FILE].decode().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrustError(f"{path}: cannot read a public key: {exc}") from exc
+    if text.startswith("{"):
+        try:
+            text = str(json.loads(text)["public_key"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TrustError(f"{path}: not a backup manifest with a public_key member") from exc
+    public_key_from_b64(text)
+    return text, str(path)
+
+
+def pinned_key(data_dir: Path, configured: str | None) -> tuple[str, str]:
+    """The key to verify the audit trail against, and where it came from: ``trust.audit_public_key``,
+    else the pin file. TrustError, saying how to pin one, when there is neither."""
+    if configured:
+        public_key_from_b64(configured)
+        return configured, "trust.audit_public_key"
+    path = pin_path(data_dir)
+    if path.is_file():
+        return public_key_from(str(path))
+    raise TrustError(
+        f"no public key to verify the audit trail against: {path} does not exist and trust.audit_public_key is not set;"
+        " run `agentd keys init` on the node (it pins keys/node.pub), set trust.audit_public_key, or pass --public-key"
+    )
 
 
 def create_key_file(path: Path) -> tuple[NodeKey, bool]:

@@ -16,12 +16,12 @@ import pytest
 
 from agentd.errors import NotFound, StateError, TrustError
 from agentd.state import queries
+from agentd.state.audit_log import read_checkpoints
 from agentd.state.migrations import MIGRATIONS
 from agentd.state.store import DecisionWrite, DuplicateEvent, Store
-from agentd.trust.audit import checkpoint_payload
+from agentd.trust.audit import GENESIS, checkpoint_payload
 from agentd.trust.canonical import canonical
 from agentd.trust.keys import NodeKey, create_key, key_path, load_key
-from agentd.trust.keys import verify as verify_signature
 
 NODE = "test-node"
 
@@ -262,19 +262,21 @@ async def test_late_answer_is_recorded_and_audited(data_dir: Path, node_key: Nod
 # -- checkpoints ----------------------------------------------------------------------------
 
 
-async def test_checkpoints_signed_every_n_records(data_dir: Path, node_key: NodeKey) -> None:
+async def test_checkpoints_signed_every_n_records_chained_and_at_close(data_dir: Path, node_key: NodeKey) -> None:
     async with open_store(data_dir, node_key, checkpoint_every=3) as store:
         for i in range(7):
             await store.audit("tick", {"i": i})
     with sqlite3.connect(queries.db_path(data_dir)) as conn:
-        cps = conn.execute("SELECT seq, hash, ts, node, public_key, sig FROM checkpoints ORDER BY seq").fetchall()
+        cps = read_checkpoints(conn)
         hashes = dict(conn.execute("SELECT seq, hash FROM audit"))
-    assert [c[0] for c in cps] == [3, 6]
-    for seq, h, ts, node, public_key, sig in cps:
-        assert h == hashes[seq] and node == NODE and public_key == node_key.public_b64
-        assert verify_signature(public_key, checkpoint_payload(node, seq, h, ts), sig)
+    assert [c.seq for c in cps] == [3, 6, 7]  # every 3 records, and the close leaves no unsigned tail
+    prev = GENESIS
+    for cp in cps:
+        assert cp.hash == hashes[cp.seq] and cp.node == NODE and cp.public_key == node_key.public_b64
+        assert cp.valid() and cp.v == 2 and cp.count == cp.seq and cp.prev == prev and (cp.every, cp.interval_s) == (3, 300.0)
+        prev = cp.digest
     result = verify(data_dir, node_key)
-    assert result.ok and result.checkpoints == 2
+    assert result.ok and result.checkpoints == 3 and result.tail is not None and result.tail.records == 0
 
 
 async def test_checkpoint_count_survives_reopen_and_explicit_checkpoint(data_dir: Path, node_key: NodeKey) -> None:
@@ -289,7 +291,7 @@ async def test_checkpoint_count_survives_reopen_and_explicit_checkpoint(data_dir
         await store.checkpoint()  # nothing new: no checkpoint
     with sqlite3.connect(queries.db_path(data_dir)) as conn:
         seqs = [r[0] for r in conn.execute("SELECT seq FROM checkpoints ORDER BY seq")]
-    assert seqs == [3, 6, 7]
+    assert seqs == [3, 4, 7]  # 4: the first store's close; 7: three records after it
     assert verify(data_dir, node_key).ok
 
 
@@ -326,18 +328,24 @@ async def test_prune_caps_the_outbox_oldest_first(data_dir: Path, node_key: Node
     assert verify(data_dir, node_key).ok
 
 
-async def test_audit_pruned_only_under_an_exported_checkpoint(data_dir: Path, node_key: NodeKey) -> None:
+async def test_audit_pruned_only_under_an_exported_checkpoint_and_no_kept_decision(data_dir: Path, node_key: NodeKey) -> None:
+    old = time.time() - 40 * 86400
     async with open_store(data_dir, node_key, checkpoint_every=5) as store:
         for i in range(12):
-            await store.record_decision(write_for(record(f"d{i}", f"e{i}")))
-        nothing = await store.prune(max_age_s=86400, max_db_bytes=10**12, outbox_max_rows=10_000)
+            await store.record_decision(write_for(record(f"d{i}", f"e{i}", created_at=old if i < 9 else None)))
         await store.set_setting("audit_exported_seq", "7")  # an export covered records 1..7
-        pruned = await store.prune(max_age_s=86400, max_db_bytes=10**12, outbox_max_rows=10_000)
-    assert nothing["audit_pruned"] == 0
+        kept = await store.prune(max_age_s=50 * 86400, max_db_bytes=10**12, outbox_max_rows=10_000)
+        pruned = await store.prune(max_age_s=30 * 86400, max_db_bytes=10**12, outbox_max_rows=10_000)
+    assert kept["audit_pruned"] == 0  # every decision is kept, and with it its audit record
+    assert pruned["decisions"] == 9
     assert pruned["audit_pruned"] == 5  # up to the checkpoint at 5, the newest the export covers
     with sqlite3.connect(queries.db_path(data_dir)) as conn:
         assert conn.execute("SELECT MIN(seq) FROM audit").fetchone()[0] == 6
         assert json.loads(queries.get_setting(conn, "audit_base") or "{}")["seq"] == 5
+        retention = json.loads(conn.execute("SELECT body FROM audit WHERE kind = 'retention'").fetchone()[0])
+        at = conn.execute("SELECT MAX(seq) FROM audit").fetchone()[0]
+        assert read_checkpoints(conn, "WHERE seq = ?", (at,)), "the retention record is signed in its transaction"
+    assert retention["base"]["seq"] == 5 and retention["base"]["checkpoint"]
     assert verify(data_dir, node_key).ok
     async with open_store(data_dir, node_key, checkpoint_every=5) as store:  # the chain goes on from the base
         await store.audit("start", {})
@@ -425,9 +433,9 @@ async def test_forged_checkpoint_detected(filled: Path, node_key: NodeKey, tmp_p
     seq, h = conn.execute("SELECT seq, hash FROM audit WHERE seq = 4").fetchone()
     conn.close()
     sig = intruder.sign(checkpoint_payload(NODE, seq, h, 1.0))
-    tamper(filled, "INSERT INTO checkpoints VALUES (4, ?, 1.0, ?, ?, ?)", h, NODE, intruder.public_b64, sig)
-    assert verify(filled).ok  # a valid signature...
-    result = verify(filled, node_key)  # ...by a key that is not this node's
+    tamper(filled, "INSERT INTO checkpoints(seq, hash, ts, node, public_key, sig) VALUES (4, ?, 1.0, ?, ?, ?)",
+           h, NODE, intruder.public_b64, sig)
+    result = verify(filled, node_key)  # a valid signature by a key that is not this node's
     assert not result.ok and result.first_bad_seq == 4 and "unknown key" in (result.problem or "")
 
 

@@ -11,7 +11,8 @@ from agentd.ops.doctor.findings import Check, Context, fail, ok
 
 def check_database(ctx: Context) -> list[Check]:
     from agentd.state import queries
-    from agentd.trust.keys import load_key
+    from agentd.trust.audit import Bound
+    from agentd.trust.keys import pinned_key
 
     cfg = ctx.cfg
     path = queries.db_path(cfg.data_dir)
@@ -28,12 +29,15 @@ def check_database(ctx: Context) -> list[Check]:
                          "stop the node and restore the last backup: `agentd restore BACKUP`")]
         out = [ok("database", f"{path}: quick_check ok, {path.stat().st_size / 2**20:.1f} MiB")]
         try:
-            trusted: str | None = load_key(cfg.data_dir).public_b64
-        except AgentdError:
-            trusted = None
-        result = queries.verify_audit(conn, trusted_key=trusted)
+            trusted, where = pinned_key(cfg.data_dir, cfg.trust.audit_public_key)
+        except AgentdError as exc:
+            out.append(fail("audit chain", str(exc), "run `agentd keys init` (it pins keys/node.pub) or set trust.audit_public_key"))
+            return out
+        result = queries.verify_audit(conn, trusted_key=trusted, bound=Bound(cfg.state.checkpoint_every, cfg.state.checkpoint_interval_s))
         if result.ok:
-            out.append(ok("audit chain", f"{result.records} record(s), {result.checkpoints} signed checkpoint(s) verify"))
+            tail = f"; unsigned tail {result.tail.records} record(s)" if result.tail else ""
+            out.append(ok("audit chain", f"{result.records} record(s), {result.checkpoints} signed checkpoint(s) verify"
+                                         f" against the key from {where}{tail}"))
         else:
             out.append(fail("audit chain", f"broken at record {result.first_bad_seq}: {result.problem}",
                             "treat it as an incident: keep this database as evidence, then see docs/OPERATIONS.md (audit verification failure)"))

@@ -1,0 +1,85 @@
+"""What the writer does to the audit trail when it opens the database, before any other write.
+
+A chain written by agentd before issue 15 has legacy (unchained) checkpoints only: it is
+upgraded once, by an ``audit_upgrade`` record that binds the chain's current start (as a
+retention record would) and a chained checkpoint over it. Where an older retention pruned
+audit records of decisions it kept, those decisions (with their late answers and labels)
+are audited again as they are stored now, so that from then on every kept decision has its
+audit record in the kept chain: tampering before the upgrade cannot be detected (it could
+not before either), tampering after it can.
+
+A chain written since then whose unsigned tail is longer than its signed bound lost
+checkpoints while the node was not looking (the writer never leaves such a tail): the node
+records what it found in a sealed ``audit_gap`` record, which `agentd audit verify` reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from agentd.state import decisions, labels
+from agentd.state.audit_log import base_of, read_checkpoints
+
+if TYPE_CHECKING:
+    from agentd.state.audit_log import AuditLog
+
+log = logging.getLogger(__name__)
+
+
+def on_open(conn: sqlite3.Connection, audit: AuditLog, *, legacy: bool) -> None:
+    """Upgrade a legacy chain (``legacy``: the schema was older than chained checkpoints), or
+    record a tail found beyond its bound. Runs inside the writer's transaction."""
+    if audit.head[0] == 0:
+        return
+    if legacy or (audit.last is not None and audit.last.v < 2):
+        _upgrade(conn, audit)
+        return
+    gap = audit.beyond_bound()
+    if gap is not None:
+        log.error("the audit trail has %d records after its last checkpoint (at record %d), beyond the bound it was"
+                  " signed with: checkpoints were deleted; recorded as audit_gap, see docs/OPERATIONS.md",
+                  gap["records"], gap["after_seq"])
+        audit.append(conn, "audit_gap", None, gap)
+
+
+def _upgrade(conn: sqlite3.Connection, audit: AuditLog) -> None:
+    base_seq, base_hash = base_of(conn)
+    legacy = read_checkpoints(conn)
+    adopted = {"decisions": 0, "late_answers": 0, "labels": 0}
+    base: dict[str, Any] | None = None
+    if base_seq:
+        anchor = next((c for c in legacy if c.seq == base_seq), None)
+        base = {"seq": base_seq, "hash": base_hash, "checkpoint": anchor.digest if anchor else None}
+        adopted = _adopt(conn, audit)
+    audit.append(conn, "audit_upgrade", None, {"from": "legacy checkpoints", "legacy_checkpoints": len(legacy),
+                                               "base": base, "adopted": adopted})
+    log.info("audit trail upgraded to chained checkpoints (%d legacy checkpoint(s); audited again: %s)", len(legacy), adopted)
+
+
+def _adopt(conn: sqlite3.Connection, audit: AuditLog) -> dict[str, int]:
+    """Audit again what an older retention left without its audit record."""
+    out = {"decisions": 0, "late_answers": 0, "labels": 0}
+    for decision_id, record in conn.execute(
+        "SELECT id, record FROM decisions WHERE id NOT IN"
+        " (SELECT ref FROM audit WHERE kind IN ('decision', 'approval') AND ref IS NOT NULL) ORDER BY rowid"
+    ).fetchall():
+        audit.append(conn, "decision", decision_id, decisions.audit_body(json.loads(record)))
+        out["decisions"] += 1
+    for decision_id, late in conn.execute(
+        "SELECT id, late_answer FROM decisions WHERE late_answer IS NOT NULL AND id NOT IN"
+        " (SELECT ref FROM audit WHERE kind = 'late_answer' AND ref IS NOT NULL) ORDER BY rowid"
+    ).fetchall():
+        audit.append(conn, "late_answer", decision_id, json.loads(late))
+        out["late_answers"] += 1
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'labels'").fetchone() is None:
+        return out
+    audited = {json.loads(b).get("label_id") for (b,) in conn.execute("SELECT body FROM audit WHERE kind = 'label'")}
+    for values in conn.execute(f"SELECT {', '.join(labels.COLUMNS)} FROM labels ORDER BY id").fetchall():
+        row = dict(zip(labels.COLUMNS, values, strict=True))
+        if row["id"] not in audited:
+            audit.append(conn, "label", row["decision_id"], labels.audit_body(row))
+            out["labels"] += 1
+    return out
