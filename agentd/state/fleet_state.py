@@ -68,12 +68,17 @@ def entries(conn: sqlite3.Connection) -> list[Entry]:
 def digest(conn: sqlite3.Connection) -> dict[str, Any]:
     """What a digest says of the map: ``{"n": keys, "newest": greatest HLC, "sha": a hash of every key's winner}``.
 
-    Two replicas with the same winner for every key have the same hash.
+    Two replicas with the same winner for every key have the same hash. Entries without a
+    signed write (made while MQTT was off) stay local: they are left out, or the peers
+    would see a difference that no relay can mend.
     """
     h = hashlib.sha256()
     n, newest = 0, ""
     for key, hlc, node, text in conn.execute("SELECT key, hlc, node, value FROM fleet_state ORDER BY key"):
-        h.update(f"{key}\0{hlc}\0{node}\0{json.loads(text)['wid']}\n".encode())
+        rest = json.loads(text)
+        if not rest["origin"]:
+            continue
+        h.update(f"{key}\0{hlc}\0{node}\0{rest['wid']}\n".encode())
         n += 1
         newest = max(newest, hlc)
     return {"n": n, "newest": newest, "sha": h.hexdigest()[:32]}

@@ -40,9 +40,16 @@ def test_replicas_with_the_same_winners_have_the_same_digest(tmp_path: Path) -> 
     a, b = _db(tmp_path, "a"), _db(tmp_path, "b")
     e1 = Entry("nodes/a/down", "1700000000000-0000", "a", "w1", True)
     e2 = Entry("nodes/b/down", "1700000000001-0000", "b", "w2", True)
-    fleet_state.apply(a, [StateWrite(e1), StateWrite(e2)])
-    fleet_state.apply(b, [StateWrite(e2)])
+    fleet_state.apply(a, [StateWrite(e1, b'{"id":"w1"}'), StateWrite(e2, b'{"id":"w2"}')])
+    fleet_state.apply(b, [StateWrite(e2, b'{"id":"w2"}')])
     assert fleet_state.digest(a) != fleet_state.digest(b)
-    fleet_state.apply(b, [StateWrite(e1)])
+    fleet_state.apply(b, [StateWrite(e1, b'{"id":"w1"}')])
     assert fleet_state.digest(a) == fleet_state.digest(b) == {**fleet_state.digest(a), "n": 2, "newest": e2.hlc}
-    assert fleet_state.origins(a) == []  # no signed write to relay: MQTT was off when they were made
+
+
+def test_a_write_made_with_mqtt_off_stays_local(tmp_path: Path) -> None:
+    """No signed write to relay: it is neither offered nor counted in the digest (no peer could mend the difference)."""
+    conn = _db(tmp_path)
+    fleet_state.apply(conn, [StateWrite(Entry("nodes/a/down", "1700000000000-0000", "a", "w1", True))])
+    assert fleet_state.origins(conn) == []
+    assert fleet_state.digest(conn) == fleet_state.digest(_db(tmp_path, "empty"))
