@@ -51,6 +51,7 @@ def model_card(config_path: Path | None, as_json: bool, name: str, data: Path, o
     _table(f"input card of {name}: {target}", ["field", "training min", "training max"],
            ((f, lo, hi) for f, (lo, hi) in result["ranges"].items()))
     click.echo(f"{result['samples']} rows, {result['reference_rows']} kept for the joint score (threshold {result['threshold']:g})")
+    click.echo(f"on the model: card: {target}  card_sha256: {result['card_sha256']}")
 
 
 @main.command()

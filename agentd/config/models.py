@@ -32,6 +32,7 @@ class OnnxModelConfig(_ModelBase):
     # The statistics of the training inputs (`agentd model card`): inputs outside them fall
     # back with reason out_of_distribution (stages/card.py). None: no such gate.
     card: ConfigPath | None = None
+    card_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # checked at load, like the model's
 
 
 class DelayModelConfig(_ModelBase):

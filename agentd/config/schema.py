@@ -158,6 +158,7 @@ class PromoteConfig(_Model):
     min_labels: int = Field(default=20, ge=5, le=100_000)  # labelled events it and the rules both answered
     window: int = Field(default=200, ge=5, le=100_000)  # judged on the newest this many of those
     margin: float = Field(default=0.0, ge=0, le=1)  # how much better than the rules a shadow must be
+    min_labellers: int = Field(default=2, ge=1, le=1000)  # distinct people among those labels, for a promotion
 
 
 class StageConfig(_Model):

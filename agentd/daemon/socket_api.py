@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.control.registry import LOCAL_OPS
 from agentd.errors import AgentdError, InputError
+from agentd.state.labels import MAX_BY
 from agentd.trust.untrusted import parse_json
 
 if TYPE_CHECKING:
@@ -120,4 +121,5 @@ def who(claimed: str, peer: str | None) -> str:
         return claimed
     if claimed in ("local-cli", peer) or peer.startswith(f"{claimed}("):
         return peer
-    return f"{claimed} via {peer}"
+    room = MAX_BY - len(peer) - len(" via ")  # a long claim is cut, never the kernel's part
+    return f"{claimed[:room]} via {peer}" if room > 0 else peer

@@ -51,7 +51,7 @@ class ApprovalMixin:
 
     if TYPE_CHECKING:
         def _run_handlers_for(self, skill: SkillConfig, record: dict[str, Any]) -> None: ...
-        def _labelled(self, record: dict[str, Any], action: str) -> None: ...
+        async def _labelled(self, record: dict[str, Any], action: str) -> None: ...
 
     def _skill_or_none(self, name: str) -> SkillConfig | None:
         """The skill, or None when a reload removed it (its pending approvals must still resolve)."""
@@ -73,7 +73,7 @@ class ApprovalMixin:
         record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by, label=label)
         self.fleet.add_decision(requested, time.time())
         self._after_resolution(record)
-        self._labelled(record, requested)
+        await self._labelled(record, requested)
         return record
 
     async def reject(self, decision_id: str, *, by: str, reason: str = "", action: str | None = None) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class ApprovalMixin:
             self.fleet.add_decision(applied, time.time())
             self._after_resolution(record)
         if label is not None:
-            self._labelled(record, applied)
+            await self._labelled(record, applied)
         return record
 
     def _after_resolution(self, record: dict[str, Any]) -> None:

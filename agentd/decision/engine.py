@@ -25,10 +25,10 @@ from agentd.decision.labels import LabelMixin
 from agentd.decision.learning import LearningMixin
 from agentd.decision.model import DecisionRecord, Mode, ModelRef, Source, Status
 from agentd.decision.policy import ACCEPTED, CircuitBreaker, StageTrace, disagreement, interim_action, needs_approval
-from agentd.decision.rules import SkillRules, compile_all, evaluate, first_match, make_context
+from agentd.decision.rules import SkillRules, compile_all, first_match, guarded, make_context
 from agentd.decision.shadows import ShadowMixin
 from agentd.decision.validate import validate_event
-from agentd.errors import AgentdError, ConfigError, InputError
+from agentd.errors import ConfigError, InputError
 from agentd.ids import check_event_id, new_id
 from agentd.stages.base import CallHandle, ModelStage
 from agentd.stages.pool import ModelPool
@@ -290,19 +290,16 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
                     else:
                         action = rule.action
 
-        guard_name = None
-        for g in rules.guards:
-            context.add_variable("action", action)
-            try:
-                if evaluate(g, context) and g.action != action:
-                    action, guard_name = g.action, g.name
-            except AgentdError as exc:
-                rule_errors.append(str(exc))
-
+        action, guard_name = guarded(rules.guards, context, action, rule_errors)
         status, approval, expires_at = "decided", None, None
-        interim = (skill.uncertain.interim or rule.action) if ask is not None else None
-        if ask is not None and interim == action:
-            ask = None  # what a human would be asked about already applies
+        interim = None
+        if ask is not None:  # what applies while a human is asked: guarded too, and never an action that itself waits
+            interim, interim_guard = guarded(rules.guards, context, skill.uncertain.interim or rule.action, rule_errors)
+            guard_name = guard_name or interim_guard
+            if needs_approval(skill, mode, interim):
+                interim = interim_action(skill)
+            if interim == action:
+                ask = None  # what a human would be asked about already applies
         if needs_approval(skill, mode, action) and (ask is None or mode == "manual"):
             interim, ask = interim_action(skill), "manual" if mode == "manual" else "action"
         if ask is not None and interim is not None:

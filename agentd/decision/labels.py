@@ -53,15 +53,15 @@ class LabelMixin:
         record = await self.store.read(lambda c: queries.get_decision(c, decision_id))
         action = check_action(self._label_skill(record["skill"]), record, action)
         row = await self.store.add_label(labels.label_for(record, action, source="operator", by=by, note=note))
-        self._labelled(record, action)
+        await self._labelled(record, action)
         return row
 
-    def _labelled(self, record: dict[str, Any], action: str) -> None:
+    async def _labelled(self, record: dict[str, Any], action: str) -> None:
         """A label was committed: tell the hook; a failure there must not undo or repeat the label."""
         try:
-            self._on_label(record, action)
+            await self._on_label(record, action)
         except Exception:
             log.exception("after the label %s of decision %s", action, record.get("id"))
 
-    def _on_label(self, record: dict[str, Any], action: str) -> None:
+    async def _on_label(self, record: dict[str, Any], action: str) -> None:
         """Called once a label of ``record`` is committed; nothing here (``LearningMixin`` learns from it)."""

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -61,13 +62,17 @@ class LearningMixin:
         for key, saved in (json.loads(raw) if raw else {}).items():
             skill_name, _, idx = key.rpartition("/")
             skill = next((s for s in self.cfg.skills if s.name == skill_name), None)
-            # a state holds while the stage is the same model; a config that changes it starts afresh
-            if skill is not None and idx.isdigit() and int(idx) < len(skill.cascade) and skill.cascade[int(idx)].model == saved.get("model"):
+            if skill is None or not idx.isdigit() or int(idx) >= len(skill.cascade):
+                continue
+            st = skill.cascade[int(idx)]
+            # A state holds while the stage is the same model and its configured `shadow:` is what it
+            # was; editing either in the config starts the stage afresh from the config.
+            if st.model == saved.get("model") and saved.get("configured", st.shadow) == st.shadow:
                 self.stage_states[(skill_name, int(idx))] = saved["state"]
         for skill in self.cfg.skills:
-            if any(getattr(self.stages.get(s.model), "learns", False) for s in skill.cascade):
-                for record, action in await self.store.read(partial(learning.labelled, skill=skill.name)):
-                    self._teach(skill, record, action)
+            if any(self._stage_of(skill, i).learns for i in range(len(skill.cascade))):
+                rows = await self.store.read(partial(learning.labelled, skill=skill.name))
+                await self._teach(skill, rows)
 
     def is_shadow(self, skill_name: str, index: int, stage_cfg: StageConfig) -> bool:
         """Whether a cascade stage is a shadow now (the node's own state, else the config's)."""
@@ -89,8 +94,8 @@ class LearningMixin:
             raise InputError(f"skill {skill_name!r} has {len(skill.cascade)} cascade stage(s); no stage {index}")
         before = "shadow" if self.is_shadow(skill_name, index, skill.cascade[index]) else "acting"
         self.stage_states[(skill_name, index)] = state
-        saved = {f"{s}/{i}": {"state": st, "model": self.cfg.skill(s).cascade[i].model} for (s, i), st in self.stage_states.items()
-                 if any(k.name == s for k in self.cfg.skills)}
+        saved = {f"{s}/{i}": {"state": st, "model": self.cfg.skill(s).cascade[i].model, "configured": self.cfg.skill(s).cascade[i].shadow}
+                 for (s, i), st in self.stage_states.items() if any(k.name == s for k in self.cfg.skills)}
         await self.store.set_setting("stage_states", json.dumps(saved, sort_keys=True))
         body = {"skill": skill_name, "stage": index, "model": skill.cascade[index].model, "from": before, "to": state, "by": by}
         await self.store.audit("stage_state", {**body, **({"evidence": evidence} if evidence else {})})
@@ -101,23 +106,32 @@ class LearningMixin:
 
     # -- labels --------------------------------------------------------------------
 
-    def _on_label(self, record: dict[str, Any], action: str) -> None:
+    async def _on_label(self, record: dict[str, Any], action: str) -> None:
         """A label was committed: teach the text stages, and review the stages that promote themselves."""
         skill = next((s for s in self.cfg.skills if s.name == record.get("skill")), None)
         if skill is None:
             return
-        self._teach(skill, record, action)
+        await self._teach(skill, [(record, action)])
         if any(st.promote.auto for st in skill.cascade):
             self._spawn(self._review_stages(skill), name=f"review-{skill.name}")
 
-    def _teach(self, skill: SkillConfig, record: dict[str, Any], action: str) -> None:
+    def _stage_of(self, skill: SkillConfig, index: int) -> ModelStage | _NoStage:
+        """The loaded stage of a cascade index (the activated model, else the configured one)."""
+        return self.stages.get(self.active.get((skill.name, index), skill.cascade[index].model)) or _NO_STAGE
+
+    async def _teach(self, skill: SkillConfig, rows: list[tuple[dict[str, Any], str]]) -> None:
+        """Labelled decisions become examples of the skill's text stages (off the event loop: embedding and refit)."""
         for index, st in enumerate(skill.cascade):
-            stage = self.stages.get(self.active.get((skill.name, index), st.model))
-            if stage is None or not stage.learns:
+            stage = self._stage_of(skill, index)
+            if not stage.learns:
                 continue
-            label = next((lab for lab, act in st.map.items() if act == action), action)
-            if label in stage.labels:
-                stage.learn(record.get("inputs") or {}, label)
+            items = []
+            for record, action in rows:
+                label = next((lab for lab, act in st.map.items() if act == action), action)
+                if label in stage.labels:  # an action the stage has no label for teaches it nothing
+                    items.append((str(record.get("id")), record.get("inputs") or {}, label))
+            if items:
+                await asyncio.to_thread(stage.learn_many, items)
 
     def _rules_action(self, skill: SkillConfig, record: dict[str, Any]) -> str | None:
         """What the rules answered on a decision: beside a model (``rules_answer``), or as the deciding rule."""
@@ -129,28 +143,33 @@ class LearningMixin:
     async def _review_stages(self, skill: SkillConfig) -> None:
         rows = await self.store.read(lambda c: learning.labelled(c, skill.name, limit=2000))
         shadows = await self.store.read(lambda c: learning.labelled_shadow_answers(c, skill.name, limit=2000))
+        by_id = {r["id"]: r for r, _ in rows}
         for index, st in enumerate(skill.cascade):
             if not st.promote.auto:
                 continue
-            pairs: list[tuple[bool, bool]] = []  # (stage right, rules right) on the same labelled events
+            model = self.active.get((skill.name, index), st.model)
+            # (when, stage right, rules right, labeller) on the same labelled events, in the order they were decided
+            pairs: list[tuple[float, bool, bool, str]] = []
             for record, label in rows:
-                trace = next((t for t in record.get("stages") or [] if t.get("model") == st.model and t.get("action")), None)
+                trace = next((t for t in record.get("stages") or [] if t.get("model") == model and t.get("action")), None)
                 rules = self._rules_action(skill, record)
                 if trace is not None and rules is not None:
-                    pairs.append((trace["action"] == label, rules == label))
-            by_id = {r["id"]: r for r, _ in rows}
+                    pairs.append((float(record.get("created_at", 0)), trace["action"] == label, rules == label, _labeller(record)))
             for s in shadows:
                 decided = by_id.get(s["decision_id"])
                 rules = self._rules_action(skill, decided) if decided is not None else None
-                if s["stage_index"] == index and s["action"] and rules is not None:
-                    pairs.append((s["action"] == s["label"], rules == s["label"]))
-            pairs = pairs[-st.promote.window:]
+                if decided is not None and s["stage_index"] == index and s["action"] and rules is not None:
+                    pairs.append((float(decided.get("created_at", 0)), s["action"] == s["label"], rules == s["label"], _labeller(decided)))
+            pairs = sorted(pairs, key=lambda p: p[0])[-st.promote.window:]
             if len(pairs) < st.promote.min_labels:
                 continue
-            stage_acc, rules_acc = sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs)
+            stage_acc, rules_acc = sum(p[1] for p in pairs) / len(pairs), sum(p[2] for p in pairs) / len(pairs)
+            labellers = len({p[3] for p in pairs})
             shadow = self.is_shadow(skill.name, index, st)
-            evidence = {"labels": len(pairs), "stage_accuracy": round(stage_acc, 4), "rules_accuracy": round(rules_acc, 4)}
-            if shadow and stage_acc > rules_acc + st.promote.margin:
+            evidence = {"labels": len(pairs), "labellers": labellers, "stage_accuracy": round(stage_acc, 4), "rules_accuracy": round(rules_acc, 4)}
+            # Promotion gives a model the right to act: it needs labels from more than one person, so
+            # that one operator's labels alone cannot make a model act (demotion needs no such care).
+            if shadow and stage_acc > rules_acc + st.promote.margin and labellers >= st.promote.min_labellers:
                 await self.set_stage_state(skill.name, index, "acting", by="auto", evidence=evidence)
             elif not shadow and stage_acc < rules_acc:
                 await self.set_stage_state(skill.name, index, "shadow", by="auto", evidence=evidence)
@@ -166,7 +185,7 @@ class LearningMixin:
         skills = [self.cfg.skill(skill_name)] if skill_name else list(self.cfg.skills)
         groups: dict[str, list[Labelled]] = {}
         for skill in skills:
-            maps = {st.model: st.map for st in skill.cascade}
+            maps = {self.active.get((skill.name, i), st.model): st.map for i, st in enumerate(skill.cascade)}
             for record, label in await self.store.read(partial(learning.labelled, skill=skill.name)):
                 versions = (record.get("lifecycle") or {}).get("models") or {}
                 for t in record.get("stages") or []:
@@ -181,13 +200,17 @@ class LearningMixin:
         previous = await self.store.read(lambda c: queries.get_setting(c, "calibration"))
         saved.update(json.loads(previous) if previous else {})
         for key, items in sorted(groups.items()):
-            result = fit(items, min_labels=min_labels)
+            result = await asyncio.to_thread(fit, items, min_labels=min_labels)
             if result is None:
                 out.append({"model": key, "labels": len(items), "fitted": False, "reason": f"fewer than {min_labels} labelled answers"})
                 continue
             cut = int(len(items) * 0.7)
-            early = fit(items[:cut], min_labels=1)
+            early = await asyncio.to_thread(fit, items[:cut], min_labels=1)
             held = _held_out(items[cut:], early.temperature) if early is not None and cut < len(items) else None
+            if held is not None and held["ece_after"] > held["ece_before"]:  # a fit that does worse on labels it never saw
+                out.append({"model": key, "labels": len(items), "fitted": False, "held_out": held,
+                            "reason": "the fit made the held-out labels' calibration worse; kept the previous one"})
+                continue
             row = {"model": key, "fitted": True, **result.as_dict(), "held_out": held, "fitted_at": round(time.time(), 3)}
             saved[key] = row
             self.calibrations[key] = result.temperature
@@ -203,3 +226,19 @@ def _held_out(items: list[Labelled], temperature: float) -> dict[str, float | in
         return None
     return {"labels": len(items), "temperature": round(temperature, 4), "ece_before": round(ece_at(items, 1.0), 4),
             "ece_after": round(ece_at(items, temperature), 4)}
+
+
+def _labeller(record: dict[str, Any]) -> str:
+    """Who labelled a decision (its latest label's author, as the read model gives it)."""
+    return str(record.get("_labelled_by") or "?")
+
+
+class _NoStage:
+    learns = False
+    labels: tuple[str, ...] = ()
+
+    def learn_many(self, items: Any) -> int:
+        return 0
+
+
+_NO_STAGE = _NoStage()

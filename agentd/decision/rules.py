@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agentd.errors import RuleError
+from agentd.errors import AgentdError, RuleError
 
 if TYPE_CHECKING:
     from agentd.config.loader import LoadedConfig
@@ -167,3 +167,18 @@ def first_match(rules: Iterable[Compiled], context: Any) -> tuple[Compiled, list
             errors.append(str(exc))
     assert last is not None, "a skill always has a default rule"
     return last, errors
+
+
+def guarded(guards: Iterable[Compiled], context: Any, action: str, errors: list[str]) -> tuple[str, str | None]:
+    """``action`` after the guards (each sees ``action`` and may replace it), and the last guard that did.
+
+    A guard that errs is skipped and named in ``errors``."""
+    name = None
+    for g in guards:
+        context.add_variable("action", action)
+        try:
+            if evaluate(g, context) and g.action != action:
+                action, name = g.action, g.name
+        except AgentdError as exc:
+            errors.append(str(exc))
+    return action, name

@@ -12,6 +12,7 @@ from typing import Any
 
 from agentd.errors import InputError
 from agentd.stages.card import build_card
+from agentd.stages.loading import file_sha256
 from agentd.trust.untrusted import parse_json
 
 MAX_LINE_BYTES = 1 << 20
@@ -49,6 +50,6 @@ def write_card(model: str, inputs: list[str], data: Path, out: Path, *, k: int, 
     except ValueError as exc:
         raise InputError(f"{data}: {exc}") from exc
     out.write_text(json.dumps(card, separators=(",", ":")) + "\n", encoding="utf-8")
-    return {"model": model, "card": str(out), "samples": card["samples"], "inputs": inputs,
+    return {"model": model, "card": str(out), "card_sha256": file_sha256(out), "samples": card["samples"], "inputs": inputs,
             "reference_rows": len(card["joint"]["points"]), "threshold": card["joint"]["threshold"],
             "ranges": {f: [card["fields"][f]["min"], card["fields"][f]["max"]] for f in inputs}}

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,9 +73,10 @@ class ModelStage(ABC):
 
     learns = False  # whether ``learn`` keeps what it is told (a text stage's examples)
 
-    def learn(self, inputs: Mapping[str, Any], label: str) -> bool:
-        """Take a labelled event as an example; False when the stage does not learn or knew it."""
-        return False
+    def learn_many(self, items: Sequence[tuple[str, Mapping[str, Any], str]]) -> int:
+        """Take labelled events ``(key, inputs, label)`` as examples (blocking; off the event loop);
+        how many changed. A stage that does not learn takes none."""
+        return 0
 
     def abstains(self, inputs: Mapping[str, Any]) -> bool:
         """Whether the stage has nothing to read in this event (e.g. an empty text): it is not asked."""

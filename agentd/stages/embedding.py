@@ -19,7 +19,8 @@ how labels from operators make the stage learn without retraining anything.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ from agentd.stages.onnx import onnx_session
 
 if TYPE_CHECKING:
     from agentd.config.models import EmbeddingModelConfig
+
+MAX_LEARNED = 5000  # examples from labels a text stage keeps (the newest)
 
 
 class EmbeddingStage(ThreadedStage):
@@ -61,38 +64,77 @@ class EmbeddingStage(ThreadedStage):
         self._head = cfg.head
         self._index: tuple[np.ndarray, list[tuple[str, str]], dict[str, np.ndarray], LinearHead | None] = (
             np.zeros((0, 1), dtype=np.float32), [], {}, None)
-        self._known: set[tuple[str, str]] = set()
+        self._configured: dict[tuple[str, str], None] = {}  # from the config, in order
+        self._learned: OrderedDict[str, tuple[str, str]] = OrderedDict()  # decision id -> (text, label), from labels
+        self._vectors: dict[str, np.ndarray] = {}  # text -> unit vector
+        self._lock = threading.Lock()  # one rebuild at a time (the engine learns off the event loop)
         super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
         self.add_examples([(e.text, e.label) for e in cfg.examples])
 
     # -- examples ------------------------------------------------------------------
 
     def add_examples(self, examples: Sequence[tuple[str, str]]) -> int:
-        """Embed and keep more (text, label) examples (each once; labels must be the stage's own); how many were new."""
-        unknown = sorted({label for _, label in examples if label not in self.labels})
-        if unknown:
-            raise ModelError(f"model {self.name!r}: unknown label(s) {', '.join(unknown)} (known: {', '.join(self.labels)})")
-        vectors, known, _, head = self._index
-        fresh = list(dict.fromkeys((t.strip(), lab) for t, lab in examples if t.strip() and (t.strip(), lab) not in self._known))
-        if not fresh:
-            return 0
-        added = self.embed([t for t, _ in fresh])
-        all_vectors = added if len(vectors) == 0 else np.vstack([vectors, added])
-        texts = [*known, *fresh]
-        rows = {label: np.array([i for i, (_, lab) in enumerate(texts) if lab == label], dtype=np.int64) for label in self.labels}
-        if self._head == "linear":
-            y = np.array([self.labels.index(lab) for _, lab in texts], dtype=np.int64)
-            head = LinearHead.fit(all_vectors, y, len(self.labels), warm=head)
-        # one assignment: the worker thread reads either the old index or the new one, never a mix
-        self._index = (all_vectors, texts, rows, head)
-        self._known.update(fresh)
-        return len(fresh)
+        """Embed and keep more configured (text, label) examples (each once); how many were new."""
+        self._check_labels(label for _, label in examples)
+        with self._lock:
+            fresh = [(t.strip(), lab) for t, lab in examples if t.strip() and (t.strip(), lab) not in self._configured]
+            self._configured.update(dict.fromkeys(fresh))
+            if fresh:
+                self._rebuild()
+            return len(fresh)
 
     learns = True
 
-    def learn(self, inputs: Mapping[str, Any], label: str) -> bool:
-        """The event's text becomes an example of ``label`` (an operator's label); False if empty or known."""
-        return self.add_examples([(self.text_of(inputs), label)]) > 0
+    def learn(self, inputs: Mapping[str, Any], label: str, *, key: str) -> bool:
+        """The event's text becomes an example of ``label``, under ``key`` (the decision's id, so
+        that a corrected label replaces the mistaken one); False if it had no text or was known."""
+        return self.learn_many([(key, inputs, label)]) > 0
+
+    def learn_many(self, items: Sequence[tuple[str, Mapping[str, Any], str]]) -> int:
+        """Learn several (key, inputs, label) at once: one embedding batch and one refit (a start-up's labels).
+
+        Blocking (the embeddings and the refit): the engine calls it off the event loop. At most
+        MAX_LEARNED learned examples are kept; the oldest go first.
+        """
+        self._check_labels(label for _, _, label in items)
+        with self._lock:
+            changed = 0
+            for key, inputs, label in items:
+                text = self.text_of(inputs)
+                if not text or self._learned.get(key) == (text, label):
+                    continue
+                self._learned.pop(key, None)
+                self._learned[key] = (text, label)
+                changed += 1
+            while len(self._learned) > MAX_LEARNED:
+                self._learned.popitem(last=False)
+            if changed:
+                self._rebuild()
+            return changed
+
+    def _check_labels(self, labels: Iterable[str]) -> None:
+        unknown = sorted({label for label in labels if label not in self.labels})
+        if unknown:
+            raise ModelError(f"model {self.name!r}: unknown label(s) {', '.join(unknown)} (known: {', '.join(self.labels)})")
+
+    def _rebuild(self) -> None:
+        """The examples' vectors (cached by text), their rows per label, and the head; swapped in at once."""
+        _, _, _, head = self._index
+        texts = list(dict.fromkeys([*self._configured, *self._learned.values()]))
+        missing = [t for t, _ in texts if t not in self._vectors]
+        if missing:
+            for text, vector in zip(missing, self.embed(missing), strict=True):
+                self._vectors[text] = vector
+        keep = {t for t, _ in texts}
+        for text in [t for t in self._vectors if t not in keep]:
+            del self._vectors[text]
+        vectors = np.stack([self._vectors[t] for t, _ in texts])
+        rows = {label: np.array([i for i, (_, lab) in enumerate(texts) if lab == label], dtype=np.int64) for label in self.labels}
+        if self._head == "linear":
+            y = np.array([self.labels.index(lab) for _, lab in texts], dtype=np.int64)
+            head = LinearHead.fit(vectors, y, len(self.labels), warm=head)
+        # one assignment: the worker thread reads either the old index or the new one, never a mix
+        self._index = (vectors, texts, rows, head)
 
     @property
     def example_count(self) -> int:

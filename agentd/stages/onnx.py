@@ -58,6 +58,8 @@ class OnnxStage(ThreadedStage):
         self._row = np.zeros((1, len(self._fields)), dtype=np.float32)
         self._running: Any = None
         if cfg.card is not None:
+            if cfg.card_sha256 is not None:  # the card decides which inputs the model may act on: pin it too
+                verify_file(Path(cfg.card), cfg.card_sha256, what=f"model {cfg.name!r} input card")
             self.card = InputCard.load(Path(cfg.card), cfg.inputs)
 
     def _find_prob_output(self, n: int) -> str:

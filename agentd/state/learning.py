@@ -8,21 +8,22 @@ import sqlite3
 from typing import Any
 
 # The latest label of each decision (an operator may correct a label).
-_LATEST = "SELECT decision_id, action FROM labels WHERE id IN (SELECT MAX(id) FROM labels GROUP BY decision_id)"
+_LATEST = 'SELECT decision_id, action, "by" FROM labels WHERE id IN (SELECT MAX(id) FROM labels GROUP BY decision_id)'
 
 
 def labelled(conn: sqlite3.Connection, skill: str | None = None, *, limit: int = 10_000) -> list[tuple[dict[str, Any], str]]:
-    """(decision record, labelled action) for the newest ``limit`` labelled decisions, oldest first."""
+    """(decision record, labelled action) for the newest ``limit`` labelled decisions, oldest first; the
+    record carries its latest label's author as ``_labelled_by``."""
     where, args = ("WHERE d.skill = ?", (skill,)) if skill is not None else ("", ())
     try:
         rows = conn.execute(
-            f"SELECT d.record, l.action FROM ({_LATEST}) l JOIN decisions d ON d.id = l.decision_id {where}"
+            f"SELECT d.record, l.action, l.by FROM ({_LATEST}) l JOIN decisions d ON d.id = l.decision_id {where}"
             " ORDER BY d.created_at DESC LIMIT ?", (*args, limit)).fetchall()
     except sqlite3.OperationalError as exc:  # a database from before labels existed
         if "no such table" in str(exc):
             return []
         raise
-    return [(json.loads(record), action) for record, action in reversed(rows)]
+    return [({**json.loads(record), "_labelled_by": by}, action) for record, action, by in reversed(rows)]
 
 
 def labelled_shadow_answers(conn: sqlite3.Connection, skill: str, *, limit: int = 10_000) -> list[dict[str, Any]]:

@@ -205,3 +205,41 @@ async def test_the_report_counts_disagreements_and_asks(config_factory: Factory,
     assert (stage["beside_rules"], stage["disagreements"]) == (2, 1)
     assert summary == [{"skill": SKILL, "decisions": 2, "sources": {"rules": 1, "model": 1},
                         "fallback_reasons": {"disagreement": 1}, "asked": 1, "asked_share": 0.5, "asked_because": {"disagreement": 1}}]
+
+
+async def test_what_applies_while_a_human_is_asked_is_guarded_and_never_itself_waiting(config_factory: Factory, node_key: NodeKey) -> None:
+    # The rules say defrost, which waits for approval; an unsure model says shutdown: a human is asked
+    # about the shutdown, and meanwhile not the unapproved defrost applies but approval.interim.
+    rules = [{"name": "iced", "when": "temperature_c < 0.0", "action": "defrost"}, {"name": "all_good", "default": True, "action": "none"}]
+    cfg = config_factory(model={"confidence": 0.5, "label": "critical"},
+                         skill={"rules": rules, "uncertain": {"ask": ["low_confidence"]},
+                                "cascade": [{"model": "fast", "min_confidence": 0.8, "map": {"critical": "shutdown"}}],
+                                "approval": {"actions": ["defrost", "shutdown"], "interim": "alert"}})
+    rec, _ = await decide(cfg, node_key, COLD)
+    assert (rec["status"], rec["action"], rec["approval"]["requested_action"]) == ("pending_approval", "alert", "shutdown")
+    # A guard that vetoes the rules' answer vetoes it as the interim too.
+    guarded = config_factory(model={"confidence": 0.5, "label": "critical"},
+                             skill={"rules": rules, "uncertain": {"ask": ["low_confidence"]},
+                                    "cascade": [{"model": "fast", "min_confidence": 0.8, "map": {"critical": "shutdown"}}],
+                                    "guards": [{"name": "no_defrost", "when": 'action == "defrost"', "action": "alert"}],
+                                    "approval": {"actions": []}})
+    rec, _ = await decide(guarded, node_key, COLD)
+    assert (rec["status"], rec["action"], rec["guard"]) == ("pending_approval", "alert", "no_defrost")
+
+
+def test_an_uncertain_interim_that_itself_waits_is_refused(config_factory: Factory) -> None:
+    from agentd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="itself waits for approval"):
+        config_factory(skill={"uncertain": {"ask": ["low_confidence"], "interim": "shutdown"}})
+
+
+async def test_a_card_that_does_not_match_its_pin_refuses_the_model(onnx_config: Callable[..., LoadedConfig], config_factory: Factory,
+                                                                    node_key: NodeKey, tmp_path: Path) -> None:
+    cfg = onnx_config()
+    model = next(m for m in cfg.config.models if m.name == "freezer").model_dump(mode="json")
+    pinned = config_factory(models=[{**model, "card_sha256": "0" * 64}], skill={
+        "input": {"temperature_c": {"type": "number"}, "door_open_s": {"type": "number"}, "compressor_a": {"type": "number"}},
+        "cascade": [{"model": "freezer", "min_confidence": 0.5}], "approval": {"actions": []}})
+    rec, _ = await decide(pinned, node_key, {"temperature_c": -19.0, "door_open_s": 5.0, "compressor_a": 5.0})
+    assert (rec["source"], rec["fallback_reason"]) == ("rules", "model_missing")

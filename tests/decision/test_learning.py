@@ -4,6 +4,7 @@ text stages take labelled texts as examples, and calibration fits a temperature.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -68,7 +69,7 @@ async def test_a_shadow_that_is_right_where_the_rules_are_wrong_is_promoted(conf
             rec = await eng.decide(SKILL, COLD, event_id=f"e-{i}")
             assert rec["source"] == "rules" and rec["action"] == "none"
             await wait_until(lambda i=i: eng.store.read(lambda c: c.execute("SELECT COUNT(*) FROM shadow_answers").fetchone()[0] > i))
-            await eng.label(rec["id"], "alert", by="alice")  # the shadow's alert was right
+            await eng.label(rec["id"], "alert", by=("alice", "bob")[i % 2])  # the shadow's alert was right (two people)
         await wait_until(lambda: _async(states(eng) == ["acting"]))
         promoted = await eng.decide(SKILL, COLD, event_id="e-after")
     assert (promoted["source"], promoted["action"]) == ("model", "alert")
@@ -130,3 +131,79 @@ async def test_calibration_fits_a_temperature_and_the_gate_reads_the_calibrated_
 
 async def _async(value: Any) -> Any:
     return value
+
+
+# -- what the review found (the fixes hold) ----------------------------------------------
+
+
+async def test_one_person_labels_cannot_promote_a_model(config_factory: Factory, node_key: NodeKey) -> None:
+    cfg = config_factory(skill={"cascade": [{"model": "fast", "min_confidence": 0.8, "map": {"warn": "alert"}, "shadow": True, "promote": AUTO}],
+                                "approval": {"actions": []}})
+    async with Engine(loaded=cfg, key=node_key, run_handlers=False) as eng:
+        for i in range(8):
+            rec = await eng.decide(SKILL, COLD, event_id=f"e-{i}")
+            await _wait_shadows(eng, i + 1)
+            await eng.label(rec["id"], "alert", by="alice")
+        await _idle(eng)
+        assert states(eng) == ["shadow"]
+
+
+async def test_a_promoted_stage_is_judged_on_its_newest_labels_and_demoted(config_factory: Factory, node_key: NodeKey, wait_until: Wait) -> None:
+    promote = {"auto": True, "min_labels": 5, "window": 5}
+    cfg = config_factory(skill={"cascade": [{"model": "fast", "min_confidence": 0.8, "map": {"warn": "alert"}, "shadow": True, "promote": promote}],
+                                "approval": {"actions": []}})
+    async with Engine(loaded=cfg, key=node_key, run_handlers=False) as eng:
+        for i in range(5):  # right as a shadow: promoted
+            rec = await eng.decide(SKILL, COLD, event_id=f"s-{i}")
+            await _wait_shadows(eng, i + 1)
+            await eng.label(rec["id"], "alert", by=("alice", "bob")[i % 2])
+        await wait_until(lambda: _async(states(eng) == ["acting"]))
+        acted = 0
+        for i in range(5):  # then wrong while acting: its old shadow record must not keep it acting
+            rec = await eng.decide(SKILL, COLD, event_id=f"a-{i}")
+            acted += rec["source"] == "model"
+            await eng.label(rec["id"], "none", by="alice")
+            await _idle(eng)
+        assert states(eng) == ["shadow"] and 3 <= acted < 5  # demoted once its newest 5 labels say the rules do better
+
+
+async def test_a_corrected_label_replaces_the_example_it_taught(config_factory: Factory, node_key: NodeKey) -> None:
+    reader = {"name": "reader", "backend": "embedding", "fields": ["note"], **MINILM,
+              "examples": [{"text": "delivery being unloaded", "label": "none"}, {"text": "compressor is smoking", "label": "shutdown"},
+                           {"text": "door left open", "label": "alert"}]}
+    cfg = config_factory(models=[reader], skill={"cascade": [{"model": "reader", "min_confidence": 0.0}], "approval": {"actions": []}})
+    note = {**COLD, "note": "strange humming from the back wall"}
+    async with Engine(loaded=cfg, key=node_key, run_handlers=False) as eng:
+        rec = await eng.decide(SKILL, note, event_id="n-1")
+        await eng.label(rec["id"], "shutdown", by="alice")  # a mistake...
+        await eng.label(rec["id"], "none", by="alice")  # ...corrected: the live stage must follow the correction
+        stage = eng.stages["reader"]
+        again = await eng.decide(SKILL, note, event_id="n-2")
+    assert again["action"] == "none" and stage.example_count == 4
+
+
+async def test_editing_shadow_in_the_config_resets_a_stored_state(config_factory: Factory, node_key: NodeKey) -> None:
+    async with Engine(loaded=config_factory(), key=node_key, run_handlers=False) as eng:
+        await eng.set_stage_state(SKILL, 0, "shadow", by="bob")
+        await eng.set_stage_state(SKILL, 0, "acting", by="bob")  # stored: acting, made under `shadow: false`
+    async with Engine(loaded=config_factory(), key=node_key, run_handlers=False) as same:
+        assert states(same) == ["acting"]
+    # An admin stops the model by editing the config: that must win over the stored state.
+    edited = config_factory(skill={"cascade": [{"model": "fast", "min_confidence": 0.8, "map": {"warn": "alert"}, "shadow": True}]})
+    async with Engine(loaded=edited, key=node_key, run_handlers=False) as changed:
+        assert states(changed) == ["shadow"]
+
+
+async def _wait_shadows(eng: Engine, n: int) -> None:
+    for _ in range(500):
+        if await eng.store.read(lambda c: c.execute("SELECT COUNT(*) FROM shadow_answers").fetchone()[0]) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {n} shadow answers stored")
+
+
+async def _idle(eng: Engine) -> None:
+    """Until the engine's background jobs (the stage reviews after labels) are done."""
+    pending = [t for t in eng._background if not t.done()]
+    if pending:
+        await asyncio.wait(pending)
