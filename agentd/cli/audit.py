@@ -82,7 +82,8 @@ def _report(result: VerifyResult, key: str, where: str, as_json: bool) -> None:
         _emit_json({**result.as_dict(), "public_key": key, "key_source": where})
         return
     if not result.ok:
-        click.echo(f"audit trail BROKEN at record {result.first_bad_seq}: {result.problem}")
+        at = f" at record {result.first_bad_seq}" if result.first_bad_seq is not None else ""
+        click.echo(f"audit trail BROKEN{at}: {result.problem}")
         return
     click.echo(f"audit trail intact: {result.records} record(s), {result.checkpoints} signed checkpoint(s),"
                f" checked against key {key[:12]}... ({where})")

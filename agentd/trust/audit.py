@@ -8,9 +8,9 @@ or cutting records from its start is detected even by someone who recomputes eve
 ``verify_chain`` checks, in this order: the records' links and hashes; the checkpoints'
 signatures, keys (rotations included), links and the pinned key; that each checkpoint matches
 its record; the base (a pruned chain starts at a signed checkpoint that a signed retention
-record binds); the unsigned tail after the last checkpoint against its signed bound; a
-checkpoint at every sealed record (a clean stop, a retention, a key rotation); and that the
-node never found its own checkpoints missing (``audit_gap``).
+record binds); the unsigned tail after the last checkpoint against its signed bound; that the
+node never found its own checkpoints missing (``audit_gap``); and a checkpoint at every
+sealed record (a clean stop, a retention, a key rotation).
 """
 
 from __future__ import annotations
@@ -192,6 +192,9 @@ def verify_chain(
         return bad(tail.after_seq + 1, (
             f"{tail.records} record(s) over {tail.seconds:.1f} s after {start} are under no signature, beyond the"
             f" bound of {tail.bound.records} records / {tail.bound.seconds:g} s (checkpoints deleted?)"))
+    if w.gaps:
+        seq, body = w.gaps[0]
+        return bad(seq, f"record {seq}: at start the node found its checkpoints missing: {json.dumps(body, sort_keys=True)[:300]}")
     at = {c.seq for c in cps}
     exempt_below = 0  # a legacy chain's sealed records had their checkpoint in a transaction of its own
     if any(c.v < 2 for c in cps):
@@ -199,9 +202,6 @@ def verify_chain(
     for seq, kind in w.sealed:
         if seq >= exempt_below and seq not in at:
             return bad(seq, f"record {seq} ({kind}) has no signed checkpoint at it, which the node writes with it (checkpoints deleted?)")
-    if w.gaps:
-        seq, body = w.gaps[0]
-        return bad(seq, f"record {seq}: at start the node found its checkpoints missing: {json.dumps(body, sort_keys=True)[:300]}")
     return VerifyResult(True, w.count, len(cps), tail=tail, key=key, head=(head_seq, w.hashes.get(head_seq, base_hash)))
 
 
