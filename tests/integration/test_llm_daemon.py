@@ -236,7 +236,7 @@ def test_a_reload_that_changes_only_rules_keeps_the_database_and_every_model_loa
         assert changed["models_loaded_at"]["request_llm"] > before["models_loaded_at"]["request_llm"]
         assert d.stop() == 0
         audit = [json.loads(line) for line in cli(d.config_path, "audit", "export").stdout.splitlines()]
-        assert [a["body"]["model"] for a in audit if a["kind"] == "model_load"].count("request_llm") == 2
+        assert [a["body"]["model"] for a in audit if a.get("kind") == "model_load"].count("request_llm") == 2
         assert cli(d.config_path, "audit", "verify").returncode == 0
     finally:
         d.stop()
