@@ -13,6 +13,7 @@ is running, and keeps the database it replaces as ``agentd.db.replaced-<time>``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -217,10 +218,12 @@ def restore_backup(loaded: LoadedConfig, path: Path) -> dict[str, Any]:
             shutil.copyfile(folder / "agentd.db", staged)
         with staged.open("rb") as fh:
             os.fsync(fh.fileno())
-        replaced = None
+        replaced, head, nonces = None, None, 0
         if target.exists():
             replaced = target.with_name(f"{target.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
             _online_copy(target, replaced)  # with whatever its WAL held
+            head = _audit_head(replaced)
+            nonces = _keep_nonces(replaced, staged)  # a command refused as replayed before stays refused after
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 target.with_name(target.name + suffix).unlink()
@@ -230,14 +233,66 @@ def restore_backup(loaded: LoadedConfig, path: Path) -> dict[str, Any]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    restored = {"seq": manifest["audit"]["records"], "backup_created_at": manifest["created_at"]}
+    record = {"from": head, "to": restored, "nonces_kept": nonces, "by": _local_user(), "replaced": str(replaced) if replaced else None}
+    asyncio.run(_record_restore(loaded, record))
     return {
         "database": str(target),
         "replaced": str(replaced) if replaced else None,
+        "restore_record": record,
         "node": manifest["node"],
         "backup_created_at": manifest["created_at"],
         "audit_records": manifest["audit"]["records"],
         "decisions": manifest["decisions"],
     }
+
+
+def _audit_head(db: Path) -> dict[str, Any] | None:
+    """Where the replaced database's audit trail ended: its last record's seq and hash."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT seq, hash, ts FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else {"seq": row[0], "hash": row[1], "ts": row[2]}
+
+
+def _keep_nonces(old: Path, staged: Path) -> int:
+    """Carry every command nonce of the replaced database into the restored one: nonces never roll
+    back, so a restore cannot make a fleet command that was refused as a replay acceptable again."""
+    conn = sqlite3.connect(staged)
+    try:
+        conn.execute("ATTACH DATABASE ? AS old", (f"file:{old}?mode=ro",))
+        before = conn.execute("SELECT COUNT(*) FROM nonces").fetchone()[0]
+        conn.execute("INSERT OR IGNORE INTO nonces (id, expires_at) SELECT id, expires_at FROM old.nonces")
+        conn.commit()
+        kept = int(conn.execute("SELECT COUNT(*) FROM nonces").fetchone()[0]) - int(before)
+        conn.execute("DETACH DATABASE old")
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"cannot carry the command nonces into the restored database: {exc}; nothing was replaced") from exc
+    finally:
+        conn.close()
+    with staged.open("rb") as fh:
+        os.fsync(fh.fileno())
+    return kept
+
+
+async def _record_restore(loaded: LoadedConfig, body: dict[str, Any]) -> None:
+    """The restore is history, not a rewind: a signed audit record of it (from which head to which),
+    sealed by the checkpoint the store signs as it closes."""
+    from agentd.state.store import open_store
+
+    store = open_store(loaded, load_key(loaded.config.data_dir))
+    async with store:
+        await store.audit("restore", body)
+
+
+def _local_user() -> str:
+    import getpass
+
+    return f"local:{getpass.getuser()}(uid={os.getuid()})"
 
 
 def _processes_using(db: Path) -> list[int]:

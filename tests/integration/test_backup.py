@@ -89,7 +89,13 @@ def test_backup_while_deciding_then_restore(daemon: DaemonProc, tmp_path: Path) 
     assert after not in now
     verify = cli(config, "audit", "verify", "--json")
     assert verify.returncode == 0, verify.stdout
-    assert json.loads(verify.stdout)["records"] == manifest["audit"]["records"]
+    # the restore is history, not a rewind: one signed record of it after the backup's own
+    assert json.loads(verify.stdout)["records"] == manifest["audit"]["records"] + 1
+    record = result["restore_record"]
+    assert record["to"]["seq"] == manifest["audit"]["records"] and record["from"]["seq"] > manifest["audit"]["records"]
+    trail = [json.loads(line) for line in cli(config, "audit", "export").stdout.splitlines()]
+    restore = [r for r in trail if r.get("kind") == "restore"]
+    assert len(restore) == 1 and restore[0]["body"]["from"] == record["from"]
 
     daemon.start()  # the node carries on from the restored database
     _submit(daemon, "after-restore")
