@@ -105,17 +105,28 @@ def config_validate(path: Path) -> None:
 @config_option
 @json_option
 def peers(config_path: Path | None, as_json: bool) -> None:
-    """Peers this node has heard from over MQTT: presence, last seen, decisions received."""
+    """Peers this node has heard from over MQTT: presence, last seen, decisions received, and the audit
+    head witnessed of each (its seq, when, and whether its chain stayed consistent, was rolled back or forked).
+
+    "audit" is consistent (each head extended the one before), unchecked gap (a head
+    whose link to the one before was not sent), rolled back (a head below one witnessed)
+    or forked (another chain than the one witnessed); a flagged peer stays flagged.
+    Example: agentd peers --json
+    """
     import time
 
     from agentd.state import queries
 
     now = time.time()
     _list(config_path, as_json, queries.list_peers, what="peer(s)",
-          columns=["node", "status", "last seen", "ago s", "decisions", "key"],
+          columns=["node", "status", "last seen", "ago s", "decisions", "key", "audit head", "witnessed", "audit"],
           row=lambda r: (r["node"], r["status"], _ts(r["last_seen"]) if r["last_seen"] else "",
                          f"{now - r['last_seen']:.0f}" if r["last_seen"] else "", r["decisions"],
-                         ("learned " if r["learned"] else "configured ") + str(r["public_key"] or "")[:12]))
+                         ("learned " if r["learned"] else "configured ") + str(r["public_key"] or "")[:12],
+                         "" if r["audit_head"] is None else r["audit_head"],
+                         _ts(r["witnessed_at"]) if r["witnessed_at"] else "",
+                         (r["audit_state"] or "not witnessed")
+                         + (f" (seen head {r['seen_seq']})" if r["seen_seq"] not in (None, r["audit_head"]) else "")))
 
 
 @main.command("fleet-state")

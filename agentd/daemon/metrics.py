@@ -138,7 +138,7 @@ class NodeMetrics:
     # -- what scrapes and snapshots read ----------------------------------------------
 
     def db_gauges(self) -> dict[str, int]:
-        """Outbox depth, peers online, audit chain length and fleet-state keys, from a read-only connection."""
+        """Outbox depth, peers online, audit chain length, fleet-state keys and peers flagged, from a read-only connection."""
         with self._db_lock:
             try:
                 if self._db is None:
@@ -150,6 +150,7 @@ class NodeMetrics:
                     "peers_online": db.execute("SELECT COUNT(*) FROM peers WHERE status = 'online'").fetchone()[0],
                     "audit_records": db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0],
                     "fleet_state_keys": db.execute("SELECT COUNT(*) FROM fleet_state").fetchone()[0],
+                    "peers_flagged": db.execute("SELECT COUNT(*) FROM witness WHERE state IN ('rolled_back', 'forked')").fetchone()[0],
                 }
             except sqlite3.Error as exc:
                 log.warning("metrics: database gauges unavailable: %s", exc)
@@ -229,6 +230,7 @@ class _LiveCollector:
             ("peers_online", "agentd_peers_online", "Peers whose last status was online."),
             ("audit_records", "agentd_audit_chain_length", "Sequence number of the newest audit record."),
             ("fleet_state_keys", "agentd_fleet_state_keys", "Keys of the fleet-state map held (tombstones and expired ones too)."),
+            ("peers_flagged", "agentd_peers_audit_flagged", "Peers whose audit head was found rolled back or forked (issue 15)."),
         ):
             if key in gauges:
                 g = GaugeMetricFamily(name, text, labels=["stage", "release"])

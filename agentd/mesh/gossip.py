@@ -1,4 +1,4 @@
-"""Peers and anti-entropy: peer trust, peer messages in (status, decisions, digests), digests out.
+"""Peers and anti-entropy: peer trust, peer messages in (status, decisions, digests, audit heads), digests out.
 
 A peer's message is verified against the key configured for it (or, with
 ``trust.allow_unknown_peers``, the key its first status offered), its body checked, and a
@@ -24,6 +24,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import Rejected
+from agentd.mesh.heads import HEAD, Heads
 from agentd.mesh.peerwire import check_peer_body
 from agentd.mesh.topics import topic
 from agentd.mesh.transport import publish_in_loop
@@ -107,6 +108,7 @@ class Gossip:
         self._answered_at = -1e9  # monotonic time of the last digest answered with a resend
         self._resent_at: dict[str, float] = {}  # decision id (or fleet-state key@HLC) -> when we last resent it
         self._state_answered_at = -1e9  # monotonic time of the last digest answered with fleet-state writes
+        self.heads = Heads(cfg=cfg, store=store, key=key, clock=clock, counters=counters, refusals=refusals, key_of=self.key_of)
 
     def update_trust(self, peers: dict[str, str]) -> None:
         """After a reload: configured peer keys replace the old ones; learned keys stay."""
@@ -171,6 +173,8 @@ class Gossip:
         elif env["kind"] == "state":
             if self._on_state is not None:
                 await self._on_state(node, env)
+        elif env["kind"] == HEAD:
+            await self.heads.witness(node, body)
         else:
             fresh = await store.record_peer_decision(node, body, env["hlc"])
             if fresh and self._on_peer_decision is not None:  # a resend must not count twice

@@ -4,8 +4,8 @@
 back from MQTT 5 to 3.1.1 once when ``mqtt.protocol`` is auto), publishes a retained signed
 birth status (the last will marks the node offline), subscribes to the node's topics, and
 runs the session's parts in one TaskGroup: the ``Receiver`` (messages in, acknowledged after
-their commit), the ``OutboxPublisher`` (the outbox out at QoS 1), the ``Gossip`` digests
-and the metrics snapshot. Any of them failing ends the session, and the link reconnects.
+their commit), the ``OutboxPublisher`` (the outbox out at QoS 1), the ``Gossip`` digests,
+the signed audit head (``mesh.heads``) and the metrics snapshot. Any of them failing ends the session, and the link reconnects.
 
 aiomqtt's and paho's internals are reached only through ``agentd.mesh.transport``.
 """
@@ -168,6 +168,7 @@ class MeshLink:
                             tg.create_task(self._receiver.run(client, tg), name="mqtt-receive")
                             tg.create_task(self._publisher.drain(client), name="mqtt-outbox")
                             tg.create_task(self._gossip.digests(client), name="mqtt-digest")
+                            tg.create_task(self._gossip.heads.publish(client), name="mqtt-audit-head")
                             tg.create_task(self._metrics(client), name="mqtt-metrics")
                     except asyncio.CancelledError:
                         await self._offline(client)  # a clean stop sends no last will: say it ourselves

@@ -13,8 +13,10 @@ from typing import Any
 
 from agentd.errors import Rejected
 
-KINDS_BY_TOPIC = {"status": ("status",), "decisions": ("decision",), "gossip": ("digest", "decision", "state")}
+KINDS_BY_TOPIC = {"status": ("status",), "decisions": ("decision",), "gossip": ("digest", "decision", "state", "head")}
 MAX_DIGEST_NODES = 10_000
+MAX_HEAD_CHAIN = 16  # agentd.trust.witness.MAX_CHAIN
+CHECKPOINT_MEMBERS = {"v", "node", "seq", "hash", "count", "ts", "prev", "every", "interval_s", "public_key", "sig"}
 
 
 def check_peer_body(topic_kind: str, env: dict[str, Any], *, now_s: float, max_skew_s: float) -> None:
@@ -43,6 +45,12 @@ def check_peer_body(topic_kind: str, env: dict[str, Any], *, now_s: float, max_s
     elif kind == "state":  # a signed fleet-state write, relayed: its own signature is checked by agentd.control.state_writes
         if set(body) != {"origin"} or not isinstance(body["origin"], dict):
             raise Rejected("malformed", 'a state body is {"origin": <a signed write>}')
+    elif kind == "head":  # a signed audit head; its signatures and links are checked by agentd.trust.witness
+        chain = body.get("chain")
+        if set(body) != {"head", "chain"} or not isinstance(chain, list) or len(chain) > MAX_HEAD_CHAIN:
+            raise Rejected("malformed", f'a head body is {{"head": <checkpoint>, "chain": [at most {MAX_HEAD_CHAIN} checkpoints]}}')
+        for cp in [body["head"], *chain]:
+            _checkpoint(cp)
     else:
         _text(body, "id", 128)
         _text(body, "action", 64)
@@ -52,6 +60,20 @@ def check_peer_body(topic_kind: str, env: dict[str, Any], *, now_s: float, max_s
             raise Rejected("malformed", "decision 'created_at' is before 1970")
         if created - now_s > max_skew_s:
             raise Rejected("clock_skew", f"decision dated {created - now_s:.0f} s ahead of local time (at most {max_skew_s:g} s)")
+
+
+def _checkpoint(cp: Any) -> None:
+    if not isinstance(cp, dict) or not set(cp) <= CHECKPOINT_MEMBERS:
+        raise Rejected("malformed", f"a checkpoint has the members {sorted(CHECKPOINT_MEMBERS)} only")
+    for name in ("node", "hash", "prev", "public_key", "sig"):
+        if name in cp:
+            _text(cp, name, 128)
+    for name in ("v", "seq", "count", "every"):
+        if name in cp and (isinstance(cp[name], bool) or not isinstance(cp[name], int) or cp[name] < 0):
+            raise Rejected("malformed", f"checkpoint member {name!r} must be a whole number")
+    for name in ("ts", "interval_s"):
+        if name in cp:
+            _number(cp, name)
 
 
 def _text(body: dict[str, Any], name: str, limit: int) -> str:

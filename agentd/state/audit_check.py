@@ -98,3 +98,14 @@ def checkpoints_after(conn: sqlite3.Connection, after_seq: int, upto_seq: int | 
     missed some fetches to check that a new head extends the last one it saw."""
     upto = upto_seq if upto_seq is not None else 2**62
     return [c.as_dict() for c in read_checkpoints(conn, "WHERE seq > ? AND seq <= ?", (after_seq, upto))]
+
+
+def head_with_chain(conn: sqlite3.Connection, limit: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The newest signed checkpoint and up to ``limit`` chained ones before it (oldest first), as dicts:
+    the body of the ``head`` message a node publishes for its peers to witness; None before the first."""
+    head = latest_checkpoint(conn)
+    if head is None:
+        return None
+    before = read_checkpoints(conn, "WHERE seq IN (SELECT seq FROM checkpoints WHERE seq < ? AND v >= 2 ORDER BY seq DESC LIMIT ?)",
+                              (int(head["seq"]), limit))
+    return head, [c.as_dict() for c in before]

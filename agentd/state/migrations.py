@@ -158,6 +158,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE checkpoints ADD COLUMN every INTEGER;
     ALTER TABLE checkpoints ADD COLUMN interval_s REAL;
 """,
+    # 7: peers' audit heads as witnessed (issue 15, item 3; see agentd.trust.witness and agentd.state.witness):
+    # per node the witnessed head (the checkpoint as sent), its state, and the newest head seen
+    """
+    CREATE TABLE witness (
+        node TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        head TEXT NOT NULL,
+        witnessed_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        seen_seq INTEGER NOT NULL,
+        seen_at REAL NOT NULL
+    );
+""",
 ]
 
 

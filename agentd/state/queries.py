@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.errors import NotFound, StateError
 from agentd.state import fleet_state
+from agentd.state.witness import list_witness
 from agentd.trust.audit import AuditRow, VerifyResult
 from agentd.trust.canonical import canonical, sha256_hex
 
@@ -173,9 +174,12 @@ def verify_audit(conn: sqlite3.Connection, **kw: Any) -> VerifyResult:
 
 
 def list_peers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Peers this node has heard from: presence, last seen, decisions received."""
+    """Peers this node has heard from: presence, last seen, decisions received, the audit head witnessed."""
     cols = ("node", "status", "last_seen", "last_hlc", "decisions", "learned", "public_key")
-    return [dict(zip(cols, r, strict=True)) for r in conn.execute(f"SELECT {', '.join(cols)} FROM peers ORDER BY node")]
+    heads = list_witness(conn)
+    none = dict.fromkeys(("audit_head", "audit_hash", "witnessed_at", "audit_state", "audit_detail", "seen_seq", "seen_at"))
+    return [{**dict(zip(cols, r, strict=True)), **heads.get(r[0], none)}
+            for r in conn.execute(f"SELECT {', '.join(cols)} FROM peers ORDER BY node")]
 
 
 def fleet_digest(conn: sqlite3.Connection, since: float) -> dict[str, list[float]]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentd.errors import StateError
-from agentd.state import decisions, labels, peers, queries, retention
+from agentd.state import decisions, labels, peers, queries, retention, witness
 from agentd.state.audit_log import AuditLog
 from agentd.state.decisions import OUTBOX_INSERT, DecisionWrite, DuplicateEvent, Resolution
 from agentd.state.labels import LabelWrite
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from agentd.config.loader import LoadedConfig
+    from agentd.trust.checkpoints import Checkpoint
     from agentd.trust.keys import NodeKey
+    from agentd.trust.witness import Verdict
 
 __all__ = ["DecisionWrite", "DuplicateEvent", "LabelWrite", "Soft", "Store", "open_store", "store_settings"]
 
@@ -147,6 +149,16 @@ class Store:
             peers.upsert(conn, self._audit, node, status=status, hlc=hlc, public_key=public_key, learned=learned)
 
         await self._submit(op if learned else Soft(op))  # a learned key is audited: durable
+
+    async def witness_head(self, node: str, head: Checkpoint, chain: list[Checkpoint], *, key: str) -> tuple[Verdict, bool]:
+        """Judge peer ``node``'s signed audit head against the one witnessed and keep it (``state.witness``);
+        a rolled-back or forked peer is audited. Returns the verdict and whether the peer's state changed."""
+        return await self._submit(lambda conn: witness.witness(conn, self._audit, node, head, chain, key=key, now=time.time()))
+
+    @property
+    def signed_head(self) -> Checkpoint | None:
+        """The newest checkpoint the writer signed (or found at open): what the node publishes for its peers."""
+        return self._audit.last
 
     async def claim_nonce(self, command_id: str, expires_at: float) -> bool:
         """Use a command id once: False if it was used before (a replay)."""

@@ -90,6 +90,7 @@ def test_prometheus_exposition_counts_what_the_node_decided(node: tuple[DaemonPr
     assert _value(s, "agentd_broker_connected", **lc) == 1
     assert _value(s, "agentd_peers_online", **lc) == 0
     assert _value(s, "agentd_fleet_state_keys", **lc) == 0
+    assert _value(s, "agentd_peers_audit_flagged", **lc) == 0
     assert _value(s, "agentd_node_info", node="it-node", fleet="it", **lc) == 1
     conn = sqlite3.connect(f"file:{d.data_dir / 'agentd.db'}?mode=ro", uri=True)
     head = conn.execute("SELECT MAX(seq) FROM audit").fetchone()[0]

@@ -26,6 +26,7 @@ async def legacy(data_dir: Path, key: NodeKey, *, prune_at: int | None) -> None:
         conn.execute("UPDATE checkpoints SET sig = ? WHERE seq = ?", (key.sign(checkpoint_payload(NODE, seq, h, ts)), seq))
     for column in ("v", "count", "prev", "every", "interval_s"):
         conn.execute(f"ALTER TABLE checkpoints DROP COLUMN {column}")
+    conn.execute("DROP TABLE witness")  # migration 7's, after the legacy schema
     conn.execute("PRAGMA user_version = 5")
     if prune_at is not None:  # the old retention: the audit trail cut at an exported checkpoint, the decisions kept
         h = conn.execute("SELECT hash FROM checkpoints WHERE seq = ?", (prune_at,)).fetchone()[0]

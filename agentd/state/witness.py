@@ -1,0 +1,72 @@
+"""The witness table: the newest audit head of each peer this node saw, and whether it held (issue 15, item 3).
+
+``witness`` runs on the store's writer thread inside its transaction: it judges a peer's new
+signed head against the one witnessed (``agentd.trust.witness.judge``), keeps the head when it
+extends the old one, and when it does not (rolled back, forked) keeps the old head as the
+evidence and appends a ``peer_audit_flagged`` audit record, once per change of state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from agentd.trust.checkpoints import Checkpoint
+from agentd.trust.witness import Verdict, judge
+
+if TYPE_CHECKING:
+    from agentd.state.audit_log import AuditLog
+
+SHOWN = {"first": "consistent", "consistent": "consistent", "gap": "unchecked gap",
+         "rolled_back": "rolled back", "forked": "forked"}
+
+
+def witnessed(conn: sqlite3.Connection, node: str) -> tuple[Checkpoint, str] | None:
+    """The head witnessed of ``node`` and its state, or None."""
+    row = conn.execute("SELECT head, state FROM witness WHERE node = ?", (node,)).fetchone()
+    return (Checkpoint.from_dict(json.loads(row[0])), str(row[1])) if row else None
+
+
+def witness(
+    conn: sqlite3.Connection, audit: AuditLog, node: str, new: Checkpoint, chain: list[Checkpoint], *, key: str, now: float
+) -> tuple[Verdict, bool]:
+    """Judge and store ``node``'s new head; returns the verdict and whether it changed the peer's state."""
+    held = witnessed(conn, node)
+    old, state = held if held is not None else (None, "")
+    verdict = judge(old, new, chain, key=key)
+    if held is not None and state in ("rolled_back", "forked") and not verdict.flagged:
+        # once flagged, a peer stays flagged: a later head that extends the old one proves nothing of what was lost
+        verdict = Verdict(state, "flagged before; the witnessed head is kept")
+    changed = verdict.outcome != state
+    if verdict.advances:
+        conn.execute(
+            "INSERT INTO witness(node, seq, hash, head, witnessed_at, state, detail, seen_seq, seen_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(node) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,"
+            " head = excluded.head, witnessed_at = excluded.witnessed_at, state = excluded.state, detail = excluded.detail,"
+            " seen_seq = excluded.seen_seq, seen_at = excluded.seen_at",
+            (node, new.seq, new.hash, json.dumps(new.as_dict()), now, verdict.outcome, verdict.detail[:500], new.seq, now),
+        )
+    else:
+        conn.execute("UPDATE witness SET state = ?, detail = ?, seen_seq = ?, seen_at = ? WHERE node = ?",
+                     (verdict.outcome, verdict.detail[:500], new.seq, now, node))
+    if verdict.flagged and changed:
+        audit.append(conn, "peer_audit_flagged", node, {
+            "node": node, "outcome": verdict.outcome, "detail": verdict.detail[:500],
+            "witnessed": {"seq": old.seq, "hash": old.hash, "digest": old.digest} if old else None,
+            "seen": {"seq": new.seq, "hash": new.hash, "digest": new.digest},
+        })
+    return verdict, changed
+
+
+def list_witness(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Per peer: the audit head witnessed (seq, hash), when, its state as shown, and the newest head seen."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'witness'").fetchone() is None:
+        return {}  # a database no agentd with witnessing has opened
+    out = {}
+    for node, seq, hash_, at, state, detail, seen_seq, seen_at in conn.execute(
+        "SELECT node, seq, hash, witnessed_at, state, detail, seen_seq, seen_at FROM witness ORDER BY node"
+    ):
+        out[node] = {"audit_head": seq, "audit_hash": hash_, "witnessed_at": at, "audit_state": SHOWN.get(state, state),
+                     "audit_detail": detail, "seen_seq": seen_seq, "seen_at": seen_at}
+    return out
