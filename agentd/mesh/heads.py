@@ -1,12 +1,13 @@
 """Peers witness each other's audit heads (issue 15, item 3): ``head`` messages on ``gossip/<node>``.
 
-A node publishes its newest signed checkpoint with up to ``trust.witness.MAX_CHAIN`` chained
-ones before it (``{"head": <checkpoint>, "chain": [<checkpoint>, ...]}``, QoS 1) whenever the
-writer signs a new one and once per digest round. A peer checks the head is the node's own,
-signed by the key configured for it (``trust.peers``, or learned), and hands it to the store,
-which judges it against the head witnessed before (``agentd.trust.witness``) and keeps it. A
-node found rolled back or forked is logged, counted (``heads_flagged``; the metric
-``agentd_peers_audit_flagged``) and audited on the peer (``peer_audit_flagged``).
+A node publishes its newest signed checkpoint with the ``SEND_CHAIN`` chained ones before it
+(a receiver takes up to ``trust.witness.MAX_CHAIN``) (``{"head": <checkpoint>, "chain": [<checkpoint>, ...]}``, QoS 1) on connect,
+whenever the writer signs a new one and once per digest round (counted as ``heads_published``).
+A peer checks the head is the node's own, signed by the key configured for it (``trust.peers``,
+or learned), and hands it to the store, which judges it against the head witnessed before
+(``agentd.trust.witness``) and keeps it. A node found rolled back or forked is logged, counted
+(``heads_flagged``; the metric ``agentd_peers_audit_flagged``) and audited on the peer
+(``peer_audit_flagged``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from agentd.mesh.transport import publish_in_loop
 from agentd.state.audit_check import head_with_chain
 from agentd.trust.checkpoints import Checkpoint
 from agentd.trust.envelope import envelope
-from agentd.trust.witness import MAX_CHAIN, head_problem
+from agentd.trust.witness import head_problem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HEAD = "head"
+SEND_CHAIN = 4  # about 2.4 KiB a message; a peer online sees every checkpoint, and QoS 1 queues them for one offline
 POLL_S = 0.5  # how often the publisher looks for a newly signed checkpoint (an attribute read, no query)
 
 
@@ -59,12 +61,13 @@ class Heads:
             cp = self._store().signed_head
             now = time.monotonic()
             if cp is not None and ((cp.seq, cp.sig) != sent or now - sent_at >= self._interval):
-                found = await self._store().read(functools.partial(head_with_chain, limit=MAX_CHAIN))
+                found = await self._store().read(functools.partial(head_with_chain, limit=SEND_CHAIN))
                 if found is not None:
                     head, chain = found
                     payload = envelope(HEAD, fleet=self.fleet, node=self.node, hlc=self._clock.now(),
                                        body={"head": head, "chain": chain}, key=self._key)
                     await publish_in_loop(client, topic(self.fleet, "gossip", self.node), payload, qos=1)
+                    self._counters["heads_published"] = self._counters.get("heads_published", 0) + 1
                     sent, sent_at = (int(head["seq"]), str(head["sig"])), now
             await asyncio.sleep(POLL_S)
 

@@ -1,5 +1,6 @@
-"""Peers witness each other's audit heads (issue 15, item 3) on a real broker: node B keeps node A's
-signed heads, A's database is rolled back to an older copy while it is stopped, and B flags A."""
+"""Peers witness each other's audit heads (issue 15, item 3) on real brokers: node B keeps node A's
+signed heads, A's database is rolled back to an older copy while it is stopped, and B flags A;
+also when the rollback happens on the other side of a partition and B sees it after the heal."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 import yaml
 
 from agentd.trust.keys import create_key
-from tests.integration.broker import Broker
+from tests.integration.broker import Broker, free_port
 from tests.integration.conftest import DaemonProc, cli
 from tests.integration.test_mesh_link import wait_connected
+from tests.integration.test_mesh_partition import QUEUE, _bridge
 from tests.integration.test_mesh_peers import WARM, _config, _wait
 
 DB_FILES = ("agentd.db", "agentd.db-wal", "agentd.db-shm")
@@ -96,3 +98,62 @@ def _head_of(node: DaemonProc) -> int:
         return int(conn.execute("SELECT MAX(seq) FROM checkpoints").fetchone()[0])
     finally:
         conn.close()
+
+
+def test_a_peer_flags_a_node_rolled_back_on_the_other_side_of_a_healed_partition(tmp_path: Path) -> None:
+    """B witnesses A's heads across a bridge; while the brokers are split A's database is rolled back
+    to an older copy; after the heal B sees A's lower head and flags it."""
+    b1 = Broker(folder=tmp_path, extra=QUEUE)
+    b1.start()
+    p2 = free_port()
+    b2 = Broker(folder=tmp_path, port=p2, extra=_bridge(b1.port))
+    b2.start()
+    a_dir, b_dir = tmp_path / "node-a" / "data", tmp_path / "node-b" / "data"
+    key_a, _ = create_key(a_dir)
+    key_b, _ = create_key(b_dir)
+    a = _config(tmp_path, "node-a", b1.port, {"peers": {"node-b": key_b.public_b64}})
+    b = _config(tmp_path, "node-b", p2, {"peers": {"node-a": key_a.public_b64}})
+    for node in (a, b):
+        cfg = yaml.safe_load(node.config_path.read_text())
+        cfg["mqtt"]["digest_interval_s"] = 0.5
+        cfg["state"] = {"checkpoint_every": 5}
+        node.config_path.write_text(yaml.safe_dump(cfg))
+    try:
+        b.start()
+        wait_connected(b)
+        a.start()
+        wait_connected(a)
+        for i in range(6):
+            assert a.request({"op": "submit", "skill": "freezer_health", "data": WARM, "id": f"old-{i}"})["ok"]
+        _wait(lambda: (_peer(b, "node-a").get("audit_head") or 0) >= 5)
+        assert a.stop() == 0
+        old_head = _head_of(a)
+        _copy_db(a_dir, tmp_path / "old-copy")
+        a.start()
+        wait_connected(a)
+        for i in range(12):
+            assert a.request({"op": "submit", "skill": "freezer_health", "data": WARM, "id": f"new-{i}"})["ok"]
+        _wait(lambda: _peer(b, "node-a")["audit_head"] >= old_head + 10)  # witnessed across the bridge
+
+        b2.stop()  # partition: B's broker comes back without its bridge
+        b2 = Broker(folder=tmp_path, port=p2, extra=QUEUE)
+        b2.start()
+        wait_connected(b)
+        assert a.stop() == 0
+        _copy_db(tmp_path / "old-copy", a_dir)  # the rollback, on A's side of the split
+        a.start()
+        wait_connected(a)
+        _wait(lambda: a.request({"op": "status"})["result"]["broker"].get("heads_published", 0) > 0)
+        assert _peer(b, "node-a")["audit_state"] == "consistent"  # nothing crosses while split
+
+        b2.stop()  # heal
+        b2 = Broker(folder=tmp_path, port=p2, extra=_bridge(b1.port))
+        b2.start()
+        wait_connected(b)
+        _wait(lambda: _peer(b, "node-a")["audit_state"] == "rolled back", timeout=60)
+        assert _peer(b, "node-a")["seen_seq"] < _peer(b, "node-a")["audit_head"]
+    finally:
+        a.stop()
+        b.stop()
+        b1.stop()
+        b2.stop()
