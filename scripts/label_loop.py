@@ -20,30 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agentd.config.loader import load_config  # noqa: E402
 from agentd.decision.engine import Engine  # noqa: E402
+from agentd.ops.evaluate import eval_config  # noqa: E402
 from agentd.trust.keys import create_key  # noqa: E402
-
-
-def node_config(config: Path, folder: Path, deadline_ms: float) -> Path:
-    raw = yaml.safe_load(config.read_text())
-    base = config.resolve().parent
-    raw["node"]["data_dir"] = str(folder / "data")
-    raw["mqtt"]["enabled"] = False
-    for m in raw["models"]:
-        for k in ("path", "card", "tokenizer"):
-            if k in m:
-                m[k] = str((base / m[k]).resolve())
-    for s in raw["skills"]:
-        s["deadline_ms"] = deadline_ms
-    path = folder / "agentd.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 async def score(eng: Engine, rows: list[dict[str, Any]], tag: str) -> dict[str, Any]:
@@ -61,7 +44,7 @@ async def run(config: Path, data: Path, rows: list[dict[str, Any]], skill: str, 
     rows = [r for r in rows if r["skill"] == skill]
     taught, unseen = rows[0::2], rows[1::2]
     with tempfile.TemporaryDirectory() as tmp:
-        loaded = load_config(node_config(config, Path(tmp), deadline_ms))
+        loaded = eval_config(load_config(config), Path(tmp) / "data", deadline_ms=deadline_ms)  # as agentd eval runs a skill
         key = create_key(loaded.config.data_dir)[0]
         async with Engine(loaded=loaded, key=key, run_handlers=False) as eng:
             before = await score(eng, unseen, "before")

@@ -18,12 +18,13 @@ import asyncio
 import json
 import logging
 import time
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from agentd.decision.calibration import MIN_LABELS, Labelled, action_scores, ece_at, fit, rescale
+from agentd.decision.policy import rules_action
 from agentd.errors import InputError
-from agentd.state import learning, queries
+from agentd.state import labels, queries
+from agentd.state.queries import DecisionFilter
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -70,9 +71,9 @@ class LearningMixin:
             if st.model == saved.get("model") and saved.get("configured", st.shadow) == st.shadow:
                 self.stage_states[(skill_name, int(idx))] = saved["state"]
         for skill in self.cfg.skills:
-            if any(self._stage_of(skill, i).learns for i in range(len(skill.cascade))):
-                rows = await self.store.read(partial(learning.labelled, skill=skill.name))
-                await self._teach(skill, rows)
+            if any(self._learner(skill, i) is not None for i in range(len(skill.cascade))):
+                rows = await self._labelled_rows(skill)
+                await self._teach(skill, [(r.record, r.label) for r in rows])
 
     def is_shadow(self, skill_name: str, index: int, stage_cfg: StageConfig) -> bool:
         """Whether a cascade stage is a shadow now (the node's own state, else the config's)."""
@@ -115,15 +116,20 @@ class LearningMixin:
         if any(st.promote.auto for st in skill.cascade):
             self._spawn(self._review_stages(skill), name=f"review-{skill.name}")
 
-    def _stage_of(self, skill: SkillConfig, index: int) -> ModelStage | _NoStage:
-        """The loaded stage of a cascade index (the activated model, else the configured one)."""
-        return self.stages.get(self.active.get((skill.name, index), skill.cascade[index].model)) or _NO_STAGE
+    def _learner(self, skill: SkillConfig, index: int) -> ModelStage | None:
+        """The loaded stage of a cascade index (the activated model, else the configured one), if it learns."""
+        stage = self.stages.get(self.active.get((skill.name, index), skill.cascade[index].model))
+        return stage if stage is not None and stage.learns else None
+
+    async def _labelled_rows(self, skill: SkillConfig, limit: int = 10_000) -> list[labels.Labelled]:
+        """The skill's newest labelled decisions, oldest first, with their shadow answers."""
+        return await self.store.read(lambda c: labels.labelled(c, DecisionFilter(skill=skill.name), limit=limit))
 
     async def _teach(self, skill: SkillConfig, rows: list[tuple[dict[str, Any], str]]) -> None:
         """Labelled decisions become examples of the skill's text stages (off the event loop: embedding and refit)."""
         for index, st in enumerate(skill.cascade):
-            stage = self._stage_of(skill, index)
-            if not stage.learns:
+            stage = self._learner(skill, index)
+            if stage is None:
                 continue
             items = []
             for record, action in rows:
@@ -133,33 +139,21 @@ class LearningMixin:
             if items:
                 await asyncio.to_thread(stage.learn_many, items)
 
-    def _rules_action(self, skill: SkillConfig, record: dict[str, Any]) -> str | None:
-        """What the rules answered on a decision: beside a model (``rules_answer``), or as the deciding rule."""
-        if record.get("rules_answer"):
-            return str(record["rules_answer"]["action"])
-        rule = next((r for r in self.rules[skill.name].rules if r.name == record.get("rule")), None)
-        return rule.action if rule is not None else None
-
     async def _review_stages(self, skill: SkillConfig) -> None:
-        rows = await self.store.read(lambda c: learning.labelled(c, skill.name, limit=2000))
-        shadows = await self.store.read(lambda c: learning.labelled_shadow_answers(c, skill.name, limit=2000))
-        by_id = {r["id"]: r for r, _ in rows}
+        rows = await self._labelled_rows(skill, limit=2000)
         for index, st in enumerate(skill.cascade):
             if not st.promote.auto:
                 continue
             model = self.active.get((skill.name, index), st.model)
             # (when, stage right, rules right, labeller) on the same labelled events, in the order they were decided
             pairs: list[tuple[float, bool, bool, str]] = []
-            for record, label in rows:
-                trace = next((t for t in record.get("stages") or [] if t.get("model") == model and t.get("action")), None)
-                rules = self._rules_action(skill, record)
-                if trace is not None and rules is not None:
-                    pairs.append((float(record.get("created_at", 0)), trace["action"] == label, rules == label, _labeller(record)))
-            for s in shadows:
-                decided = by_id.get(s["decision_id"])
-                rules = self._rules_action(skill, decided) if decided is not None else None
-                if decided is not None and s["stage_index"] == index and s["action"] and rules is not None:
-                    pairs.append((float(decided.get("created_at", 0)), s["action"] == s["label"], rules == s["label"], _labeller(decided)))
+            for row in rows:
+                rules = rules_action(row.record, skill)
+                trace = next((t for t in row.record.get("stages") or [] if t.get("model") == model and t.get("action")), None)
+                answer = trace["action"] if trace is not None else next(
+                    (s["action"] for s in row.shadows if s["stage_index"] == index and s["action"]), None)
+                if answer is not None and rules is not None:
+                    pairs.append((float(row.record.get("created_at", 0)), answer == row.label, rules == row.label, row.by))
             pairs = sorted(pairs, key=lambda p: p[0])[-st.promote.window:]
             if len(pairs) < st.promote.min_labels:
                 continue
@@ -186,7 +180,8 @@ class LearningMixin:
         groups: dict[str, list[Labelled]] = {}
         for skill in skills:
             maps = {self.active.get((skill.name, i), st.model): st.map for i, st in enumerate(skill.cascade)}
-            for record, label in await self.store.read(partial(learning.labelled, skill=skill.name)):
+            for labelled in await self._labelled_rows(skill):
+                record, label = labelled.record, labelled.label
                 versions = (record.get("lifecycle") or {}).get("models") or {}
                 for t in record.get("stages") or []:
                     if not t.get("scores") or t.get("model") not in maps:
@@ -227,18 +222,3 @@ def _held_out(items: list[Labelled], temperature: float) -> dict[str, float | in
     return {"labels": len(items), "temperature": round(temperature, 4), "ece_before": round(ece_at(items, 1.0), 4),
             "ece_after": round(ece_at(items, temperature), 4)}
 
-
-def _labeller(record: dict[str, Any]) -> str:
-    """Who labelled a decision (its latest label's author, as the read model gives it)."""
-    return str(record.get("_labelled_by") or "?")
-
-
-class _NoStage:
-    learns = False
-    labels: tuple[str, ...] = ()
-
-    def learn_many(self, items: Any) -> int:
-        return 0
-
-
-_NO_STAGE = _NoStage()

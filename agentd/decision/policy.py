@@ -85,6 +85,25 @@ def disagreement(skill: SkillConfig, model_action: str, rules_action: str) -> tu
     return policy == "rules" or (policy == "safer" and not model_safer), False
 
 
+def rules_action(record: dict[str, Any], skill: SkillConfig | None) -> str | None:
+    """What the rules answered on a decision, where it can be told: the answer kept beside an
+    accepted model answer (``rules_answer``), else the action of the rule that decided (by its
+    name in the skill's current rules), else the record's action when the rules decided it
+    and nothing (a guard, an approval) changed it since."""
+    beside = record.get("rules_answer")
+    if isinstance(beside, dict) and isinstance(beside.get("action"), str):
+        return str(beside["action"])
+    name = record.get("rule")
+    if name is None:
+        return None
+    rule = next((r for r in skill.rules if r.name == name), None) if skill is not None else None
+    if rule is not None:
+        return rule.action
+    if record.get("source") == "rules" and not record.get("guard") and record.get("approval") is None:
+        return str(record.get("action"))
+    return None
+
+
 def needs_approval(skill: SkillConfig, mode: str, action: str) -> bool:
     """Whether ``action`` must wait for a human (listed, or every action in manual mode)."""
     if mode == "manual":

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agentd.decision import quality
+from agentd.decision.policy import rules_action
 from agentd.state import labels
 
 if TYPE_CHECKING:
@@ -48,25 +49,6 @@ class Answer:
     accepted: bool
     rules: str | None  # the rules' answer on the same decision, where known
     source: str  # where the label came from: operator, approval, rejection
-
-
-def rules_action(record: dict[str, Any], skill: SkillConfig | None) -> str | None:
-    """What the rules answered on a decision, where it can be told: the answer kept beside an
-    accepted model answer (``rules_answer``), else the action of the rule that decided (by its
-    name in the skill's current rules), else the record's action when the rules decided it
-    and nothing (a guard, an approval) changed it since."""
-    beside = record.get("rules_answer")
-    if isinstance(beside, dict) and isinstance(beside.get("action"), str):
-        return str(beside["action"])
-    name = record.get("rule")
-    if name is None:
-        return None
-    rule = next((r for r in skill.rules if r.name == name), None) if skill is not None else None
-    if rule is not None:
-        return rule.action
-    if record.get("source") == "rules" and not record.get("guard") and record.get("approval") is None:
-        return str(record.get("action"))
-    return None
 
 
 def _skill(config: Config, name: str) -> SkillConfig | None:

@@ -117,6 +117,7 @@ class Labelled:
     label: str
     source: str
     shadows: list[dict[str, Any]]
+    by: str = ""  # who gave the latest label
 
 
 SHADOW_COLUMNS = ("stage_index", "model", "version", "outcome", "action", "confidence")
@@ -128,7 +129,7 @@ def labelled(conn: sqlite3.Connection, filters: DecisionFilter, *, limit: int = 
         return []
     where, args = filters.where()
     rows = conn.execute(
-        f"SELECT d.id, d.record, l.action, l.source FROM (SELECT id, record, created_at FROM decisions WHERE {where}) d"
+        f"SELECT d.id, d.record, l.action, l.source, l.by FROM (SELECT id, record, created_at FROM decisions WHERE {where}) d"
         f" JOIN ({LATEST}) l ON l.decision_id = d.id ORDER BY d.created_at DESC LIMIT ?", (*args, limit),
     ).fetchall()
     shadows: dict[str, list[dict[str, Any]]] = {}
@@ -140,7 +141,7 @@ def labelled(conn: sqlite3.Connection, filters: DecisionFilter, *, limit: int = 
             f" WHERE decision_id IN ({','.join('?' * len(chunk))}) ORDER BY stage_index", chunk,
         ):
             shadows.setdefault(decision_id, []).append(dict(zip(SHADOW_COLUMNS, values, strict=True)))
-    return [Labelled(json.loads(record), action, source, shadows.get(did, [])) for did, record, action, source in reversed(rows)]
+    return [Labelled(json.loads(record), action, source, shadows.get(did, []), by) for did, record, action, source, by in reversed(rows)]
 
 
 def verify(conn: sqlite3.Connection, *, base_ts: float = 0.0) -> str | None:
