@@ -24,7 +24,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import Rejected
-from agentd.mesh.heads import HEAD, Heads
+from agentd.mesh.heads import KINDS as AUDIT_KINDS
+from agentd.mesh.heads import Heads
 from agentd.mesh.peerwire import check_peer_body
 from agentd.mesh.topics import topic
 from agentd.mesh.transport import publish_in_loop
@@ -173,8 +174,8 @@ class Gossip:
         elif env["kind"] == "state":
             if self._on_state is not None:
                 await self._on_state(node, env)
-        elif env["kind"] == HEAD:
-            await self.heads.witness(node, body)
+        elif env["kind"] in AUDIT_KINDS:  # audit heads, fetched checkpoints, the fleet's witness requests
+            await self.heads.message(node, env)
         else:
             fresh = await store.record_peer_decision(node, body, env["hlc"])
             if fresh and self._on_peer_decision is not None:  # a resend must not count twice

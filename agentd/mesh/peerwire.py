@@ -12,11 +12,20 @@ import math
 from typing import Any
 
 from agentd.errors import Rejected
+from agentd.trust.batch import BATCH
 
-KINDS_BY_TOPIC = {"status": ("status",), "decisions": ("decision",), "gossip": ("digest", "decision", "state", "head")}
+AUDIT_KINDS = ("checkpoints_request", "checkpoints", "witness_request")  # agentd.mesh.checkpoint_fetch, witness_answers
+MAX_FETCH = 32  # checkpoints in one "checkpoints" answer (about 15 KiB)
+KINDS_BY_TOPIC = {"status": ("status",), "decisions": ("decision", BATCH), "gossip": ("digest", "decision", "state", "head", *AUDIT_KINDS, BATCH)}
+
 MAX_DIGEST_NODES = 10_000
 MAX_HEAD_CHAIN = 16  # agentd.trust.witness.MAX_CHAIN
 CHECKPOINT_MEMBERS = {"v", "node", "seq", "hash", "count", "ts", "prev", "every", "interval_s", "public_key", "sig"}
+
+
+def item_kinds(topic_kind: str) -> tuple[str, ...]:
+    """The kinds a batch on a ``topic_kind`` topic may hold: those of the topic, but a batch."""
+    return tuple(k for k in KINDS_BY_TOPIC.get(topic_kind, ()) if k != BATCH)
 
 
 def check_peer_body(topic_kind: str, env: dict[str, Any], *, now_s: float, max_skew_s: float) -> None:
@@ -51,6 +60,10 @@ def check_peer_body(topic_kind: str, env: dict[str, Any], *, now_s: float, max_s
             raise Rejected("malformed", f'a head body is {{"head": <checkpoint>, "chain": [at most {MAX_HEAD_CHAIN} checkpoints]}}')
         for cp in [body["head"], *chain]:
             _checkpoint(cp)
+    elif kind == BATCH:  # its items are checked one by one, each as if it came alone (agentd.trust.batch.unbatch)
+        return
+    elif kind in AUDIT_KINDS:
+        _audit_body(kind, body)
     else:
         _text(body, "id", 128)
         _text(body, "action", 64)
@@ -60,6 +73,38 @@ def check_peer_body(topic_kind: str, env: dict[str, Any], *, now_s: float, max_s
             raise Rejected("malformed", "decision 'created_at' is before 1970")
         if created - now_s > max_skew_s:
             raise Rejected("clock_skew", f"decision dated {created - now_s:.0f} s ahead of local time (at most {max_skew_s:g} s)")
+
+
+def _audit_body(kind: str, body: dict[str, Any]) -> None:
+    """The fetch of missed checkpoints and the fleet's witness request (DESIGN section 6)."""
+    if kind == "witness_request":
+        if set(body) != {"node"}:
+            raise Rejected("malformed", 'a witness_request body is {"node": <the node asking about itself>}')
+        _text(body, "node", 64)
+    elif kind == "checkpoints_request":
+        if set(body) != {"node", "after", "upto"}:
+            raise Rejected("malformed", 'a checkpoints_request body is {"node", "after", "upto"}')
+        _text(body, "node", 64)
+        after, upto = _whole(body, "after"), _whole(body, "upto")
+        if upto <= after:
+            raise Rejected("malformed", "checkpoints_request: upto must be above after")
+    else:
+        cps = body.get("checkpoints")
+        if set(body) != {"to", "request", "checkpoints", "more", "lowest"} or not isinstance(cps, list) or len(cps) > MAX_FETCH:
+            raise Rejected("malformed", f'a checkpoints body is {{"to", "request", "checkpoints": [at most {MAX_FETCH}], "more", "lowest"}}')
+        _text(body, "to", 64)
+        _text(body, "request", 128)
+        if not isinstance(body["more"], bool) or (body["lowest"] is not None and _whole(body, "lowest") < 0):
+            raise Rejected("malformed", 'checkpoints: "more" is a boolean, "lowest" a whole number or null')
+        for cp in cps:
+            _checkpoint(cp)
+
+
+def _whole(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise Rejected("malformed", f"body member {name!r} must be a whole number")
+    return value
 
 
 def _checkpoint(cp: Any) -> None:

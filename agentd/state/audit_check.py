@@ -109,3 +109,13 @@ def head_with_chain(conn: sqlite3.Connection, limit: int) -> tuple[dict[str, Any
     before = read_checkpoints(conn, "WHERE seq IN (SELECT seq FROM checkpoints WHERE seq < ? AND v >= 2 ORDER BY seq DESC LIMIT ?)",
                               (int(head["seq"]), limit))
     return head, [c.as_dict() for c in before]
+
+
+def checkpoints_between(conn: sqlite3.Connection, after_seq: int, upto_seq: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to ``limit`` chained checkpoints with ``after_seq <= seq < upto_seq``, oldest first, and the
+    seq of the oldest checkpoint held (retention deletes those below the chain's base): a node's
+    answer to a peer that missed some of its checkpoints (``agentd.mesh.checkpoint_fetch``)."""
+    cps = read_checkpoints(conn, "WHERE seq IN (SELECT seq FROM checkpoints WHERE seq >= ? AND seq < ? AND v >= 2 ORDER BY seq LIMIT ?)",
+                           (after_seq, upto_seq, limit))
+    lowest = conn.execute("SELECT MIN(seq) FROM checkpoints WHERE v >= 2").fetchone()[0]
+    return [c.as_dict() for c in cps], None if lowest is None else int(lowest)

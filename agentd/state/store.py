@@ -150,10 +150,15 @@ class Store:
 
         await self._submit(op if learned else Soft(op))  # a learned key is audited: durable
 
-    async def witness_head(self, node: str, head: Checkpoint, chain: list[Checkpoint], *, key: str) -> tuple[Verdict, bool]:
-        """Judge peer ``node``'s signed audit head against the one witnessed and keep it (``state.witness``);
-        a rolled-back or forked peer is audited. Returns the verdict and whether the peer's state changed."""
-        return await self._submit(lambda conn: witness.witness(conn, self._audit, node, head, chain, key=key, now=time.time()))
+    async def witness_head(
+        self, node: str, head: Checkpoint, chain: list[Checkpoint], *, key: str,
+        fetched: list[Checkpoint] | None = None, lowest: int | None = None, hold_gap: bool = False,
+    ) -> tuple[Verdict, bool]:
+        """Judge peer ``node``'s signed audit head against the one witnessed and keep it (``state.witness``,
+        which says what ``fetched``, ``lowest`` and ``hold_gap`` do); a rolled-back or forked peer is
+        audited. Returns the verdict and whether the peer's state changed."""
+        return await self._submit(lambda conn: witness.witness(conn, self._audit, node, head, chain, key=key, now=time.time(),
+                                                               fetched=fetched, lowest=lowest, hold_gap=hold_gap))
 
     @property
     def signed_head(self) -> Checkpoint | None:

@@ -13,7 +13,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from agentd.trust.checkpoints import Checkpoint
-from agentd.trust.witness import Verdict, judge
+from agentd.trust.witness import Verdict, judge, judge_fetched
 
 if TYPE_CHECKING:
     from agentd.state.audit_log import AuditLog
@@ -29,15 +29,22 @@ def witnessed(conn: sqlite3.Connection, node: str) -> tuple[Checkpoint, str] | N
 
 
 def witness(
-    conn: sqlite3.Connection, audit: AuditLog, node: str, new: Checkpoint, chain: list[Checkpoint], *, key: str, now: float
+    conn: sqlite3.Connection, audit: AuditLog, node: str, new: Checkpoint, chain: list[Checkpoint], *, key: str, now: float,
+    fetched: list[Checkpoint] | None = None, lowest: int | None = None, hold_gap: bool = False,
 ) -> tuple[Verdict, bool]:
-    """Judge and store ``node``'s new head; returns the verdict and whether it changed the peer's state."""
+    """Judge and store ``node``'s new head; returns the verdict and whether it changed the peer's state.
+
+    ``fetched``: the node's own checkpoints from the witnessed head on (``judge_fetched``).
+    ``hold_gap``: a head judged ``gap`` is not stored (the caller fetches the checkpoints between first).
+    """
     held = witnessed(conn, node)
     old, state = held if held is not None else (None, "")
-    verdict = judge(old, new, chain, key=key)
+    verdict = judge(old, new, chain, key=key) if fetched is None else judge_fetched(old, new, fetched, chain, key=key, lowest=lowest)
     if held is not None and state in ("rolled_back", "forked") and not verdict.flagged:
         # once flagged, a peer stays flagged: a later head that extends the old one proves nothing of what was lost
         verdict = Verdict(state, "flagged before; the witnessed head is kept")
+    if hold_gap and verdict.outcome == "gap":
+        return verdict, False
     changed = verdict.outcome != state
     if verdict.advances:
         conn.execute(
@@ -70,3 +77,11 @@ def list_witness(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
         out[node] = {"audit_head": seq, "audit_hash": hash_, "witnessed_at": at, "audit_state": SHOWN.get(state, state),
                      "audit_detail": detail, "seen_seq": seen_seq, "seen_at": seen_at}
     return out
+
+
+def witness_row(conn: sqlite3.Connection, node: str) -> dict[str, Any] | None:
+    """What this node witnessed of ``node``: the head (as sent, a dict), when, its state and the newest seq seen."""
+    row = conn.execute("SELECT head, witnessed_at, state, detail, seen_seq FROM witness WHERE node = ?", (node,)).fetchone()
+    if row is None:
+        return None
+    return {"head": json.loads(row[0]), "witnessed_at": row[1], "state": row[2], "detail": row[3], "seen_seq": row[4]}

@@ -13,7 +13,11 @@ the newest head it saw of each node and judges each new one against it with ``ju
   link to the witnessed head (a rewrite).
 
 Only ``first``, ``consistent`` and ``gap`` move the witnessed head; the two flags leave it as
-the evidence.
+the evidence. A peer that would judge ``gap`` first fetches the node's own checkpoints from
+the witnessed head on (``agentd.mesh.checkpoint_fetch``) and judges with ``judge_fetched``:
+over the node's complete answer a gap is no longer possible, only a consistent chain, a fork
+(the witnessed checkpoint is not in it, or a link breaks), or, where the node pruned its
+checkpoints below the witnessed head, an unchecked gap.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def judge(old: Checkpoint | None, new: Checkpoint, chain: list[Checkpoint], *, k
     checkpoints the node sent before ``new`` (any order; their signatures are checked here)."""
     if old is None:
         return Verdict("first")
+    if old.public_key != key:  # the peer's operator changed the key trusted for the node (a rotation)
+        return Verdict("first", f"the key trusted for {new.node[:64]!r} changed; witnessing starts again at record {new.seq}")
     if new.seq < old.seq:
         return Verdict("rolled_back", f"head at record {new.seq}, below the witnessed head at record {old.seq}")
     if new.seq == old.seq:
@@ -83,3 +89,24 @@ def judge(old: Checkpoint | None, new: Checkpoint, chain: list[Checkpoint], *, k
     if problem is not None:
         return Verdict("forked", f"the chain from the witnessed head at record {old.seq} breaks at record {bad_seq}: {problem}")
     return Verdict("consistent")
+
+
+def judge_fetched(
+    old: Checkpoint | None, new: Checkpoint, fetched: list[Checkpoint], chain: list[Checkpoint], *, key: str, lowest: int | None
+) -> Verdict:
+    """Judge ``new`` with ``fetched``: the checkpoints the node itself sent, on request, from the
+    witnessed head's seq on up to ``new`` (each checked by ``head_problem``), besides the ``chain``
+    sent with the head. ``lowest`` is the oldest checkpoint the node still holds (retention)."""
+    by_seq: dict[int, Checkpoint] = {}
+    for cp in [*chain, *fetched]:
+        if cp.seq in by_seq and by_seq[cp.seq].digest != cp.digest:
+            return Verdict("forked", f"two different checkpoints at record {cp.seq}")
+        by_seq[cp.seq] = cp
+    verdict = judge(old, new, list(by_seq.values()), key=key)
+    if verdict.outcome != "gap" or old is None:
+        return verdict
+    if lowest is not None and old.seq < lowest:
+        return Verdict("gap", f"the node pruned its checkpoints below record {lowest}, past the witnessed head at record"
+                              f" {old.seq}; the extension to record {new.seq} is unchecked")
+    return Verdict("forked", f"the node's own checkpoints from record {old.seq} on (fetched) do not hold the witnessed"
+                             f" head at record {old.seq}: its chain was rewritten")

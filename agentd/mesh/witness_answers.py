@@ -1,0 +1,55 @@
+"""The daemon's answer to `agentd audit verify --fleet` and `agentd restore` (issue 15, items 3 and 5).
+
+A node asks its peers which of its heads they witnessed: a ``witness_request`` envelope on its
+own ``gossip/<node>``, body ``{"node": <itself>}``, signed by its node key (so only the node, or
+whoever holds its key, asks, and every peer checks it against the key it trusts for the node).
+Each peer answers from its witness table with a ``reply`` envelope on ``nodes/<peer>/reply``,
+signed by its own key, in the shape `agentd fleet send` reads: ``{"command_id": <the request's
+id>, "ok": true, "result": {"node", "witnessed": <the checkpoint as witnessed, signed by the
+node> | null, "witnessed_at", "state", "seen_seq"}}``. At most ``ANSWERS_PER_S`` a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from agentd.mesh.topics import topic
+from agentd.state.witness import witness_row
+from agentd.trust.envelope import envelope
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from agentd.state.store import Store
+    from agentd.trust.hlc import Clock
+    from agentd.trust.keys import NodeKey
+
+REQUEST = "witness_request"
+ANSWERS_PER_S = 10
+_answered: deque[float] = deque()
+
+
+def _within_rate(now: float) -> bool:
+    while _answered and now - _answered[0] > 1.0:
+        _answered.popleft()
+    if len(_answered) >= ANSWERS_PER_S:
+        return False
+    _answered.append(now)
+    return True
+
+
+async def answer_witness_request(
+    store: Store, node: str, env: dict[str, Any], *, fleet: str, me: str, key: NodeKey, clock: Clock
+) -> tuple[str, bytes] | None:
+    """The reply (topic, signed envelope) to ``node``'s witness request, or None (not about itself, over the rate)."""
+    if env["body"]["node"] != node or not _within_rate(time.monotonic()):
+        return None
+    row = await store.read(functools.partial(witness_row, node=node))
+    result = {"node": node, "witnessed": None, "witnessed_at": None, "state": None, "seen_seq": None}
+    if row is not None:
+        result.update(witnessed=row["head"], witnessed_at=row["witnessed_at"], state=row["state"], seen_seq=row["seen_seq"])
+    body = {"command_id": env["id"], "ok": True, "result": result}
+    return topic(fleet, "nodes", me, "reply"), envelope("reply", fleet=fleet, node=me, hlc=clock.now(), body=body, key=key)
