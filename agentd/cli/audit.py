@@ -12,7 +12,10 @@ from agentd.cli._common import _emit_json, _load, config_option, json_option, ma
 from agentd.errors import InputError, TrustError
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from agentd.config.loader import LoadedConfig
+    from agentd.ops.fleet_audit import FleetCheck
     from agentd.trust.audit import VerifyResult
 
 
@@ -30,7 +33,12 @@ def audit() -> None:
 @click.option("--export", "exports", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Verify this file of `agentd audit export` offline, without the database; repeat it for consecutive exports.")
 @click.option("--with-database", is_flag=True, help="With --export: the exports and the node's database, as one chain.")
-def audit_verify(config_path: Path | None, as_json: bool, public_key: str | None, exports: tuple[Path, ...], with_database: bool) -> None:
+@click.option("--fleet", is_flag=True, help="Also ask the peers over MQTT for the heads of this node they witnessed;"
+                                           " fail unless the local chain extends every one.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 300), default=5.0, show_default=True,
+              help="With --fleet: seconds to wait for the peers' answers.")
+def audit_verify(config_path: Path | None, as_json: bool, public_key: str | None, exports: tuple[Path, ...], with_database: bool,
+                 fleet: bool, timeout_s: float) -> None:
     """Verify the hash chain, the chained signed checkpoints and the decision digests against the pinned key.
 
     Fails (exit 1, naming the first bad record) on any edit, deletion, insertion or
@@ -39,6 +47,12 @@ def audit_verify(config_path: Path | None, as_json: bool, public_key: str | None
     tail beyond its bound (state.checkpoint_every records / checkpoint_interval_s, as
     signed in the last checkpoint). With no pinned key it refuses to verify (exit 1).
 
+    With --fleet it then asks the peers (one signed request on MQTT) for the heads of this
+    node they witnessed, and fails (exit 1) unless the local chain holds each one: a
+    truncated tail, a rollback, or a rewrite even by someone holding the node key. It says
+    how many peers answered, and with no witnessed head it says so and fails: a node no
+    peer witnessed cannot show that its tail was not cut.
+
     Example: agentd audit verify --export /srv/siem/node-7.jsonl --public-key /srv/backups/node-7/node.pub
     """
     from agentd.state import audit_export, queries
@@ -46,6 +60,8 @@ def audit_verify(config_path: Path | None, as_json: bool, public_key: str | None
 
     if with_database and not exports:
         raise InputError("--with-database goes with --export FILE (without --export the database is what is verified)")
+    if fleet and exports:
+        raise InputError("--fleet checks the node's database against its peers; it does not go with --export")
     loaded = None if exports and not with_database and public_key else _load(config_path)
     bound = Bound(loaded.config.state.checkpoint_every, loaded.config.state.checkpoint_interval_s) if loaded else DEFAULT_BOUND
     key, where = _key(public_key, loaded)
@@ -60,8 +76,56 @@ def audit_verify(config_path: Path | None, as_json: bool, public_key: str | None
     else:
         assert conn is not None
         result = queries.verify_audit(conn, trusted_key=key, bound=bound)
+    if fleet and result.ok:
+        assert loaded is not None and conn is not None
+        check = _fleet_check(loaded, conn, key, timeout_s)
+        if as_json:
+            _emit_json({**result.as_dict(), "public_key": key, "key_source": where, "fleet": check.as_dict()})
+        else:
+            _report(result, key, where, as_json)
+            _report_fleet(check)
+        sys.exit(0 if check.ok else 1)
     _report(result, key, where, as_json)
     sys.exit(0 if result.ok else 1)
+
+
+def _fleet_check(loaded: LoadedConfig, conn: sqlite3.Connection, key: str, timeout_s: float) -> FleetCheck:
+    """Ask the peers for the heads of this node they witnessed and check the local chain against them."""
+    from agentd.ops.fleet_audit import ask_peers, check_chain, own_keys, trusted_peers
+    from agentd.trust.keys import load_key
+
+    cfg = loaded.config
+    if not cfg.mqtt.enabled:
+        raise InputError("--fleet asks the peers over MQTT: this config has mqtt.enabled: false")
+    try:
+        node_key = load_key(cfg.data_dir)
+    except TrustError as exc:
+        raise TrustError(f"{exc}; --fleet signs its request with the node key: run it as the service user") from exc
+    check = ask_peers(cfg, node_key, trusted_peers(cfg, conn), timeout_s=timeout_s)
+    return check_chain(conn, check, node=cfg.node.id, keys=own_keys(conn, key))
+
+
+def _report_fleet(check: FleetCheck) -> None:
+    asked = f"{len(check.answers)} of {len(check.asked)} peer(s) answered"
+    for line in check.unverified:
+        click.echo(f"not counted: {line}")
+    for line in check.unchecked:
+        click.echo(f"not checked: {line}")
+    if check.failures:
+        click.echo(f"audit trail BROKEN for the fleet ({asked}): {check.failures[0]}")
+        for line in check.failures[1:]:
+            click.echo(f"  also: {line}")
+        return
+    if not check.answers:
+        click.echo(f"fleet: no peer answered ({len(check.asked)} asked: {', '.join(check.asked) or 'none configured'});"
+                   " the fleet check was not made: nothing shows the tail was not cut")
+        return
+    newest = check.newest
+    if newest is None or newest.head is None:
+        click.echo(f"fleet: {asked}; none has witnessed a head of this node yet: the fleet check was not made")
+        return
+    click.echo(f"audit trail intact for the fleet: {asked}, {len(check.witnessed)} witnessed head(s) of this node,"
+               f" the newest at record {newest.head.seq} ({newest.peer}); the local chain extends every one")
 
 
 def _key(public_key: str | None, loaded: LoadedConfig | None) -> tuple[str, str]:

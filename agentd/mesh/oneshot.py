@@ -165,12 +165,16 @@ def send_command(
     target: str,
     timeout_s: float,
     peer_keys: Mapping[str, str] | None = None,
+    to_topic: str | None = None,
+    expect: list[str] | None = None,
 ) -> Outcome:
     """Publish a signed command and collect the replies to it: all of them until ``timeout_s``
     for ``all``, or until the first verified one from a single target. Used by `agentd fleet send`.
 
     Targeted nodes: ``target`` itself, or for ``all`` every node of ``trust.peers`` and
-    ``peer_keys``; those without a verified reply are ``Outcome.missing``."""
+    ``peer_keys``; those without a verified reply are ``Outcome.missing``. ``to_topic`` publishes
+    elsewhere than ``cmd/<target>`` (a node's witness request on its gossip topic); with ``expect``
+    those are the targeted nodes, and the wait ends once each has answered."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -205,7 +209,7 @@ def send_command(
                         return
                     seen.add(digest)
                 outcome.replies.append(reply)
-            if reply.verified and reply.node == target:
+            if reply.verified and (reply.node == target or (expect and verified >= set(expect))):
                 done.set()
         except Exception as exc:
             log.debug("fleet send: unreadable reply on %s: %s", getattr(msg, "topic", "?"), exc)
@@ -228,13 +232,13 @@ def send_command(
         client.subscribe(topic(fleet, "nodes", "+", "reply"), qos=1)
         if not subscribed.wait(10):
             raise MeshError("the broker did not confirm the subscription to replies")
-        info = client.publish(topic(fleet, "cmd", target), payload, qos=1)
+        info = client.publish(to_topic or topic(fleet, "cmd", target), payload, qos=1)
         info.wait_for_publish(10)
         done.wait(timeout_s)
     finally:
         client.loop_stop()
         client.disconnect()
-    targeted = sorted({*cfg.trust.peers, *peer_keys}) if target == "all" else [target]
+    targeted = sorted(expect) if expect is not None else sorted({*cfg.trust.peers, *peer_keys}) if target == "all" else [target]
     with lock:
         outcome.missing = [n for n in targeted if n not in verified]
     return outcome

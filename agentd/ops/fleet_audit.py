@@ -1,0 +1,164 @@
+"""What the fleet witnessed of this node (issue 15): `agentd audit verify --fleet` and `agentd restore`.
+
+``ask_peers`` sends the node's signed ``witness_request`` (``agentd.mesh.witness_answers``) once,
+on its own ``gossip/<node>``, and collects the peers' signed replies with the one-shot client
+(``agentd.mesh.oneshot``): a reply counts only when it verifies against the key this node
+trusts for that peer (``trust.peers``, and the keys it learned where ``trust.allow_unknown_peers``
+lets it learn them). ``check_chain`` then takes each witnessed head that is itself signed by
+this node (a key of its own rotation history) and requires the chain in a database (the live
+one, or a backup's) to extend it: to hold the witnessed record with the witnessed hash. A
+chain that ends below a witnessed head was truncated or rolled back; one that holds another
+record there was rewritten, whoever signed its checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agentd.errors import TrustError
+from agentd.ids import new_id
+from agentd.mesh.topics import topic
+from agentd.state.audit_log import base_of
+from agentd.trust.checkpoints import Checkpoint
+from agentd.trust.witness import head_problem
+
+if TYPE_CHECKING:
+    from agentd.config.schema import Config
+    from agentd.trust.keys import NodeKey
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Witness:
+    """One peer's verified answer: the head of this node it witnessed (None: none yet), when, and its state there."""
+
+    peer: str
+    head: Checkpoint | None
+    witnessed_at: float | None
+    state: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"peer": self.peer, "seq": self.head.seq if self.head else None, "hash": self.head.hash if self.head else None,
+                "witnessed_at": self.witnessed_at, "state": self.state}
+
+
+@dataclass
+class FleetCheck:
+    """The answers, and what the chain checked against them showed."""
+
+    asked: list[str]
+    answers: list[Witness] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)  # "peer: why", never counted
+    failures: list[str] = field(default_factory=list)  # witnessed heads the chain does not extend
+    unchecked: list[str] = field(default_factory=list)  # witnessed heads below the chain's (pruned) base
+
+    @property
+    def witnessed(self) -> list[Witness]:
+        return [w for w in self.answers if w.head is not None]
+
+    @property
+    def newest(self) -> Witness | None:
+        return max(self.witnessed, key=lambda w: w.head.seq if w.head else -1, default=None)
+
+    @property
+    def ok(self) -> bool:
+        """At least one peer witnessed a head of this node, and the chain extends every one."""
+        return bool(self.witnessed) and not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "asked": self.asked, "answered": [w.peer for w in self.answers],
+                "witnessed": [w.as_dict() for w in self.witnessed], "unverified": self.unverified,
+                "failures": self.failures, "unchecked": self.unchecked}
+
+
+def trusted_peers(cfg: Config, conn: sqlite3.Connection | None) -> dict[str, str]:
+    """The peers' keys as the node trusts them: ``trust.peers``, and the keys it learned where it may learn."""
+    keys: dict[str, str] = {}
+    if cfg.trust.allow_unknown_peers and conn is not None:
+        with contextlib.suppress(sqlite3.DatabaseError):  # a database no agentd has opened yet
+            keys.update({str(n): str(k) for n, k in conn.execute("SELECT node, public_key FROM peers WHERE public_key IS NOT NULL")})
+    keys.update(cfg.trust.peers)
+    keys.pop(cfg.node.id, None)
+    return keys
+
+
+def ask_peers(cfg: Config, key: NodeKey, peers: dict[str, str], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> FleetCheck:
+    """Ask the peers once which heads of this node they witnessed; the verified answers (MeshError: no broker)."""
+    from agentd.mesh.oneshot import send_command
+    from agentd.trust.envelope import envelope
+    from agentd.trust.hlc import Clock
+
+    me, fleet = cfg.node.id, cfg.node.fleet
+    rid = new_id()
+    payload = envelope("witness_request", fleet=fleet, node=me, hlc=Clock().now(), body={"node": me}, key=key, ident=rid)
+    outcome = send_command(cfg, payload, command_id=rid, target="all", timeout_s=timeout_s, peer_keys=peers,
+                           to_topic=topic(fleet, "gossip", me), expect=sorted(peers))
+    check = FleetCheck(asked=sorted(peers))
+    for reply in outcome.replies:
+        if reply.node not in peers:
+            continue  # not a peer this node trusts: its word counts for nothing here
+        if not reply.verified:
+            check.unverified.append(f"{reply.node}: {reply.reason}")
+            continue
+        result = reply.body.get("result") if isinstance(reply.body, dict) else None
+        if not isinstance(result, dict) or result.get("node") != me:
+            check.unverified.append(f"{reply.node}: the reply is not about node {me}")
+            continue
+        head = None
+        if result.get("witnessed") is not None:
+            try:
+                head = Checkpoint.from_dict(result["witnessed"])
+            except TrustError as exc:
+                check.unverified.append(f"{reply.node}: {exc}")
+                continue
+        at = result.get("witnessed_at")
+        check.answers.append(Witness(reply.node, head, float(at) if isinstance(at, int | float) else None,
+                                     str(result.get("state")) if result.get("state") is not None else None))
+    return check
+
+
+def own_keys(conn: sqlite3.Connection, pinned: str) -> set[str]:
+    """The pinned key and every key of the chain's rotation history (its rotations verify by both keys)."""
+    keys = {pinned}
+    for (body,) in conn.execute("SELECT body FROM audit WHERE kind = 'key_rotation'"):
+        parsed = json.loads(body)
+        keys.update(str(parsed[k]) for k in ("old", "new") if isinstance(parsed.get(k), str))
+    return keys
+
+
+def check_chain(conn: sqlite3.Connection, check: FleetCheck, *, node: str, keys: set[str], what: str = "the local chain") -> FleetCheck:
+    """Require the chain in ``conn`` to extend every witnessed head signed by one of ``keys``."""
+    last = conn.execute("SELECT MAX(seq) FROM audit").fetchone()[0] or 0
+    base_seq, _ = base_of(conn)
+    good = []
+    for w in check.answers:
+        cp = w.head
+        if cp is not None:
+            problems = [head_problem(cp, node=node, key=k) for k in keys]
+            if all(p is not None for p in problems):
+                check.unverified.append(f"{w.peer}: its witnessed head is not signed by this node's key ({problems[0]})")
+                continue
+        good.append(w)
+        if cp is None:
+            continue
+        row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (cp.seq,)).fetchone()
+        by = f"witnessed by {w.peer}" + (f" ({w.state})" if w.state not in (None, "first", "consistent") else "")
+        if row is not None and row[0] == cp.hash:
+            continue
+        if row is not None:
+            check.failures.append(f"record {cp.seq} of {what} is not the one {by} (hash {row[0][:12]}..., witnessed"
+                                  f" {cp.hash[:12]}...): the chain was rewritten")
+        elif cp.seq > last:
+            check.failures.append(f"{what} ends at record {last}, below the head at record {cp.seq} {by}: records were"
+                                  " deleted (a truncated tail) or an older copy was restored")
+        elif cp.seq <= base_seq:
+            check.unchecked.append(f"the head at record {cp.seq} {by} is below the chain's base (record {base_seq}, pruned)")
+        else:
+            check.failures.append(f"record {cp.seq} {by} is missing from {what}")
+    check.answers = good
+    return check
