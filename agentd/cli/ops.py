@@ -78,19 +78,38 @@ def register(group: click.Group, cli: ModuleType) -> None:
     @config_option
     @json_option
     @click.argument("path", type=click.Path(exists=True, path_type=Path))
-    def restore(config_path: Path | None, as_json: bool, path: Path) -> None:
+    @click.option("--force", is_flag=True, help="Restore even a backup older than a head the peers witnessed, or with no"
+                                               " peer answering (recorded in the signed restore record).")
+    @click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 300), default=5.0, show_default=True,
+                  help="Seconds to wait for the peers' answers.")
+    def restore(config_path: Path | None, as_json: bool, path: Path, force: bool, timeout_s: float) -> None:
         """Restore the node's database from a backup made by `agentd backup`.
 
         Refuses a backup whose audit chain or manifest does not verify, and a node that is
-        running (stop it first). The database it replaces is kept next to it as
-        agentd.db.replaced-<time>. Example: agentd restore /srv/backups/cold-store-01-2026-11-25.tar.gz
+        running (stop it first). Where a broker is configured it asks the peers (one signed
+        request) for the heads of this node they witnessed and refuses a backup whose chain
+        does not reach one of them (an older copy: restoring it would roll the node back),
+        and, when no peer answers, any backup, unless --force; the signed restore record
+        keeps what they said and whether it was forced. The database it replaces is kept next
+        to it as agentd.db.replaced-<time>. Example: agentd restore /srv/backups/cold-store-01-2026-11-25.tar.gz
         """
         from agentd.ops.backup import restore_backup
 
-        result = restore_backup(_load(config_path), path)
+        result = restore_backup(_load(config_path), path, force=force, timeout_s=timeout_s)
         if as_json:
             _emit_json(result)
             return
+        fleet = result["restore_record"]["fleet"]
+        if fleet.get("note"):
+            click.echo(fleet["note"])
+        else:
+            newest = max((w["seq"] for w in fleet["witnessed"]), default=None)
+            click.echo(f"peers: {len(fleet['answered'])} of {len(fleet['asked'])} answered"
+                       + (f", the newest head they witnessed is record {newest}" if newest is not None else ", none witnessed a head"))
+            for line in fleet["failures"]:
+                click.echo(f"forced past: {line}")
+        if force:
+            click.echo("--force: recorded in the signed restore record")
         click.echo(f"restored {result['database']} from {path} ({result['audit_records']} audit record(s), chain verified)")
         if result.get("replaced"):
             click.echo(f"the previous database is kept as {result['replaced']}")

@@ -191,9 +191,14 @@ def check_backup(folder: Path, *, node: str) -> dict[str, Any]:
     return dict(manifest)
 
 
-def restore_backup(loaded: LoadedConfig, path: Path) -> dict[str, Any]:
-    """Replace the node's database with a verified backup; the node must be stopped."""
+def restore_backup(loaded: LoadedConfig, path: Path, *, force: bool = False, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Replace the node's database with a verified backup; the node must be stopped.
+
+    Where a broker is configured the peers are asked first for the heads of this node they
+    witnessed (``ops.fleet_audit.restore_check``): a backup older than one of them, or no
+    answer, is refused unless ``force``; what they said is kept in the restore record."""
     from agentd.control.client import request
+    from agentd.ops.fleet_audit import restore_check
 
     cfg = loaded.config
     try:
@@ -218,6 +223,7 @@ def restore_backup(loaded: LoadedConfig, path: Path) -> dict[str, Any]:
             shutil.copyfile(folder / "agentd.db", staged)
         with staged.open("rb") as fh:
             os.fsync(fh.fileno())
+        fleet = restore_check(cfg, staged, target, load_key(cfg.data_dir), force=force, timeout_s=timeout_s)
         replaced, head, nonces = None, None, 0
         if target.exists():
             replaced = target.with_name(f"{target.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
@@ -234,7 +240,8 @@ def restore_backup(loaded: LoadedConfig, path: Path) -> dict[str, Any]:
     finally:
         os.close(dir_fd)
     restored = {"seq": manifest["audit"]["records"], "backup_created_at": manifest["created_at"]}
-    record = {"from": head, "to": restored, "nonces_kept": nonces, "by": _local_user(), "replaced": str(replaced) if replaced else None}
+    record = {"from": head, "to": restored, "nonces_kept": nonces, "by": _local_user(), "replaced": str(replaced) if replaced else None,
+              "forced": force, "fleet": fleet}
     asyncio.run(_record_restore(loaded, record))
     return {
         "database": str(target),

@@ -27,6 +27,8 @@ from agentd.trust.checkpoints import Checkpoint
 from agentd.trust.witness import head_problem
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agentd.config.schema import Config
     from agentd.trust.keys import NodeKey
 
@@ -162,3 +164,40 @@ def check_chain(conn: sqlite3.Connection, check: FleetCheck, *, node: str, keys:
             check.failures.append(f"record {cp.seq} {by} is missing from {what}")
     check.answers = good
     return check
+
+
+def restore_check(cfg: Config, backup_db: Path, current_db: Path, key: NodeKey, *, force: bool, timeout_s: float) -> dict[str, Any]:
+    """Before a restore: ask the peers for the heads of this node they witnessed and refuse (StateError) a
+    backup whose chain does not extend one of them, or, with no answer, any backup, unless ``force``.
+    Returns what the signed restore record keeps of it."""
+    from agentd.errors import MeshError, StateError
+
+    if not cfg.mqtt.enabled:
+        return {"asked": [], "note": "no broker configured (mqtt.enabled: false): the peers were not asked", "forced": force}
+    peers_conn = sqlite3.connect(f"file:{current_db}?mode=ro", uri=True) if current_db.exists() else None
+    try:
+        peers = trusted_peers(cfg, peers_conn)
+    finally:
+        if peers_conn is not None:
+            peers_conn.close()
+    unreachable = None
+    try:
+        check = ask_peers(cfg, key, peers, timeout_s=timeout_s)
+    except MeshError as exc:
+        check, unreachable = FleetCheck(asked=sorted(peers)), str(exc)
+    conn = sqlite3.connect(f"file:{backup_db}?mode=ro", uri=True)
+    try:
+        check_chain(conn, check, node=cfg.node.id, keys=own_keys(conn, key.public_b64), what="the backup's chain")
+    finally:
+        conn.close()
+    record = {**check.as_dict(), "forced": force}
+    if unreachable:
+        record["unreachable"] = unreachable
+    if check.failures and not force:
+        raise StateError(f"refusing the backup: {check.failures[0]}; restoring it would roll the node back behind what its"
+                         " peers witnessed: restore a newer backup, or pass --force (recorded in the signed restore record)")
+    if not check.answers and not force:
+        why = unreachable or f"no peer answered in {timeout_s:g} s ({len(check.asked)} asked: {', '.join(check.asked) or 'none configured'})"
+        raise StateError(f"{why}: nothing shows the backup is not older than a head the peers witnessed;"
+                         " pass --force to restore it anyway (recorded in the signed restore record)")
+    return record

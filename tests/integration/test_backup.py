@@ -79,9 +79,12 @@ def test_backup_while_deciding_then_restore(daemon: DaemonProc, tmp_path: Path) 
 
     after = _submit(daemon, "after-backup")
     assert daemon.stop() == 0
-    restored = cli(config, "restore", str(backup), "--json")
+    unasked = cli(config, "restore", str(backup))  # a broker is configured, and none listens: no peer can answer
+    assert unasked.returncode == 1 and "cannot reach the broker" in unasked.stderr and "--force" in unasked.stderr
+    restored = cli(config, "restore", str(backup), "--json", "--force")
     assert restored.returncode == 0, restored.stderr
     result = json.loads(restored.stdout)
+    assert result["restore_record"]["forced"] and "cannot reach the broker" in result["restore_record"]["fleet"]["unreachable"]
     replaced = Path(result["replaced"])
     assert after in _decision_ids(replaced)  # what the restore replaced is kept
     now = _decision_ids(daemon.data_dir / "agentd.db")
@@ -157,4 +160,4 @@ def test_a_tampered_backup_is_refused(daemon: DaemonProc, tmp_path: Path) -> Non
         assert f"is open in process(es) {holder.pid}" in r.stderr
     finally:
         holder.communicate("")
-    assert cli(config, "restore", str(good)).returncode == 0
+    assert cli(config, "restore", str(good), "--force").returncode == 0  # --force: no broker listens to ask the peers

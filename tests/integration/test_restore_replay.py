@@ -29,7 +29,7 @@ def test_a_replayed_command_stays_refused_after_restoring_an_older_backup(tmp_pa
         assert applied["body"]["ok"]
         _unanswered(node, alice, "alice", "set_mode", payload=command)  # a replay: refused
         assert node.stop() == 0
-        restored = cli(node.config_path, "restore", str(backup), "--json")
+        restored = cli(node.config_path, "restore", str(backup), "--json", "--force")  # no peer to ask
         assert restored.returncode == 0, restored.stderr
         assert json.loads(restored.stdout)["restore_record"]["nonces_kept"] >= 1
         node.start()
