@@ -208,3 +208,31 @@ def keys_show(config_path: Path | None, as_json: bool) -> None:
         _emit_json({"node": loaded.config.node.id, "public_key": key.public_b64})
     else:
         click.echo(f"node {loaded.config.node.id}\npublic key {key.public_b64}\nfile {key.path}")
+
+
+@keys.command("rotate")
+@config_option
+@json_option
+def keys_rotate(config_path: Path | None, as_json: bool) -> None:
+    """Replace the node key (the daemon stopped): a key_rotation record signed by the old and the
+    new key, the new key in keys/node.key and the pin keys/node.pub; the old public key stays in
+    keys/retired/ so that history and older exports still verify.
+
+    Then put the new public key in the peers' trust.peers (and trust.audit_public_key, if the
+    config pins the key), and move keys/retired/node-*.key to your key escrow.
+    Example: systemctl stop agentd && agentd keys rotate && systemctl start agentd
+    """
+    from agentd.ops.key_rotation import rotate_node_key
+
+    loaded = _load(config_path)
+    result = rotate_node_key(loaded)
+    if _json_or(as_json, result):
+        return
+    where = f" (record {result['seq']})" if result["seq"] is not None else " (finishing a rotation already in the chain)"
+    click.echo(f"rotated the key of node {result['node']}{where}: {result['old'][:12]}... -> {result['new'][:12]}...")
+    click.echo(f"new public key: {result['new']}")
+    click.echo(f"pinned: {result['pin']}; the old public key is kept as {result['retired_public_key']}")
+    click.echo(f"move {result['retired_private_key']} to your key escrow and remove it from this box")
+    click.echo(f"on every peer, set trust.peers.{result['node']} to the new key and reload: until then they refuse this node's messages")
+    if result["config_pins_old"]:
+        click.echo("trust.audit_public_key pins the old key: verify still passes (the rotation is signed by it); set it to the new key")
