@@ -8,6 +8,7 @@ floor, guards, approvals, modes, exactly one decision per event id, late answers
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import json
 import logging
@@ -98,7 +99,7 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
         self.calibrations: dict[str, float] = {}  # "model@version" -> temperature (decision/learning.py)
         self.stage_states: dict[tuple[str, int], str] = {}  # (skill, cascade index) -> acting | shadow, earned from labels
         self.counters: Counter[str] = Counter()
-        self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._inflight: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._tasks: asyncio.TaskGroup | None = None
         self._expiry_heap: list[tuple[float, str]] = []
@@ -198,20 +199,26 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
             if existing is not None:
                 self.counters["duplicates"] += 1
                 return existing
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved" noise
-        self._inflight[eid] = fut
+        waiters: list[asyncio.Future[dict[str, Any]]] = []  # repeats of this id while it is decided (rare: no future unless one comes)
+        self._inflight[eid] = waiters
         try:
             record = await self._decide(skill, fields, eid, t0, wall0, origin)
-            fut.set_result(record)
-            return record
-        except Exception as exc:
-            fut.set_exception(exc)
+        except BaseException as exc:
+            for w in waiters:
+                if w.done():
+                    continue
+                if isinstance(exc, Exception):
+                    w.set_exception(exc)
+                else:
+                    w.cancel()
             raise
+        else:
+            for w in waiters:
+                if not w.done():
+                    w.set_result(record)
+            return record
         finally:
             self._inflight.pop(eid, None)
-            if not fut.done():
-                fut.cancel()
 
     async def _existing(self, eid: str) -> dict[str, Any] | None:
         """The decision already made (or being made) for a repeated event id.
@@ -219,9 +226,12 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
         The in-memory LRU saves a database read for ids it has not seen; ids it has
         forgotten are still caught by the store, which refuses a second decision.
         """
-        inflight = self._inflight.get(eid)
-        if inflight is not None:
-            return await asyncio.shield(inflight)
+        waiters = self._inflight.get(eid)
+        if waiters is not None:
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved" noise
+            waiters.append(fut)
+            return await asyncio.shield(fut)
         if eid in self._recent:
             return await self.store.read(lambda c: queries.find_by_event(c, eid))
         return None
@@ -326,8 +336,9 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
         )
         record = typed.to_dict()
         record_bytes = canonical(record)
-        outbox = self.outbound.decision_messages(record, record_bytes) if self.outbound is not None else []
-        write = DecisionWrite(eid, skill.name, wall0, fields, record, self.node, outbox, expires_at, record_bytes)
+        write = DecisionWrite(eid, skill.name, wall0, fields, record, self.node, [], expires_at, record_bytes)
+        if self.outbound is not None:  # signed on the store's writer thread, in the decision's transaction
+            write.outbox_later = functools.partial(self.outbound.decision_messages, record, record_bytes)
         try:
             await self._record_decision(skill, write)  # with the node's fleet-state writes (decision/fleet_writes.py)
         except DuplicateEvent:

@@ -16,6 +16,8 @@ from agentd.state.fleet_state import StateWrite
 from agentd.state.lww import Entry, expiry
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agentd.config.schema import SkillConfig
     from agentd.decision.fleet import FleetView
     from agentd.state.store import DecisionWrite, Store
@@ -43,11 +45,27 @@ class FleetStateMixin:
     async def _record_decision(self, skill: SkillConfig, write: DecisionWrite) -> None:
         """``store.record_decision`` with the writes of ``skill.fleet_state``; DuplicateEvent as it raises."""
         writes = own_writes(skill, write.record, self.node)
-        if writes:
-            messages = getattr(self.outbound, "state_messages", None)
-            signed = messages(writes) if messages is not None else [(b"", None)] * len(writes)
-            write.state_writes = [StateWrite(e, origin) for (e, _), (origin, _) in zip(writes, signed, strict=True)]
-            write.outbox.extend(row for _, row in signed if row is not None)
+        messages = getattr(self.outbound, "state_messages", None) if writes else None
+        if messages is not None:
+            write.outbox_later = _signed_later(write, writes, messages)
+        elif writes:  # nothing gossips them (MQTT off)
+            write.state_writes = [StateWrite(e, b"") for e, _ in writes]
         await self.store.record_decision(write)
         for e, _ in writes:
             self.fleet.apply(e)
+
+
+def _signed_later(
+    write: DecisionWrite, writes: list[tuple[Entry, float | None]], messages: Callable[[list[tuple[Entry, float | None]]], list[Any]]
+) -> Callable[[], list[tuple[str, bytes, int, bool]]]:
+    """The write's outbox rows, then the signed gossip of its state writes (with their origins
+    set on ``write``), built on the store's writer thread like the decision's own envelope."""
+    decision_rows = write.outbox_later
+
+    def later() -> list[tuple[str, bytes, int, bool]]:
+        rows = decision_rows() if decision_rows is not None else []
+        signed = messages(writes)
+        write.state_writes = [StateWrite(e, origin) for (e, _), (origin, _) in zip(writes, signed, strict=True)]
+        return rows + [row for _, row in signed if row is not None]
+
+    return later

@@ -174,8 +174,11 @@ def guarded(guards: Iterable[Compiled], context: Any, action: str, errors: list[
 
     A guard that errs is skipped and named in ``errors``."""
     name = None
+    shown: str | None = None  # the action the context holds (set only when it changes: each set costs a conversion)
     for g in guards:
-        context.add_variable("action", action)
+        if action != shown:
+            context.add_variable("action", action)
+            shown = action
         try:
             if evaluate(g, context) and g.action != action:
                 action, name = g.action, g.name

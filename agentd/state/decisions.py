@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,12 @@ FLEET_INSERT = "INSERT OR IGNORE INTO fleet_decisions(node, decision_id, skill, 
 
 @dataclass
 class DecisionWrite:
-    """Everything one decision writes, committed together."""
+    """Everything one decision writes, committed together.
+
+    ``outbox_later`` builds more outbox rows (placed before ``outbox``) on the writer thread,
+    inside the decision's transaction: the engine hands the decision's envelope signing there,
+    off the event loop (an Ed25519 signature releases the GIL, so it runs beside the loop).
+    """
 
     event_id: str
     skill: str
@@ -38,6 +44,14 @@ class DecisionWrite:
     record_canonical: bytes | None = None
     outbox_seqs: list[int] = field(default_factory=list)  # filled in by the writer
     state_writes: list[fleet_state.StateWrite] = field(default_factory=list)  # its node's own fleet-state keys (issue 16)
+    outbox_later: Callable[[], list[tuple[str, bytes, int, bool]]] | None = None
+
+    def resolve_outbox(self) -> None:
+        """Build the rows of ``outbox_later`` (once: a batch redone after a rollback reuses them)."""
+        if self.outbox_later is not None:
+            rows = self.outbox_later()  # a failure leaves it set: the retry of the write fails again, never sends nothing
+            self.outbox_later = None
+            self.outbox[:0] = rows
 
 
 class DuplicateEvent(StateError):
@@ -69,6 +83,7 @@ def write_decisions(conn: sqlite3.Connection, audit: AuditLog, writes: list[Deci
             continue
         existing.add(w.event_id)
         results.append((True, None))
+        w.resolve_outbox()
         r = w.record
         text = w.record_canonical if w.record_canonical is not None else canonical(r)
         events.append((w.event_id, w.skill, w.received_at, json.dumps(w.data, separators=(",", ":"))))

@@ -143,6 +143,36 @@ async def test_a_failing_decision_write_leaves_nothing_behind(data_dir: Path, no
     assert result.ok, result.problem  # the chain head was rolled back with the rows
 
 
+async def test_outbox_rows_built_on_the_writer_thread_commit_with_their_decision(data_dir: Path, node_key: NodeKey) -> None:
+    """``outbox_later`` (the engine's signing, moved off the event loop) runs once, inside the
+    decision's transaction, ahead of the rows already given; a failure writes nothing, also when
+    the batch it was in is redone one write at a time."""
+    calls: list[str] = []
+
+    def later(rid: str) -> Any:
+        def build() -> list[tuple[str, bytes, int, bool]]:
+            calls.append(rid)
+            if rid == "d2":
+                raise TrustError("cannot sign")
+            return [("signed", rid.encode(), 1, False)]
+        return build
+
+    async with open_store(data_dir, node_key) as store:
+        writes = [write_for(record(f"d{i}", f"e{i}")) for i in range(1, 4)]
+        for w in writes:
+            w.outbox_later = later(w.record["id"])
+        results = await asyncio.gather(*(store.record_decision(w) for w in writes), return_exceptions=True)
+        payloads = await store.read(lambda c: [(r[0], bytes(r[1])) for r in c.execute("SELECT topic, payload FROM outbox ORDER BY seq")])
+    assert isinstance(results[1], TrustError) and results[0] is None and results[2] is None
+    assert count(data_dir, "decisions", "WHERE id = 'd2'") == 0 and count(data_dir, "decisions") == 2
+    signed = [p for t, p in payloads if t == "signed"]
+    assert signed == [b"d1", b"d3"]  # each built once though the batch was redone, d2's never
+    assert [t for t, _ in payloads] == ["signed", f"agentd/v1/f/nodes/{NODE}/decisions"] * 2  # ahead of the given rows
+    assert calls.count("d1") == 1 and calls.count("d3") == 1
+    assert writes[0].outbox_seqs and writes[2].outbox_seqs
+    assert verify(data_dir, node_key).ok
+
+
 async def test_concurrent_decisions_share_commits(data_dir: Path, node_key: NodeKey) -> None:
     async with open_store(data_dir, node_key) as store:
         await asyncio.gather(*(store.record_decision(write_for(record(f"d{i}", f"e{i}"))) for i in range(50)))

@@ -1,0 +1,131 @@
+"""Where a decision's microseconds go, in-process: the throughput path of `agentd bench` under py-spy.
+
+    .venv/bin/py-spy record --threads --rate 400 -f raw -o /tmp/p.txt -- \\
+        .venv/bin/python scripts/profile_decision.py --rounds 3            # rules-only and with the ONNX stage
+    .venv/bin/python scripts/profile_decision.py --fold /tmp/p.txt         # the profile as µs per decision
+
+Run without py-spy it prints each round's decisions/s. ``--fold`` reads py-spy's raw
+(collapsed) output and splits each thread's samples into the functions named in ``BUCKETS``
+(the innermost listed frame wins), scaled to microseconds per decision with the elapsed
+time and the decision count the run wrote to ``--stats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# (label, substring of a py-spy frame "function (file:line)"), innermost match wins
+BUCKETS = [
+    ("engine: validate_event", "validate_event ("),
+    ("engine: stage call (ONNX hand-off)", "_run_stage ("),
+    ("engine: CEL rules and guards", "first_match ("),
+    ("engine: CEL rules and guards", "guarded ("),
+    ("engine: CEL context", "make_context ("),
+    ("engine: record (DecisionRecord, to_dict)", "to_dict ("),
+    ("engine: canonical JSON of the record", "canonical (agentd/trust/canonical.py"),
+    ("engine: Ed25519 signature (envelope)", "envelope_raw ("),
+    ("engine: HLC", "now (agentd/trust/hlc.py"),
+    ("engine: new_id", "new_id ("),
+    ("engine: other in _decide", "_decide ("),
+    ("engine: decide() wrapper (dedupe, future)", "decide (agentd/decision/engine.py"),
+    ("asyncio: event loop, tasks, futures", "_run_once ("),
+    ("writer: audit record (canonical, hash)", "append (agentd/state/audit_log.py"),
+    ("writer: audit executemany", "batched (agentd/state/audit_log.py"),
+    ("writer: checkpoint signature", "checkpoint (agentd/state/audit_log.py"),
+    ("writer: write_decisions (SQL, json)", "write_decisions ("),
+    ("writer: COMMIT (fsync)", "_run_batch ("),
+    ("writer: back on the loop (_finish)", "_finish (agentd/state/writer.py"),
+    ("onnx worker: InferenceSession.run", "run_raw ("),
+    ("onnx worker: stage", "agentd/stages/onnx.py"),
+]
+
+
+def fold(raw: Path, stats: Path) -> None:
+    """Print µs per decision per thread and bucket from a py-spy raw file and the run's stats."""
+    st = json.loads(stats.read_text())
+    rate = st["rate"]
+    per_thread: dict[str, Counter[str]] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        label = next((lab for frame in reversed(frames) for lab, sub in BUCKETS if sub in frame), "other")
+        per_thread.setdefault(frames[0], Counter())[label] += int(count)
+    for name, part in st["parts"].items():
+        print(f"\n{name}: {part['decisions']} decisions in {part['elapsed_s']:.2f} s ({part['decisions'] / part['elapsed_s']:,.0f}/s)")
+    total_decisions = sum(p["decisions"] for p in st["parts"].values())
+    for thread, c in sorted(per_thread.items(), key=lambda kv: -sum(kv[1].values())):
+        n = sum(c.values())
+        print(f"\n{thread}: {n} samples, {n / rate / total_decisions * 1e6:.1f} µs per decision (sampled while not idle)")
+        for label, k in c.most_common():
+            print(f"  {k / rate / total_decisions * 1e6:8.1f} µs  {100 * k / n:5.1f} %  {label}")
+
+
+async def _round(config: str, data_dir: Path, n: int, *, rules_only: bool) -> tuple[float, float, float]:
+    from agentd.config.loader import load_config
+    from agentd.devtools.bench import _events, bench_config, with_engine
+
+    loaded = load_config(config)
+    bl = bench_config(loaded, data_dir, **({"cascade": []} if rules_only else {}))
+    skill = bl.config.skills[0]
+    events = _events(skill, n)
+
+    async def go(engine: Any) -> tuple[float, float, float]:
+        sem = asyncio.Semaphore(1000)
+
+        async def one(i: int, e: dict[str, Any]) -> None:
+            async with sem:
+                await engine.decide(skill.name, e, event_id=f"bench-{i}")
+
+        t, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
+        async with asyncio.TaskGroup() as tg:
+            for i, e in enumerate(events):
+                tg.create_task(one(i, e))
+        await engine.store.flush()
+        return time.perf_counter() - t, time.process_time() - cpu, time.thread_time() - loop_cpu
+
+    wall, cpu, loop_cpu = await with_engine(bl, go)
+    return float(wall), float(cpu), float(loop_cpu)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="config/agentd.yaml")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--events", type=int, default=4000)
+    ap.add_argument("--only", choices=("rules", "onnx"))
+    ap.add_argument("--stats", type=Path, default=Path("/tmp/profile_decision.json"))
+    ap.add_argument("--fold", type=Path, help="a py-spy raw file to summarise instead of running")
+    ap.add_argument("--rate", type=int, default=400, help="py-spy's --rate of that file")
+    args = ap.parse_args()
+    if args.fold:
+        st = json.loads(args.stats.read_text())
+        st["rate"] = args.rate
+        args.stats.write_text(json.dumps(st))
+        fold(args.fold, args.stats)
+        return
+    parts: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="agentd-profile-") as tmp:
+        for name, rules_only in (("rules-only", True), ("onnx", False)):
+            if args.only and (args.only == "rules") != rules_only:
+                continue
+            total, count = 0.0, 0
+            for r in range(args.rounds):
+                elapsed, cpu, loop_cpu = asyncio.run(_round(args.config, Path(tmp) / f"{name}{r}", args.events, rules_only=rules_only))
+                print(f"{name} round {r}: {args.events / elapsed:,.0f} decisions/s, CPU {cpu / args.events * 1e6:.0f} µs a decision"
+                      f" (event loop's thread {loop_cpu / args.events * 1e6:.0f} µs), load {os.getloadavg()[0]:.2f}", file=sys.stderr)
+                total, count = total + elapsed, count + args.events
+            parts[name] = {"decisions": count, "elapsed_s": total}
+    args.stats.write_text(json.dumps({"parts": parts, "rate": args.rate}))
+
+
+if __name__ == "__main__":
+    main()
