@@ -25,6 +25,8 @@ HEAD = (
 def leaves(group: click.Group, path: list[str]) -> Iterator[list[str]]:
     for name, cmd in group.commands.items():
         if isinstance(cmd, click.Group):
+            if cmd.invoke_without_command:  # a group that is a command itself (agentd peers)
+                yield [*path, name]
             yield from leaves(cmd, [*path, name])
         else:
             yield [*path, name]

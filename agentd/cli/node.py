@@ -101,21 +101,27 @@ def config_validate(path: Path) -> None:
     click.echo(f"{path}: valid ({len(cfg.skills)} skill(s), {len(cfg.models)} model(s), sha256 {loaded.sha256[:12]})")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @config_option
 @json_option
-def peers(config_path: Path | None, as_json: bool) -> None:
+@click.pass_context
+def peers(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
     """Peers this node has heard from over MQTT: presence, last seen, decisions received, and the audit
     head witnessed of each (its seq, when, and whether its chain stayed consistent, was rolled back or forked).
 
     "audit" is consistent (each head extended the one before), unchecked gap (a head
     whose link to the one before was not sent), rolled back (a head below one witnessed)
-    or forked (another chain than the one witnessed); a flagged peer stays flagged.
+    or forked (another chain than the one witnessed); a flagged peer stays flagged until
+    `agentd peers clear-flag NODE --reason TEXT`.
     Example: agentd peers --json
     """
     import time
 
     from agentd.state import queries
+
+    ctx.obj = config_path
+    if ctx.invoked_subcommand is not None:
+        return
 
     now = time.time()
     _list(config_path, as_json, queries.list_peers, what="peer(s)",
@@ -127,6 +133,56 @@ def peers(config_path: Path | None, as_json: bool) -> None:
                          _ts(r["witnessed_at"]) if r["witnessed_at"] else "",
                          (r["audit_state"] or "not witnessed")
                          + (f" (seen head {r['seen_seq']})" if r["seen_seq"] not in (None, r["audit_head"]) else "")))
+
+
+@peers.command("clear-flag")
+@config_option
+@json_option
+@click.argument("node")
+@click.option("--reason", required=True, help="What the investigation found (1-500 characters; kept in the audit trail).")
+@click.option("--by", default=None, help="A label for who clears it, kept beside the local user and uid.")
+@click.pass_context
+def peers_clear_flag(ctx: click.Context, config_path: Path | None, as_json: bool, node: str, reason: str, by: str | None) -> None:
+    """Clear a peer's audit flag (rolled back, forked) after investigating it: audited on this node
+    as peer_flag_cleared, with the evidence it replaces; the next head the peer publishes is
+    witnessed afresh. Through the daemon when it runs, else on the database directly.
+
+    Example: agentd peers clear-flag cold-store-02 --reason "restored from backup 2026-11-30 after disk failure (INC-1234)"
+    """
+    import asyncio
+    import getpass
+    import os
+
+    from agentd.control.client import request
+    from agentd.errors import Unreachable
+
+    loaded = _load(config_path or ctx.obj)
+    cfg = loaded.config
+    if not reason.strip() or len(reason) > 500:
+        raise InputError("--reason: 1-500 characters saying what the investigation found")
+    try:
+        result = request(cfg.socket_path, {"op": "clear_peer_flag", "node": node, "reason": reason, "by": by or "local-cli"})
+    except Unreachable:
+        from agentd.daemon.node import lock_data_dir
+        from agentd.state.store import open_store
+        from agentd.trust.keys import load_key
+
+        who = f"local:{getpass.getuser()}(uid={os.getuid()})" + (f" as {by[:64]!r}" if by else "")
+        lock = lock_data_dir(cfg.data_dir)
+        try:
+            async def clear() -> dict[str, object]:
+                async with open_store(loaded, load_key(cfg.data_dir)) as store:
+                    return await store.clear_peer_flag(node, by=who, reason=reason.strip())
+
+            result = asyncio.run(clear())
+        finally:
+            lock.close()
+    if _json_or(as_json, result):
+        return
+    was = result["cleared"]
+    click.echo(f"peer {node}: the {str(was['state']).replace('_', ' ')} flag is cleared (audit record {result['audit_seq']});"
+               f" it was: {was['detail']}")
+    click.echo("its next audit head is witnessed afresh")
 
 
 @main.command("fleet-state")

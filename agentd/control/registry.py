@@ -39,6 +39,7 @@ REGISTRY: dict[str, Command] = {c.name: c for c in (
     Command("activate_model", "admin", False, "switch a cascade stage to another declared model"),
     Command("set_stage_state", "admin", True, "make a cascade stage acting or shadow"),
     Command("calibrate", "admin", True, "fit each model version's confidence to the node's labels"),
+    Command("clear_peer_flag", "admin", True, "clear a peer's audit flag (rolled back, forked) after investigating"),
     Command("submit", None, True, "decide an event"),
     Command("approvals", None, True, "pending approvals"),
     Command("ping", None, True, "is the daemon there"),

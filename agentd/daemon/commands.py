@@ -109,6 +109,12 @@ class NodeCommands:
             by = by[:MAX_BY]
         return await self._node.current_engine().label(did, action, by=by, note=note)
 
+    async def _clear_peer_flag(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
+        node, reason = args.get("node"), args.get("reason")
+        if not isinstance(node, str) or not 0 < len(node) <= 64 or not isinstance(reason, str) or not 0 < len(reason.strip()) <= 500:
+            raise InputError('clear_peer_flag needs {"node": "<peer id>", "reason": "<what the investigation found, 1-500 characters>"}')
+        return await self._node.current_engine().store.clear_peer_flag(node, by=by, reason=reason.strip())
+
     async def _fleet_set(self, args: dict[str, Any], by: str, via: Via, received: float) -> Any:
         raise InputError("fleet_set and fleet_unset come only as an operator's signed fleet command (agentd fleet set)")
 

@@ -160,6 +160,10 @@ class Store:
         return await self._submit(lambda conn: witness.witness(conn, self._audit, node, head, chain, key=key, now=time.time(),
                                                                fetched=fetched, lowest=lowest, hold_gap=hold_gap))
 
+    async def clear_peer_flag(self, node: str, *, by: str, reason: str) -> dict[str, Any]:
+        """Clear a peer's audit flag after an investigation, audited (``state.witness.clear_flag``)."""
+        return await self._submit(lambda conn: witness.clear_flag(conn, self._audit, node, by=by, reason=reason))
+
     @property
     def signed_head(self) -> Checkpoint | None:
         """The newest checkpoint the writer signed (or found at open): what the node publishes for its peers."""

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from agentd.state.audit_log import AuditLog
 
 SHOWN = {"first": "consistent", "consistent": "consistent", "gap": "unchecked gap",
-         "rolled_back": "rolled back", "forked": "forked"}
+         "rolled_back": "rolled back", "forked": "forked", "cleared": "flag cleared"}
+FLAGGED = ("rolled_back", "forked")
 
 
 def witnessed(conn: sqlite3.Connection, node: str) -> tuple[Checkpoint, str] | None:
@@ -39,6 +40,8 @@ def witness(
     """
     held = witnessed(conn, node)
     old, state = held if held is not None else (None, "")
+    if state == "cleared":
+        old = None  # an operator cleared the flag: witnessing starts again at the next head
     verdict = judge(old, new, chain, key=key) if fetched is None else judge_fetched(old, new, fetched, chain, key=key, lowest=lowest)
     if held is not None and state in ("rolled_back", "forked") and not verdict.flagged:
         # once flagged, a peer stays flagged: a later head that extends the old one proves nothing of what was lost
@@ -85,3 +88,22 @@ def witness_row(conn: sqlite3.Connection, node: str) -> dict[str, Any] | None:
     if row is None:
         return None
     return {"head": json.loads(row[0]), "witnessed_at": row[1], "state": row[2], "detail": row[3], "seen_seq": row[4]}
+
+
+def clear_flag(conn: sqlite3.Connection, audit: AuditLog, node: str, *, by: str, reason: str) -> dict[str, Any]:
+    """An operator cleared ``node``'s audit flag after investigating: audited (``peer_flag_cleared``, with
+    the evidence it replaces); the next head ``node`` publishes is taken as the first. StateError unless flagged."""
+    from agentd.errors import NotFound, StateError
+
+    row = conn.execute("SELECT seq, hash, head, state, detail, seen_seq FROM witness WHERE node = ?", (node,)).fetchone()
+    if row is None:
+        raise NotFound(f"no audit head witnessed of peer {node[:64]!r} (see `agentd peers`)")
+    seq, hash_, head, state, detail, seen_seq = row
+    if state not in FLAGGED:
+        raise StateError(f"peer {node[:64]!r} is not flagged (its audit state is {SHOWN.get(state, state)}); nothing to clear")
+    was = {"state": state, "detail": detail, "witnessed": {"seq": seq, "hash": hash_, "digest": Checkpoint.from_dict(json.loads(head)).digest},
+           "seen_seq": seen_seq}
+    text = f"cleared by {by[:200]}: {reason[:500]}"
+    conn.execute("UPDATE witness SET state = 'cleared', detail = ? WHERE node = ?", (text, node))
+    seq_ = audit.append(conn, "peer_flag_cleared", node, {"node": node, "by": by[:200], "reason": reason[:500], "was": was})
+    return {"node": node, "cleared": was, "audit_seq": seq_}

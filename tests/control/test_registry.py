@@ -10,10 +10,11 @@ def test_roles_allow_what_design_section_7_says() -> None:
     assert ROLE_COMMANDS["viewer"] == {"status"}
     assert ROLE_COMMANDS["operator"] == {"status", "approve", "reject", "label", "set_mode", "quarantine",
                                          "fleet_set", "fleet_unset"}
-    assert ROLE_COMMANDS["admin"] == ROLE_COMMANDS["operator"] | {"reload", "set_config", "set_stage", "activate_model", "set_stage_state", "calibrate"}
+    assert ROLE_COMMANDS["admin"] == ROLE_COMMANDS["operator"] | {"reload", "set_config", "set_stage", "activate_model", "set_stage_state", "calibrate",
+                                                                            "clear_peer_flag"}
     assert ROLE_COMMANDS["admin"] == COMMANDS
     assert set(LOCAL_OPS) == {"submit", "status", "approve", "reject", "label", "set_mode", "reload", "approvals", "ping",
-                              "set_stage_state", "calibrate"}
+                              "set_stage_state", "calibrate", "clear_peer_flag"}
 
 
 def test_every_registered_command_has_a_handler() -> None:

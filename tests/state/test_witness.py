@@ -32,3 +32,30 @@ async def test_a_peer_rolled_back_is_flagged_once_audited_and_stays_flagged(data
         peers = {p["node"]: p for p in await store.read(queries.list_peers)}
         assert peers["peer-a"]["audit_head"] == 20 and peers["peer-a"]["audit_state"] == "rolled back"
         assert peers["peer-a"]["witnessed_at"] is not None
+
+
+async def test_a_cleared_flag_is_audited_and_witnessing_starts_again(data_dir: Path, node_key: NodeKey, tmp_path: Path) -> None:
+    import pytest
+
+    from agentd.errors import NotFound, StateError
+
+    peer = create_key(tmp_path / "peer")[0]
+    key = peer.public_b64
+    cps = chain(peer, [5, 10, 20], node="peer-a")
+    async with Store(data_dir=data_dir, key=node_key, node="me") as store:
+        await store.upsert_peer("peer-a", status="online", hlc="0000000000001-0000")
+        with pytest.raises(NotFound):
+            await store.clear_peer_flag("peer-a", by="alice", reason="x")
+        await store.witness_head("peer-a", cps[2], cps[:2], key=key)
+        with pytest.raises(StateError, match="not flagged"):
+            await store.clear_peer_flag("peer-a", by="alice", reason="x")
+        assert (await store.witness_head("peer-a", cps[1], cps[:1], key=key))[0].outcome == "rolled_back"
+        result = await store.clear_peer_flag("peer-a", by="alice", reason="restored after a disk failure")
+        assert result["cleared"]["state"] == "rolled_back" and result["cleared"]["witnessed"]["seq"] == 20
+        peers = {p["node"]: p for p in await store.read(queries.list_peers)}
+        assert peers["peer-a"]["audit_state"] == "flag cleared"
+        assert (await store.witness_head("peer-a", cps[1], cps[:1], key=key))[0].outcome == "first"  # the lower head, afresh
+        assert (await store.witness_head("peer-a", cps[0], [], key=key))[0].outcome == "rolled_back"  # and judged from it on
+        rows = await store.read(lambda c: c.execute("SELECT ref, body FROM audit WHERE kind = 'peer_flag_cleared'").fetchall())
+        assert len(rows) == 1 and json.loads(rows[0][1])["reason"] == "restored after a disk failure"
+        assert json.loads(rows[0][1])["by"] == "alice"
