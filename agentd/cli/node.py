@@ -110,7 +110,7 @@ def peers(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
     head witnessed of each (its seq, when, and whether its chain stayed consistent, was rolled back or forked).
 
     "audit" is consistent (each head extended the one before), unchecked gap (a head
-    whose link to the one before was not sent), rolled back (a head below one witnessed)
+    whose link to the one before could not be fetched from the node), rolled back (a head below one witnessed)
     or forked (another chain than the one witnessed); a flagged peer stays flagged until
     `agentd peers clear-flag NODE --reason TEXT`.
     Example: agentd peers --json
