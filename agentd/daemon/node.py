@@ -20,6 +20,7 @@ from agentd.daemon import housekeeping, logs
 from agentd.daemon.commands import NodeCommands
 from agentd.daemon.fleet_commands import FleetCommands
 from agentd.daemon.fleet_state import FleetState
+from agentd.daemon.memory import release_free_memory
 from agentd.daemon.metrics import NodeMetrics
 from agentd.daemon.notify import Notifier
 from agentd.daemon.socket_api import SocketApi
@@ -102,6 +103,7 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         server = await SocketApi(self).start(cfg.socket_path)
         self._gate.set()
+        release_free_memory()  # what loading the models freed, given back before the node idles at READY
         startup = time.monotonic() - t0
         self.notifier.send("READY=1", f"STATUS=deciding; mode {self.engine.mode}; {len(cfg.skills)} skill(s)")
         log.info("ready in %.3f s; socket %s", startup, cfg.socket_path, extra={"fields": {"startup_s": round(startup, 3)}})

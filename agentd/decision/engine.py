@@ -213,6 +213,8 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
                     w.cancel()
             raise
         else:
+            if event_id is not None:  # an id made here (new_id) never comes again: only a caller's is remembered
+                self._remember(eid)
             for w in waiters:
                 if not w.done():
                     w.set_result(record)
@@ -344,7 +346,6 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
         except DuplicateEvent:
             self.counters["duplicates"] += 1
             return await self.store.read(lambda c: queries.find_by_event(c, eid) or record)
-        self._remember(eid)
         self.fleet.add_decision(record["action"], record["created_at"])
         self.counters[f"source:{source}"] += 1
         if fallback:

@@ -586,6 +586,19 @@ async def test_concurrent_duplicates_make_exactly_one_decision(config_factory: F
     assert outbox == 0  # mqtt is disabled in these tests: nothing queued
 
 
+async def test_only_a_callers_event_ids_are_remembered(config_factory: Factory, node_key: NodeKey) -> None:
+    """The in-memory id cache holds ids a caller may send again; an id made here never comes again
+    (a simulator or a socket event without an id must not fill the cache)."""
+    async with engine(config_factory(skill=RULES_ONLY), node_key) as eng:
+        made = [await eng.decide(SKILL, COLD) for _ in range(5)]
+        given = await eng.decide(SKILL, COLD, event_id="given-1")
+        assert list(eng._recent) == ["given-1"]
+        assert await eng.decide(SKILL, HOT, event_id="given-1") == given  # the repeat answered from the cache's read
+        assert await eng.decide(SKILL, HOT, event_id=made[0]["event_id"]) == made[0]  # a made id, if sent: the store knows it
+        assert await decisions_count(eng) == 6
+        assert eng.counters["duplicates"] == 2
+
+
 async def test_decision_queues_a_signed_envelope_when_mqtt_is_enabled(
     config_factory: Factory, node_key: NodeKey
 ) -> None:
