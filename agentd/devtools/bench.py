@@ -198,6 +198,9 @@ def _throughput(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str,
     rules_only = [_throughput_round(loaded, data_dir / f"rules{i}", samples, cascade=[]) for i in range(3)]
     return {
         "decisions_per_s_rules_only": sorted(r["decisions_per_s"] for r in rules_only)[1],
+        "cpu_us_per_decision_rules_only": sorted(r["cpu_us_per_decision"] for r in rules_only)[1],
+        "cpu_us_per_decision": sorted(r["cpu_us_per_decision"] for r in rounds)[1],
+        "load_average": round(os.getloadavg()[0], 2),
         "decisions_per_s": rates[1],
         "decisions_per_s_min": rates[0],
         "decisions_per_s_max": rates[2],
@@ -222,17 +225,18 @@ def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int, **skil
                 await engine.decide(skill.name, e, event_id=f"bench-{i}")
 
         commits0 = engine.store.commits
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         async with asyncio.TaskGroup() as tg:
             for i, e in enumerate(events):
                 tg.create_task(one(i, e))
-        elapsed = time.perf_counter() - t
+        elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
         stored = await engine.store.read(lambda c: c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
-        return elapsed, stored, engine.store.commits - commits0
+        return elapsed, cpu, stored, engine.store.commits - commits0
 
-    elapsed, stored, commits = asyncio.run(with_engine(bl, go))
+    elapsed, cpu, stored, commits = asyncio.run(with_engine(bl, go))
     return {
         "decisions_per_s": round(n / elapsed, 1),
+        "cpu_us_per_decision": round(cpu / n * 1e6, 1),  # every thread of the process: less noisy than the rate on a shared box
         "throughput_events": n,
         "throughput_stored": stored,
         "throughput_commits": commits,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from agentd.config.models import EmbeddingModelConfig
 
 MAX_LEARNED = 5000  # examples from labels a text stage keeps (the newest)
+RECENT_TEXTS = 2048  # vectors of texts answered lately, kept by the worker (384 floats each: 3 MB in all)
 
 
 class EmbeddingStage(ThreadedStage):
@@ -68,6 +69,7 @@ class EmbeddingStage(ThreadedStage):
         self._learned: OrderedDict[str, tuple[str, str]] = OrderedDict()  # decision id -> (text, label), from labels
         self._vectors: dict[str, np.ndarray] = {}  # text -> unit vector
         self._lock = threading.Lock()  # one rebuild at a time (the engine learns off the event loop)
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> unit vector, used by the worker thread only
         super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
         self.add_examples([(e.text, e.label) for e in cfg.examples])
 
@@ -132,7 +134,7 @@ class EmbeddingStage(ThreadedStage):
         rows = {label: np.array([i for i, (_, lab) in enumerate(texts) if lab == label], dtype=np.int64) for label in self.labels}
         if self._head == "linear":
             y = np.array([self.labels.index(lab) for _, lab in texts], dtype=np.int64)
-            head = LinearHead.fit(vectors, y, len(self.labels), warm=head)
+            head = LinearHead.fit(vectors, y, len(self.labels), warm=None)
         # one assignment: the worker thread reads either the old index or the new one, never a mix
         self._index = (vectors, texts, rows, head)
 
@@ -168,10 +170,29 @@ class EmbeddingStage(ThreadedStage):
     def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
         if cancel.is_set():
             raise Cancelled("cancelled before run")
-        return self._answer(self.embed([self.text_of(inputs)])[0])
+        return self._answer(self._vectors_of([self.text_of(inputs)])[0])
 
     def predict_batch(self, batch: list[Mapping[str, Any]]) -> list[StageAnswer]:
-        return [self._answer(v) for v in self.embed([self.text_of(i) for i in batch])]
+        return [self._answer(v) for v in self._vectors_of([self.text_of(i) for i in batch])]
+
+    def _vectors_of(self, texts: list[str]) -> list[np.ndarray]:
+        """The texts' unit vectors: a text answered lately (gateways repeat their notes) is not embedded
+        again; the model is deterministic, so its answer is the same. The newest RECENT_TEXTS are kept."""
+        recent = self._recent
+        found: dict[str, np.ndarray] = {}
+        for t in texts:
+            v = recent.get(t)
+            if v is not None:
+                recent.move_to_end(t)
+                found[t] = v
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            for t, v in zip(missing, self.embed(missing), strict=True):
+                v.setflags(write=False)  # shared by every answer of this text
+                found[t] = recent[t] = v
+            while len(recent) > RECENT_TEXTS:
+                recent.popitem(last=False)
+        return [found[t] for t in texts]
 
     def _answer(self, vector: np.ndarray) -> StageAnswer:
         vectors, known, label_rows, head = self._index

@@ -79,3 +79,20 @@ def test_a_wrong_hash_or_a_missing_tokenizer_refuses_the_model(tmp_path: Path) -
         stage(sha256="0" * 64)
     with pytest.raises(ModelError):
         stage(tokenizer=str(tmp_path / "none.json"))
+
+
+def test_a_repeated_text_is_answered_from_its_kept_vector(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentd.stages import embedding
+
+    st = stage()
+    first = answer(st, "the forklift is making a noise")
+    kept = st._recent["the forklift is making a noise"]
+    batch = st.predict_batch([{"text": "the forklift is making a noise"}, {"text": "we need more tape"}, {"text": "we need more tape"}])
+    assert st._recent["the forklift is making a noise"] is kept  # not embedded again
+    assert (batch[0].label, batch[0].scores) == (first.label, first.scores)
+    assert batch[1].scores == batch[2].scores and batch[1].label == "restock"
+    st.add_examples([("the forklift is making a noise", "escalate")])  # a new example still changes the answer
+    assert answer(st, "the forklift is making a noise").label == "escalate"
+    monkeypatch.setattr(embedding, "RECENT_TEXTS", 3)
+    st.predict_batch([{"text": f"note number {i}"} for i in range(5)])
+    assert list(st._recent) == ["note number 2", "note number 3", "note number 4"]
