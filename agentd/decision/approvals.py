@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agentd.config.base import MODES
+from agentd.decision.approval_writes import ResolutionWrites, resolution_writes
 from agentd.decision.labels import check_action
 from agentd.decision.model import ASK_REASONS
 from agentd.errors import ConfigError, InputError, NotFound
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from agentd.config.schema import Config, SkillConfig
     from agentd.decision.fleet import FleetView
     from agentd.state.store import Store
+    from agentd.trust.hlc import Clock
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class ApprovalMixin:
     mode: str
     stage: str
     store: Store
+    node: str
+    clock: Clock
+    outbound: Any
 
     if TYPE_CHECKING:
         def _run_handlers_for(self, skill: SkillConfig, record: dict[str, Any]) -> None: ...
@@ -70,7 +75,10 @@ class ApprovalMixin:
         if requested is None:
             raise NotFound(f"decision {decision_id!r} never needed approval")
         label = labels.label_for(current, requested, source="approval", by=_who(by))
-        record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by, label=label)
+        writes = self._resolution_writes(current, requested)
+        record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by, label=label,
+                                                   after=writes.in_transaction if writes else None)
+        self._written(writes)
         self.fleet.add_decision(requested, time.time())
         self._after_resolution(record)
         await self._labelled(record, requested)
@@ -93,14 +101,29 @@ class ApprovalMixin:
             label = labels.label_for(current, applied, source="rejection", by=_who(by), note=reason[: labels.MAX_NOTE])
         else:
             applied = (skill.approval.on_reject if skill and not _uncertain(current) else None) or interim
+        writes = self._resolution_writes(current, applied)
         record = await self.store.resolve_approval(current["id"], status="rejected", applied_action=applied, by=by, reason=reason,
-                                                   label=label)
+                                                   label=label, after=writes.in_transaction if writes else None)
+        self._written(writes)
         if applied != interim:
             self.fleet.add_decision(applied, time.time())
             self._after_resolution(record)
         if label is not None:
             await self._labelled(record, applied)
         return record
+
+    def _resolution_writes(self, current: dict[str, Any], applied: str) -> ResolutionWrites | None:
+        """The fleet-state writes of ``applied`` if it is not the interim action already committed (issue 16)."""
+        interim = current.get("approval", {}).get("interim_action") or current["action"]
+        return resolution_writes(self._skill_or_none(current["skill"]), interim=interim, applied=applied, node=self.node,
+                                 hlc=self.clock.now(), outbound=self.outbound)
+
+    def _written(self, writes: ResolutionWrites | None) -> None:
+        """After the resolution's commit: what won goes to the read model, and the outbox is woken for its gossip."""
+        for e in writes.applied if writes else []:
+            self.fleet.apply(e)
+        if writes and writes.applied and writes.rows:
+            self.store.outbox.ready.set()
 
     def _after_resolution(self, record: dict[str, Any]) -> None:
         skill = self._skill_or_none(record["skill"])
@@ -129,7 +152,10 @@ class ApprovalMixin:
             skill = self._skill_or_none(current["skill"])
             interim = current.get("approval", {}).get("interim_action") or current["action"]
             applied = (skill.approval.on_timeout if skill and not _uncertain(current) else None) or interim
-            record = await self.store.resolve_approval(decision_id, status="expired", applied_action=applied, by="timeout")
+            writes = self._resolution_writes(current, applied)
+            record = await self.store.resolve_approval(decision_id, status="expired", applied_action=applied, by="timeout",
+                                                       after=writes.in_transaction if writes else None)
+            self._written(writes)
         except NotFound:
             return True  # approved or rejected meanwhile
         except Exception as exc:  # never let the expiry task die: the pending approval would be forgotten

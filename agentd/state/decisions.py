@@ -139,11 +139,13 @@ class Resolution:
 
 def resolve_approval(
     conn: sqlite3.Connection, audit: AuditLog, *, node: str, decision_id: str, answer: Resolution, only_pending: bool,
-    label: LabelWrite | None = None,
+    label: LabelWrite | None = None, after: Callable[[sqlite3.Connection, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Apply ``answer`` to the approval, the stored record and the fleet row; audited; returns the record.
 
-    ``label``, if given, is written (and audited) after the approval's audit record.
+    ``label``, if given, is written (and audited) after the approval's audit record; ``after``
+    then runs in the same transaction with the updated record (the fleet-state writes of the
+    applied action, ``agentd.decision.approval_writes``).
     """
     row = conn.execute("SELECT status FROM approvals WHERE decision_id = ?", (decision_id,)).fetchone()
     if row is None:
@@ -173,6 +175,8 @@ def resolve_approval(
     audit.append(conn, "approval", decision_id, {**audit_body(record, sha256_hex(text)), "by": by, "reason": answer.reason})
     if label is not None:
         labels.insert(conn, audit, label)
+    if after is not None:
+        after(conn, record)
     if row[1] is not None:
         record["late_answer"] = json.loads(row[1])
     return dict(record)

@@ -111,17 +111,18 @@ class Store:
         only_pending: bool = True,
         now: float | None = None,
         label: LabelWrite | None = None,
+        after: Callable[[sqlite3.Connection, dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Move a pending approval to approved/rejected/expired; audited; returns the updated record.
 
         ``label`` (an approval, or a rejection naming the right action) is written and audited
-        in the same transaction.
+        in the same transaction, and ``after`` runs in it (``state.decisions.resolve_approval``).
         """
         answer = Resolution(status, applied_action, by, reason, now if now is not None else time.time())
         return await self._submit(
             lambda conn: decisions.resolve_approval(
                 conn, self._audit, node=self._node, decision_id=decision_id, answer=answer, only_pending=only_pending,
-                label=label,
+                label=label, after=after,
             )
         )
 
