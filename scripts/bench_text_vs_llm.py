@@ -25,7 +25,7 @@ from agentd.config.loader import load_config  # noqa: E402
 from agentd.stages.registry import build_stage  # noqa: E402
 from agentd.stats import percentile  # noqa: E402
 
-DEFAULT_SETS = ["eval/requests_handwritten.jsonl", "eval/in_distribution/requests_templates.jsonl"]
+DEFAULT_SETS = ["eval/requests_handwritten.jsonl", "eval/requests_heldout.jsonl", "eval/in_distribution/requests_templates.jsonl"]
 
 
 def main() -> int:

@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SETS = [  # (file, kind): independent sets first, then the in-distribution ones
     ("eval/freezer_physics.jsonl", "independent"), ("eval/freezer_handwritten.jsonl", "independent"),
     ("eval/in_distribution/freezer_simulator.jsonl", "in-distribution"),
-    ("eval/requests_handwritten.jsonl", "independent"), ("eval/in_distribution/requests_templates.jsonl", "in-distribution"),
+    ("eval/requests_handwritten.jsonl", "independent, development set since session 5"),
+    ("eval/requests_heldout.jsonl", "held out, never tuned on"),
+    ("eval/in_distribution/requests_templates.jsonl", "in-distribution"),
 ]
 REFERENCE_RULES = [  # scripts/peer_bench_node.sh
     {"name": "dead_and_warm", "when": "temperature_c > 0.0 && compressor_a < 0.5", "action": "shutdown"},

@@ -42,6 +42,8 @@ class DelayModelConfig(_ModelBase):
     delay_ms: float = Field(ge=0, le=600_000)
     label: str
     confidence: float = Field(default=0.99, ge=0, le=1)
+    # The rest of its distribution: other labels and their shares (for tests of gates that read it).
+    scores: dict[str, float] = Field(default_factory=dict, max_length=64)
     cancellable: bool = True
 
 

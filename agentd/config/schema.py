@@ -194,7 +194,7 @@ class ApprovalConfig(_Model):
     on_reject: str | None = None
 
 
-UncertainReason = Literal["low_confidence", "out_of_distribution"]
+UncertainReason = Literal["low_confidence", "out_of_distribution", "possible_severe"]
 
 
 class UncertainConfig(_Model):
@@ -209,6 +209,10 @@ class UncertainConfig(_Model):
     actions: list[str] | None = None
     # What applies while such a decision waits; null: the rules' answer.
     interim: str | None = None
+    # A model that answers the default rule's action ("nothing to do") while giving one of
+    # `actions` at least this share is not taken at its word (outcome possible_severe): a
+    # wrong "nothing to do" is silent, a needless question is cheap. null: off.
+    severe_share: float | None = Field(default=None, gt=0, le=1)
 
 
 class HandlerConfig(_Model):
@@ -298,6 +302,8 @@ class SkillConfig(_Model):
             raise ValueError(f"uncertain.interim: {self.uncertain.interim!r} itself waits for approval (approval.actions); it cannot apply meanwhile")
         for a in self.uncertain.actions or ():
             need(a, "uncertain.actions")
+        if self.uncertain.severe_share is not None and not self.uncertain.actions:
+            raise ValueError("uncertain.severe_share needs uncertain.actions: the actions too severe to leave unasked")
         return self
 
 

@@ -9,8 +9,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from agentd.decision.calibration import rescale
-from agentd.decision.policy import CircuitBreaker, StageTrace, gate
+from agentd.decision.calibration import action_scores, rescale
+from agentd.decision.policy import CircuitBreaker, StageTrace, gate, possible_severe
 from agentd.errors import InputError, ModelError
 from agentd.stages.base import CallHandle, Cancelled, ModelStage, StageAnswer
 from agentd.stages.card import Verdict
@@ -145,6 +145,11 @@ class CascadeMixin:
             if ood.field is not None:
                 trace.extra["ood_field"] = ood.field
         action, outcome = gate(answer, stage_cfg, skill.actions, ood)
+        if action is not None and answer.scores:
+            severe = possible_severe(skill, action, action_scores(answer.scores, stage_cfg.map, skill.actions))
+            if severe is not None:  # "nothing to do", yet too likely an emergency to say so unasked
+                trace.extra["severe"] = {"action": severe[0], "share": round(severe[1], 4)}
+                return "possible_severe", None
         return outcome, action
 
 

@@ -17,6 +17,7 @@ from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentd.config.base import MODES
+from agentd.decision import policy
 from agentd.decision.approvals import ApprovalMixin
 from agentd.decision.cascade import CascadeMixin
 from agentd.decision.fleet import FleetView
@@ -275,18 +276,15 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
         rule_name: str | None = rule.name
         rules_answer: dict[str, Any] | None = None
         ask: str | None = None  # why the model could not be trusted here, when a human is to say
+        if action is not None and policy.rules_say_severe(skill, action, rule.action):
+            traces[-1].outcome = fallback = "possible_severe"
+            traces[-1].extra["severe"] = {"action": rule.action, "rule": rule.name}
+            action, source, model_info, confidence = None, "rules", None, None
         if action is None:
             action = rule.action
-            # Models that answered but were not trusted (unsure, or out of their distribution): when the
-            # most severe of their answers is more severe than the rules', a human is asked about it
-            # while the rules' answer applies.
-            # The default rule means "nothing to do", not "the model was unsure": over it, any such
-            # answer is asked about; over another rule only those among uncertain.actions.
-            unsure = [t for t in traces if t.outcome in skill.uncertain.ask and t.action is not None
-                      and (rule.default or skill.uncertain.actions is None or t.action in skill.uncertain.actions)]
-            worst = max(unsure, key=lambda t: skill.severity_of(str(t.action)), default=None)
-            if worst is not None and worst.action and skill.safer(rule.action, worst.action) != rule.action:
-                ask, action = worst.outcome, worst.action
+            # Models that answered but were not trusted: a human may be asked (decision/policy.py).
+            if (unsure := policy.unsure_ask(skill, traces, rule.action, default=rule.default)) is not None:
+                ask, action = unsure
         else:
             fallback, rules_answer = None, {"action": rule.action, "rule": rule.name}
             rule_name = None

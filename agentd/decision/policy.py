@@ -5,6 +5,7 @@ decision record. The engine (``agentd.engine``) does the I/O around them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,45 @@ def gate(answer: StageAnswer, stage: StageConfig, actions: list[str], ood: Verdi
     if not (answer.confidence >= stage.min_confidence):  # NaN fails too
         return None, "low_confidence"
     return action, ACCEPTED
+
+
+def possible_severe(skill: SkillConfig, action: str, scores: Mapping[str, float]) -> tuple[str, float] | None:
+    """The most severe of ``skill.uncertain.actions`` that an answer of "nothing to do" (the default
+    rule's action) still gives at least ``uncertain.severe_share``, with that share; None if none
+    (or the check is off). ``scores`` are per action."""
+    floor = skill.uncertain.severe_share
+    if floor is None or action != skill.rules[-1].action:
+        return None
+    over = [(a, p) for a, p in scores.items()
+            if a in (skill.uncertain.actions or ()) and p >= floor and skill.safer(action, a) != action]
+    return max(over, key=lambda ap: skill.severity_of(ap[0]), default=None)
+
+
+def rules_say_severe(skill: SkillConfig, model_action: str, rules_action: str) -> bool:
+    """A model's "nothing to do" against rules that answer one of ``uncertain.actions``: with
+    ``possible_severe`` asked about, the rules' answer applies (a keyword that means danger is not
+    overruled by a model saying all is well)."""
+    u = skill.uncertain
+    return ("possible_severe" in u.ask and model_action == skill.rules[-1].action and rules_action in (u.actions or ())
+            and skill.safer(model_action, rules_action) != model_action)
+
+
+def unsure_ask(skill: SkillConfig, traces: Sequence[StageTrace], rules_action: str, *, default: bool) -> tuple[str, str] | None:
+    """What a human is asked about when no model answer was accepted: ``(why, action)``, or None.
+
+    Models that answered but were not trusted (unsure, out of their distribution, a
+    "nothing to do" that did not rule out a severe action, which is asked about as that
+    action): the most severe of their answers, when it is more severe than the rules'.
+    The default rule means "nothing to do", not "the model was unsure": over it
+    (``default``), any such answer counts; over another rule only those among
+    ``uncertain.actions``.
+    """
+    u = skill.uncertain
+    unsure = [(t.outcome, a) for t in traces if t.outcome in u.ask
+              and (a := (t.extra.get("severe") or {}).get("action") or t.action) is not None
+              and (default or u.actions is None or a in u.actions)]
+    worst = max(unsure, key=lambda oa: skill.severity_of(str(oa[1])), default=None)
+    return worst if worst is not None and skill.safer(rules_action, worst[1]) != rules_action else None
 
 
 @dataclass

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 
 class DelayStage(ThreadedStage):
     def __init__(self, cfg: DelayModelConfig) -> None:
-        super().__init__(name=cfg.name, version=cfg.version, sha256=None, labels=(cfg.label,))
+        super().__init__(name=cfg.name, version=cfg.version, sha256=None, labels=(cfg.label, *(k for k in cfg.scores if k != cfg.label)))
         self._delay_s = cfg.delay_ms / 1000
         self._label = cfg.label
         self._confidence = cfg.confidence
+        self._scores = {**cfg.scores, cfg.label: cfg.confidence}
         self._cancellable = cfg.cancellable
 
     def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
@@ -32,4 +33,4 @@ class DelayStage(ThreadedStage):
         while (left := end - time.monotonic()) > 0:
             if cancel.wait(min(left, 0.001)) and self._cancellable:
                 raise Cancelled("cancelled at deadline")
-        return StageAnswer(self._label, self._confidence, {self._label: self._confidence})
+        return StageAnswer(self._label, self._confidence, dict(self._scores))

@@ -112,6 +112,51 @@ async def test_uncertain_interim_is_what_applies_while_asked(config_factory: Fac
     assert rec["approval"]["requested_action"] == "shutdown"
 
 
+# -- possible_severe: a model's "nothing to do" that did not rule out something severe ------------
+
+CALM = {"label": "ok", "confidence": 0.95}  # the model says all is well (mapped to the default rule's none)
+SEVERE_SKILL = {"uncertain": {"ask": ["possible_severe"], "actions": ["alert"], "severe_share": 0.03},
+                "cascade": [{"model": "fast", "min_confidence": 0.8, "map": {"ok": "none", "warn": "alert"}}]}
+
+
+async def test_nothing_to_do_with_a_severe_share_over_the_floor_is_asked_about(config_factory: Factory, node_key: NodeKey) -> None:
+    rec, counters = await decide(config_factory(model={**CALM, "scores": {"warn": 0.05}}, skill=SEVERE_SKILL), node_key, COLD)
+    assert (rec["status"], rec["action"], rec["source"], rec["fallback_reason"]) == ("pending_approval", "none", "rules", "possible_severe")
+    assert rec["approval"]["requested_action"] == "alert" and rec["approval"]["because"] == "possible_severe"
+    assert rec["stages"][0]["outcome"] == "possible_severe" and rec["stages"][0]["severe"] == {"action": "alert", "share": 0.05}
+    assert counters["asked:possible_severe"] == 1
+
+
+async def test_nothing_to_do_with_a_severe_share_under_the_floor_stands(config_factory: Factory, node_key: NodeKey) -> None:
+    rec, _ = await decide(config_factory(model={**CALM, "scores": {"warn": 0.01}}, skill=SEVERE_SKILL), node_key, COLD)
+    assert (rec["status"], rec["action"], rec["source"]) == ("decided", "none", "model")
+
+
+async def test_the_floor_reads_only_answers_of_nothing_to_do(config_factory: Factory, node_key: NodeKey) -> None:
+    # An accepted alert that gives shutdown 20 % is not a silent answer: it stands.
+    skill = {**SEVERE_SKILL, "uncertain": {**SEVERE_SKILL["uncertain"], "actions": ["shutdown"]},
+             "cascade": [{"model": "fast", "min_confidence": 0.5, "map": {"warn": "alert", "crit": "shutdown"}}]}
+    rec, _ = await decide(config_factory(model={"label": "warn", "confidence": 0.8, "scores": {"crit": 0.2}}, skill=skill), node_key, COLD)
+    assert (rec["status"], rec["action"], rec["source"]) == ("decided", "alert", "model")
+
+
+async def test_danger_rules_are_not_overruled_by_a_model_saying_nothing_to_do(config_factory: Factory, node_key: NodeKey) -> None:
+    warm = {"temperature_c": -5.0}  # rules: warm -> alert
+    rec, _ = await decide(config_factory(model=CALM, skill=SEVERE_SKILL), node_key, warm)
+    assert (rec["status"], rec["action"], rec["source"], rec["fallback_reason"], rec["rule"]) == (
+        "decided", "alert", "rules", "possible_severe", "warm")
+    assert rec["stages"][0]["severe"] == {"action": "alert", "rule": "warm"}
+    # Without possible_severe asked about, the model stands (on_disagreement: model).
+    plain = {**SEVERE_SKILL, "uncertain": {"ask": [], "actions": ["alert"]}}
+    rec, _ = await decide(config_factory(model=CALM, skill=plain), node_key, warm)
+    assert (rec["action"], rec["source"]) == ("none", "model")
+
+
+def test_severe_share_needs_the_severe_actions(config_factory: Factory) -> None:
+    with pytest.raises(Exception, match=r"severe_share needs uncertain\.actions"):
+        config_factory(skill={"uncertain": {"ask": ["possible_severe"], "severe_share": 0.1}})
+
+
 # -- the out-of-distribution gate, with the shipped ONNX model and a card ------------------------
 
 
