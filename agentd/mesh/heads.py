@@ -25,6 +25,7 @@ from agentd.errors import Rejected, TrustError
 from agentd.mesh.checkpoint_fetch import ANSWER, REQUEST, CheckpointFetch
 from agentd.mesh.topics import topic
 from agentd.mesh.transport import publish_in_loop
+from agentd.mesh.witness_answers import ANSWERS_PER_S, Rate, answer_witness_request
 from agentd.state.audit_check import head_with_chain
 from agentd.trust.checkpoints import Checkpoint
 from agentd.trust.envelope import envelope
@@ -60,6 +61,7 @@ class Heads:
         self._store, self._key, self._clock = store, key, clock
         self._counters, self._refusals, self._key_of = counters, refusals, key_of
         self._out: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(MAX_QUEUED)
+        self._witness_rate = Rate(ANSWERS_PER_S)
         self.fetch = CheckpointFetch(fleet=self.fleet, node=self.node, key=key, clock=clock, store=store, counters=counters,
                                      refusals=refusals, key_of=key_of, send=self._queue, report=self._report,
                                      timeout_s=2 * self._interval)
@@ -110,11 +112,12 @@ class Heads:
         elif kind == ANSWER:
             await self.fetch.answered(node, env)
         else:
-            from agentd.mesh.witness_answers import answer_witness_request
-
-            reply = await answer_witness_request(self._store(), node, env, fleet=self.fleet, me=self.node, key=self._key,
-                                                 clock=self._clock)
-            if reply is not None:
+            try:
+                reply = await answer_witness_request(self._store(), node, env, fleet=self.fleet, me=self.node, key=self._key,
+                                                     clock=self._clock, rate=self._witness_rate)
+            except Rejected as exc:
+                self._refusals.refused("peer", node, exc)
+            else:
                 self._queue(*reply)
                 self._counters["witness_answers"] = self._counters.get("witness_answers", 0) + 1
 

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from agentd.errors import Rejected
 from agentd.mesh.topics import topic
 from agentd.state.witness import witness_row
 from agentd.trust.envelope import envelope
@@ -29,24 +30,34 @@ if TYPE_CHECKING:
 
 REQUEST = "witness_request"
 ANSWERS_PER_S = 10
-_answered: deque[float] = deque()
 
 
-def _within_rate(now: float) -> bool:
-    while _answered and now - _answered[0] > 1.0:
-        _answered.popleft()
-    if len(_answered) >= ANSWERS_PER_S:
-        return False
-    _answered.append(now)
-    return True
+class Rate:
+    """At most ``per_s`` events in any second."""
+
+    def __init__(self, per_s: int) -> None:
+        self.per_s = per_s
+        self._times: deque[float] = deque()
+
+    def allow(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        while self._times and now - self._times[0] > 1.0:
+            self._times.popleft()
+        if len(self._times) >= self.per_s:
+            return False
+        self._times.append(now)
+        return True
 
 
 async def answer_witness_request(
-    store: Store, node: str, env: dict[str, Any], *, fleet: str, me: str, key: NodeKey, clock: Clock
-) -> tuple[str, bytes] | None:
-    """The reply (topic, signed envelope) to ``node``'s witness request, or None (not about itself, over the rate)."""
-    if env["body"]["node"] != node or not _within_rate(time.monotonic()):
-        return None
+    store: Store, node: str, env: dict[str, Any], *, fleet: str, me: str, key: NodeKey, clock: Clock, rate: Rate
+) -> tuple[str, bytes]:
+    """The reply (topic, signed envelope) to ``node``'s witness request; ``Rejected`` when it asks about
+    another node or comes over the rate."""
+    if env["body"]["node"] != node:
+        raise Rejected("malformed", f"a witness request of {node[:64]!r} about {str(env['body']['node'])[:64]!r}: a node asks about itself")
+    if not rate.allow():
+        raise Rejected("rate_limited", f"over {rate.per_s} witness requests a second")
     row = await store.read(functools.partial(witness_row, node=node))
     result = {"node": node, "witnessed": None, "witnessed_at": None, "state": None, "seen_seq": None}
     if row is not None:
