@@ -10,8 +10,9 @@
   ``messages_lost`` the events whose decision never arrived (or is missing from the
   node's database).
 - ``convergence``: 20 nodes on two loopback brokers, partitioned (not bridged), each
-  deciding; then the heal (the second broker restarts bridged to the first);
-  ``convergence_s`` runs from the heal until every node holds every node's decisions.
+  deciding and writing fleet-state keys; then the heal (the second broker restarts bridged
+  to the first); ``convergence_s`` runs from the heal until every node holds every node's
+  decisions and the same winner of every key (``agentd.devtools.bench_fleet``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -301,75 +301,13 @@ def _baselines(port: int, n: int) -> dict[str, Any]:
 
 
 def convergence_part(loaded: LoadedConfig, data_dir: Path, samples: int, *, nodes: int = 20, events: int = 10) -> dict[str, Any]:
-    """20 nodes, two brokers, partitioned then healed: seconds until every node holds every decision."""
+    """20 nodes, two brokers, partitioned then healed: seconds until every node holds every decision and key."""
     del loaded, samples  # the fleet is synthetic: one rules-only skill per node
     return convergence(data_dir, nodes=nodes, events=events)
 
 
-def convergence(
-    root: Path | None = None, *, nodes: int = 20, events: int = 10, digest_interval_s: float = 0.5, log_level: str = "warning"
-) -> dict[str, Any]:
-    """The convergence run (also `scripts/bench_convergence.py`)."""
-    from agentd.trust.keys import create_key
+def convergence(root: Path | None = None, **kw: Any) -> dict[str, Any]:
+    """The convergence run (``agentd.devtools.bench_fleet``; also `scripts/bench_convergence.py`)."""
+    from agentd.devtools.bench_fleet import convergence as run
 
-    root = root or Path(tempfile.mkdtemp(prefix="agentd-conv-"))
-    root.mkdir(parents=True, exist_ok=True)
-    p1, p2 = free_port(), free_port()
-    names = [f"n{i:02d}" for i in range(nodes)]
-    keys = {n: create_key(root / n)[0].public_b64 for n in names}
-    bridge = f"connection heal\naddress 127.0.0.1:{p1}\ntopic agentd/v1/# both 1\ncleansession true\n"
-    procs: list[subprocess.Popen[bytes]] = []
-    with broker(root, p1), contextlib.ExitStack() as side_b:
-        side_b.enter_context(broker(root, p2))
-        try:
-            for i, n in enumerate(names):
-                cfg = {
-                    "node": {"id": n, "fleet": "conv", "data_dir": str(root / n)},
-                    "mqtt": {"enabled": True, "port": p1 if i < nodes // 2 else p2, "digest_interval_s": digest_interval_s},
-                    "trust": {"peers": {m: k for m, k in keys.items() if m != n}},
-                    "daemon": {"log_level": log_level},
-                    "skills": [{"name": "s", "input": {"x": {"type": "number"}}, "actions": ["none", "alert"],
-                                "rules": [{"name": "hot", "when": "x > 0.5", "action": "alert"},
-                                          {"name": "default", "action": "none", "default": True}]}],
-                }
-                procs.append(start_node(cfg, root / n))
-            for n, p in zip(names, procs, strict=True):
-                wait_connected(root / n / "agentd.sock", p)
-            for n in names:  # decide while partitioned
-                for k in range(events):
-                    request(root / n / "agentd.sock", {"op": "submit", "skill": "s", "data": {"x": (k % 2) * 1.0}, "id": f"{n}-{k}"})
-            want = events * nodes
-            conns = {n: sqlite3.connect(f"file:{root / n / 'agentd.db'}?mode=ro", uri=True) for n in names}
-            side = {n: set(names[: nodes // 2] if i < nodes // 2 else names[nodes // 2 :]) for i, n in enumerate(names)}
-            deadline = time.monotonic() + 120
-            while not all(_count(c) >= events * len(side[n]) for n, c in conns.items()):  # each side settled
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the partitioned sides did not settle in 120 s")
-                time.sleep(0.05)
-            crossed = sum(_count(c) - events * len(side[n]) for n, c in conns.items())
-            side_b.close()  # heal: the second broker comes back bridged to the first
-            t0 = time.monotonic()
-            side_b.enter_context(broker(root, p2, bridge))
-            reached: dict[str, float] = {}
-            while len(reached) < nodes:
-                for n, c in conns.items():
-                    if n not in reached and _count(c) >= want:
-                        reached[n] = time.monotonic() - t0
-                if time.monotonic() - t0 > 120:
-                    raise RuntimeError(f"no convergence in 120 s ({len(reached)} of {nodes} nodes complete)")
-                time.sleep(0.02)
-            elapsed = max(reached.values())
-            extra = sum(_count(c) - want for c in conns.values())
-            for c in conns.values():
-                c.close()
-        finally:
-            stop_all(procs)
-    return {
-        "convergence_s": round(elapsed, 3), "convergence_node_median_s": round(sorted(reached.values())[nodes // 2], 3),
-        "convergence_node_first_s": round(min(reached.values()), 3), "convergence_nodes": nodes, "convergence_decisions_each": want,
-        "convergence_crossed_partition": crossed, "convergence_extra_rows": extra,
-    }
-
-
-def _count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COUNT(*) FROM fleet_decisions").fetchone()[0])
+    return run(root, **kw)

@@ -2,22 +2,15 @@
 
 A peer's message is verified against the key configured for it (or, with
 ``trust.allow_unknown_peers``, the key its first status offered), its body checked, and a
-message seen before dropped. Every ``mqtt.digest_interval_s`` (and at once on connect, when a
-partition may have healed) the node tells its peers how many decisions of each node it holds;
-a peer's digest that lacks some of ours gets them sent again. Which ones is decided by the
-pure functions ``resend_after`` and ``due_for_resend``.
-
-The digest also sums up the fleet-state map (``"state": {"n", "newest", "sha"}``, a hash over
-every key's winning write). A peer whose sum differs is sent the signed writes newer than its
-newest, or, when it is not behind in time (a partition wrote on both sides), every write held
-(``state_to_send``); a ``state`` message is handed to ``on_state``, which checks the write
-inside against this node's own trust.
+message seen before dropped. A ``batch`` (``agentd.trust.batch``) is verified once and its
+items then taken one by one, each checked as if it had come alone. The anti-entropy digests
+and the resends they ask for are ``agentd.mesh.repair``'s; a ``state`` message is handed to
+``on_state``, which checks the write inside against this node's own trust.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import OrderedDict
@@ -26,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 from agentd.errors import Rejected
 from agentd.mesh.heads import KINDS as AUDIT_KINDS
 from agentd.mesh.heads import Heads
-from agentd.mesh.peerwire import check_peer_body
-from agentd.mesh.topics import topic
-from agentd.mesh.transport import publish_in_loop
-from agentd.state import fleet_state, queries
-from agentd.trust.envelope import check_envelope, envelope
+from agentd.mesh.peerwire import check_peer_body, item_kinds
+from agentd.mesh.repair import Repair
+from agentd.trust.batch import BATCH, unbatch
+from agentd.trust.envelope import check_envelope
 from agentd.trust.hlc import decode as hlc_decode
 
 if TYPE_CHECKING:
@@ -44,41 +36,7 @@ if TYPE_CHECKING:
     from agentd.trust.keys import NodeKey
 
 log = logging.getLogger(__name__)
-DIGEST_WINDOW_S = 24 * 3600.0  # anti-entropy covers the decisions fleet_count() can read
-RESEND_GRACE_S = 1.0  # at most: time a resend is given to reach the peers before their digests count against it
 MAX_SEEN = 100_000  # envelope ids remembered to drop repeats
-MAX_RESENT = 100_000  # resend times remembered before the ones older than an hour are forgotten
-
-
-def resend_after(theirs: Any, ours: list[Any], since: float) -> float | None:
-    """Where to resend from when a peer holds ``theirs`` ([count, newest]) of our decisions and we
-    made ``ours`` since ``since``: after the newest they have, or the whole window when the gap is
-    in the middle (same newest, fewer). None when they miss none."""
-    if not isinstance(theirs, list) or len(theirs) != 2 or theirs[0] >= ours[0]:
-        return None
-    return float(theirs[1]) if theirs[1] and float(theirs[1]) < ours[1] else float(since)
-
-
-def due_for_resend(
-    records: list[dict[str, Any]], resent_at: dict[str, float], *, made_at: float, grace_s: float
-) -> list[dict[str, Any]]:
-    """The records a digest made at ``made_at`` (peer HLC, seconds) may ask for again.
-
-    A digest made before our last resend of a decision could reach the peer says nothing
-    about that resend: resending again for it would only pile up behind congestion (and
-    every peer's digest would ask). A digest made after that and still lacking it does.
-    """
-    return [r for r in records if made_at >= resent_at.get(str(r.get("id")), -1e18) + grace_s]
-
-
-def state_to_send(theirs: Any, ours: dict[str, Any]) -> str | None:
-    """From which HLC on to send our fleet-state writes to a peer whose digest says ``theirs``
-    (``{"n", "newest", "sha"}``): after its newest, or "" (everything) when it is not behind us
-    in time; None when the maps agree (or it says nothing: an older agentd)."""
-    if not isinstance(theirs, dict) or not ours["n"] or theirs.get("sha") == ours["sha"]:
-        return None
-    newest = str(theirs.get("newest") or "")
-    return newest if newest < ours["newest"] else ""
 
 
 class Gossip:
@@ -106,9 +64,8 @@ class Gossip:
         self._keys: dict[str, str] = {**(learned_keys or {}), **cfg.trust.peers}  # configured keys win
         self._learned = len(learned_keys or {})
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._answered_at = -1e9  # monotonic time of the last digest answered with a resend
-        self._resent_at: dict[str, float] = {}  # decision id (or fleet-state key@HLC) -> when we last resent it
-        self._state_answered_at = -1e9  # monotonic time of the last digest answered with fleet-state writes
+        self.repair = Repair(cfg=cfg, store=store, publisher=publisher, key=key, clock=clock, counters=counters,
+                             peers=lambda: len(self._keys))
         self.heads = Heads(cfg=cfg, store=store, key=key, clock=clock, counters=counters, refusals=refusals, key_of=self.key_of)
 
     def update_trust(self, peers: dict[str, str]) -> None:
@@ -147,13 +104,46 @@ class Gossip:
         except Rejected as exc:
             self._refusals.refused("peer", node, exc)
             return
+        if env["kind"] == BATCH:
+            await self._batch(node, kind, env, now)
+        else:
+            await self._take(node, env)
+
+    async def _batch(self, node: str, topic_kind: str, env: dict[str, Any], now: float) -> None:
+        """A verified batch: each item checked and taken as the envelope it stands for; the bad ones refused alone."""
+        mesh = self.cfg.mesh
+        try:
+            items = unbatch(env, allowed=item_kinds(topic_kind), now_ms=int(now * 1000), max_skew_ms=int(mesh.max_clock_skew_s * 1000))
+        except Rejected as exc:
+            self._refusals.refused("peer", node, exc)
+            return
+        self._clock.observe(env["hlc"], max_advance_ms=mesh.max_clock_advance_ms)
+        self._counters["batches_in"] = self._counters.get("batches_in", 0) + 1
+        taken = []
+        for item in items:
+            try:
+                if isinstance(item, Rejected):
+                    raise item
+                check_peer_body(topic_kind, item, now_s=now, max_skew_s=mesh.max_clock_skew_s)
+            except Rejected as exc:
+                self._refusals.refused("peer", node, exc)
+                continue
+            taken.append(self._take(node, item, observed=True))
+        failed = [r for r in await asyncio.gather(*taken, return_exceptions=True) if isinstance(r, BaseException)]
+        if failed:  # every item had its turn; the first failure goes to the handler's boundary
+            raise failed[0]
+
+    async def _take(self, node: str, env: dict[str, Any], *, observed: bool = False) -> None:
+        """A verified, checked envelope (or batch item): dropped if seen before, else handled by kind."""
+        mesh = self.cfg.mesh
         if env["id"] in self._seen:
             self._refusals.add("peer", "duplicate", summarise=False)
             return
         self._seen[env["id"]] = None
         if len(self._seen) > MAX_SEEN:
             self._seen.popitem(last=False)
-        self._clock.observe(env["hlc"], max_advance_ms=mesh.max_clock_advance_ms)
+        if not observed:
+            self._clock.observe(env["hlc"], max_advance_ms=mesh.max_clock_advance_ms)
         store = self._store()
         body = env["body"]
         if env["kind"] == "status":
@@ -168,10 +158,9 @@ class Gossip:
                     log.warning("learned the key of peer %s on first use (trust.allow_unknown_peers; %d learned)", node, self._learned)
             await store.upsert_peer(node, status=body["status"], hlc=env["hlc"], public_key=self._keys[node], learned=learned)
         elif env["kind"] == "digest":
-            made_at = hlc_decode(env["hlc"])[0] / 1000
-            await self._answer_digest(node, body, made_at)
-            await self._answer_state(node, body.get("state"), made_at)
+            await self.repair.answer(node, body, hlc_decode(env["hlc"])[0] / 1000)
         elif env["kind"] == "state":
+            self.repair.heard(body["origin"])
             if self._on_state is not None:
                 await self._on_state(node, env)
         elif env["kind"] in AUDIT_KINDS:  # audit heads, fetched checkpoints, the fleet's witness requests
@@ -182,68 +171,5 @@ class Gossip:
                 self._on_peer_decision(node, body)
 
     async def digests(self, client: Any) -> None:
-        """On connect, then every digest_interval_s: tell the peers how many decisions of each node we hold.
-
-        The first digest goes out at once: a reconnect is when a partition may have healed.
-        """
-        while True:
-            since = time.time() - DIGEST_WINDOW_S
-            counts = await self._store().read(functools.partial(queries.fleet_digest, since=since))
-            body = {"since": since, "counts": counts, "state": await self._store().read(fleet_state.digest)}
-            payload = envelope("digest", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
-            await publish_in_loop(client, topic(self.fleet, "gossip", self.node), payload, qos=0)
-            await asyncio.sleep(self.cfg.mqtt.digest_interval_s)
-
-    async def _answer_digest(self, peer: str, body: dict[str, Any], made_at: float) -> None:
-        """A peer's digest (made at ``made_at``, its HLC) shows fewer of our decisions than we made: send them again."""
-        now = time.monotonic()
-        # A resend on gossip/<node> reaches every peer: answer at most once per digest round.
-        if now - self._answered_at < self.cfg.mqtt.digest_interval_s:
-            return
-        counts = body.get("counts")
-        since = body.get("since")
-        if not isinstance(counts, dict) or isinstance(since, bool) or not isinstance(since, int | float):
-            return
-        since = max(float(since), time.time() - DIGEST_WINDOW_S)  # a digest cannot ask for all of history
-        theirs = counts.get(self.node) or [0, 0.0]
-        store = self._store()
-        ours = (await store.read(lambda c: queries.fleet_digest(c, float(since)))).get(self.node, [0, 0.0])
-        after = resend_after(theirs, ours, since)
-        if after is None:
-            return
-        records = await store.read(lambda c: queries.own_decisions_since(c, self.node, after))
-        wall = time.time()
-        grace = min(RESEND_GRACE_S, self.cfg.mqtt.digest_interval_s)
-        records = due_for_resend(records, self._resent_at, made_at=made_at, grace_s=grace)
-        if not records:
-            return  # nothing to send: the round's slot stays free for a digest that needs it
-        self._answered_at = now
-        if len(self._resent_at) > MAX_RESENT:
-            self._resent_at = {k: t for k, t in self._resent_at.items() if wall - t < 3600}
-        for r in records:
-            self._resent_at[str(r.get("id"))] = wall
-        self._counters["resent"] = self._counters.get("resent", 0) + len(records)
-        log.info("anti-entropy: %s holds %s of our %s decisions; resending %d", peer[:64], theirs[0], ours[0], len(records))
-        self._publisher.resend(records)
-
-    async def _answer_state(self, peer: str, theirs: Any, made_at: float) -> None:
-        """A peer's digest sums up a fleet-state map unlike ours: relay the signed writes it may lack."""
-        now = time.monotonic()
-        if now - self._state_answered_at < self.cfg.mqtt.digest_interval_s:
-            return  # a relay on gossip/<node> reaches every peer: once per digest round
-        store = self._store()
-        after = state_to_send(theirs, await store.read(fleet_state.digest))
-        if after is None:
-            return
-        held = await store.read(functools.partial(fleet_state.origins, after=after))
-        grace = min(RESEND_GRACE_S, self.cfg.mqtt.digest_interval_s)
-        due = [(f"{k}@{h}", o) for k, h, o in held if made_at >= self._resent_at.get(f"{k}@{h}", -1e18) + grace]
-        if not due:
-            return
-        self._state_answered_at = now
-        wall = time.time()
-        for ref, _ in due:
-            self._resent_at[ref] = wall
-        self._counters["state_resent"] = self._counters.get("state_resent", 0) + len(due)
-        log.info("anti-entropy: %s holds another fleet state; relaying %d write(s)", peer[:64], len(due))
-        self._publisher.resend_state([o for _, o in due])
+        """The session's digests (``agentd.mesh.repair``): on connect, every digest interval, early when triggered."""
+        await self.repair.digests(client)

@@ -17,7 +17,6 @@ from agentd.trust.batch import BATCH
 AUDIT_KINDS = ("checkpoints_request", "checkpoints", "witness_request")  # agentd.mesh.checkpoint_fetch, witness_answers
 MAX_FETCH = 32  # checkpoints in one "checkpoints" answer (about 15 KiB)
 KINDS_BY_TOPIC = {"status": ("status",), "decisions": ("decision", BATCH), "gossip": ("digest", "decision", "state", "head", *AUDIT_KINDS, BATCH)}
-
 MAX_DIGEST_NODES = 10_000
 MAX_HEAD_CHAIN = 16  # agentd.trust.witness.MAX_CHAIN
 CHECKPOINT_MEMBERS = {"v", "node", "seq", "hash", "count", "ts", "prev", "every", "interval_s", "public_key", "sig"}
@@ -51,6 +50,15 @@ def check_peer_body(topic_kind: str, env: dict[str, Any], *, now_s: float, max_s
                                   or not isinstance(state.get("newest"), str) or len(state["newest"]) > 32
                                   or not isinstance(state.get("sha"), str) or len(state["sha"]) > 64):
             raise Rejected("malformed", 'digest "state" must be {"n": keys, "newest": HLC, "sha": hash}')
+        writers = body.get("writers")
+        if writers is not None and (not isinstance(writers, dict) or len(writers) > MAX_DIGEST_NODES):
+            raise Rejected("malformed", f'digest "writers" must be an object of at most {MAX_DIGEST_NODES} writers')
+        for writer, entry in (writers or {}).items():
+            if (len(writer) > 80 or not isinstance(entry, list) or len(entry) != 2 or isinstance(entry[0], bool)
+                    or not isinstance(entry[0], int) or entry[0] < 0 or not isinstance(entry[1], str) or len(entry[1]) > 32):
+                raise Rejected("malformed", f"digest writer entry for {writer[:64]!r} must be [count, newest HLC]")
+        if "subscribed" in body:
+            _number(body, "subscribed")
     elif kind == "state":  # a signed fleet-state write, relayed: its own signature is checked by agentd.control.state_writes
         if set(body) != {"origin"} or not isinstance(body["origin"], dict):
             raise Rejected("malformed", 'a state body is {"origin": <a signed write>}')

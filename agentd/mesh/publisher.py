@@ -16,7 +16,7 @@ from agentd.errors import AgentdError
 from agentd.mesh.topics import topic
 from agentd.mesh.transport import aiomqtt_error, paho
 from agentd.state.outbox import OutboxReader
-from agentd.trust.envelope import envelope
+from agentd.trust.envelope import envelope, envelope_raw
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +40,7 @@ class OutboxPublisher:
         self._key, self._clock, self._store, self._counters = key, clock, store, counters
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-outbox")
         self._outbox_reader = OutboxReader(cfg.data_dir)
-        self._resend: list[tuple[str, dict[str, Any]]] = []  # (kind, body) to envelope afresh on gossip/<node>
+        self._resend: list[tuple[str, dict[str, Any] | bytes]] = []  # (kind, body or canonical body) to envelope afresh on gossip/<node>
 
     @property
     def _ready(self) -> asyncio.Event:
@@ -55,6 +55,11 @@ class OutboxPublisher:
     def resend_state(self, origins: list[dict[str, Any]]) -> None:
         """Queue signed fleet-state writes (anyone's) to be relayed, each in a ``state`` envelope, on ``gossip/<node>``."""
         self._resend.extend(("state", {"origin": o}) for o in origins)
+        self._ready.set()
+
+    def resend_batches(self, bodies: list[bytes]) -> None:
+        """Queue batch bodies (canonical ``{"items": [...]}``, ``agentd.trust.batch``) to go out, each signed once, on ``gossip/<node>``."""
+        self._resend.extend(("batch", b) for b in bodies)
         self._ready.set()
 
     async def close(self) -> None:
@@ -124,7 +129,10 @@ class OutboxPublisher:
                     raise aiomqtt_error(f"no PUBACK in {PUBACK_TIMEOUT_S:.0f} s")
                 while self._resend:  # anti-entropy: our own decisions, and fleet-state writes, freshly enveloped, on gossip/<node>
                     kind, body = self._resend.pop(0)
-                    payload = envelope(kind, fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
+                    if isinstance(body, bytes):
+                        payload = envelope_raw(kind, fleet=self.fleet, node=self.node, hlc=self._clock.now(), body_canonical=body, key=self._key)
+                    else:
+                        payload = envelope(kind, fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
                     await wait_for_room()
                     publish(-1, topic(self.fleet, "gossip", self.node), payload, 1, False)
                 rows = self._store().outbox.take_fresh(after) if after else []

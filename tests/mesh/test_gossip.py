@@ -1,44 +1,69 @@
-"""agentd.mesh.gossip: the resend planners of decisions and fleet state, and the peer bodies (plain functions, no broker)."""
+"""agentd.mesh.repair and peerwire: the resend planners of decisions and fleet state, and the peer bodies (plain functions, no broker)."""
 
 from __future__ import annotations
 
 import pytest
 
 from agentd.errors import Rejected
-from agentd.mesh.gossip import due_for_resend, resend_after, state_to_send
 from agentd.mesh.peerwire import check_peer_body
+from agentd.mesh.repair import behind, decisions_from, due, writers_from
 
 
-def test_resends_after_the_newest_a_peer_holds() -> None:
-    assert resend_after([3, 100.0], [5, 200.0], since=10.0) == 100.0
+def test_resends_exactly_the_decisions_after_the_newest_when_a_peer_holds_all_before() -> None:
+    # ours: 5 since the window, 3 of them at or before the peer's newest (100), newest 200
+    assert decisions_from([3, 100.0], (5, 3, 200.0), since=10.0) == 100.0
 
 
-def test_resends_the_whole_window_when_the_gap_is_in_the_middle() -> None:
-    assert resend_after([3, 200.0], [5, 200.0], since=10.0) == 10.0
-    assert resend_after([0, 0.0], [5, 200.0], since=10.0) == 10.0
+def test_resends_the_whole_window_only_when_a_peer_lacks_some_in_the_middle() -> None:
+    assert decisions_from([2, 100.0], (5, 3, 200.0), since=10.0) == 10.0  # it lacks one dated before 100
+    assert decisions_from([3, 200.0], (5, 5, 200.0), since=10.0) == 10.0  # same newest, fewer
+    assert decisions_from([0, 0.0], (5, 0, 200.0), since=10.0) == 10.0  # none at all
 
 
 def test_resends_nothing_to_a_peer_missing_none() -> None:
-    assert resend_after([5, 200.0], [5, 200.0], since=10.0) is None
-    assert resend_after([6, 300.0], [5, 200.0], since=10.0) is None
-    assert resend_after("junk", [5, 200.0], since=10.0) is None
+    assert decisions_from([5, 200.0], (5, 5, 200.0), since=10.0) is None
+    assert decisions_from([6, 300.0], (5, 5, 200.0), since=10.0) is None
+    for junk in ("junk", [True, 1.0], [1], [1, "x"]):
+        assert decisions_from(junk, (5, 5, 200.0), since=10.0) is None
 
 
-def test_a_digest_older_than_the_last_resend_does_not_ask_again() -> None:
-    records = [{"id": "a"}, {"id": "b"}, {"id": "c"}]
-    resent_at = {"a": 100.0, "b": 98.0}
-    due = due_for_resend(records, resent_at, made_at=100.5, grace_s=1.0)
-    assert [r["id"] for r in due] == ["b", "c"]
+def test_fleet_state_writes_are_relayed_per_writer_after_what_a_peer_holds() -> None:
+    ours = {"n1": ["1700000000100-0000", "1700000000200-0000"], "operator:alice": ["1700000000150-0000"]}
+    assert writers_from({"n1": [2, "1700000000200-0000"], "operator:alice": [1, "1700000000150-0000"]}, ours) == {}
+    # behind on n1's writes (it holds the first only), alice's unknown to it
+    assert writers_from({"n1": [1, "1700000000100-0000"]}, ours) == {"n1": "1700000000100-0000", "operator:alice": ""}
+    # it holds n1's newest but not the one before: a hole, so all of n1's
+    assert writers_from({"n1": [1, "1700000000200-0000"], "operator:alice": [1, "1700000000150-0000"]}, ours) == {"n1": ""}
+    # concurrent writes on both sides of a partition: it holds a newer write of alice's that we lack; we lack nothing to send
+    assert writers_from({"n1": [2, "1700000000200-0000"], "operator:alice": [2, "1700000000900-0000"]}, ours) == {}
+    assert writers_from(None, {"n1": ["1700000000100-0000"]}) == {"n1": ""}
+    assert writers_from({"n1": "junk"}, {"n1": ["1700000000100-0000"]}) == {"n1": ""}
 
 
-def test_fleet_state_is_relayed_after_a_peers_newest_or_whole_when_it_is_not_behind() -> None:
-    ours = {"n": 3, "newest": "1700000000500-0000", "sha": "s1"}
-    assert state_to_send({"n": 2, "newest": "1700000000100-0000", "sha": "s0"}, ours) == "1700000000100-0000"
-    assert state_to_send({"n": 3, "newest": "1700000000900-0000", "sha": "s2"}, ours) == ""  # a partition wrote on both sides
-    assert state_to_send({"n": 3, "newest": ours["newest"], "sha": "s2"}, ours) == ""
-    assert state_to_send({**ours}, ours) is None  # the same map
-    assert state_to_send(None, ours) is None  # an older agentd's digest says nothing of it
-    assert state_to_send({"n": 1, "newest": "x", "sha": "s9"}, {"n": 0, "newest": "", "sha": "e"}) is None  # nothing to give
+def test_a_peer_holding_what_we_lack_makes_us_send_our_digest_early() -> None:
+    ours = {"counts": {"me": [9, 50.0], "b": [3, 100.0]}, "writers": {"b": [1, "1700000000100-0000"]}}
+    settled = 1000.0
+    assert not behind({"counts": {"b": [3, 100.0], "me": [2, 10.0]}, "writers": {"b": [1, "1700000000100-0000"]}}, ours, me="me",
+                      settled_before=settled)
+    assert behind({"counts": {"b": [4, 150.0]}}, ours, me="me", settled_before=settled)  # newer, and settled
+    assert not behind({"counts": {"b": [4, 1500.0]}}, ours, me="me", settled_before=settled)  # newer, maybe still on its way
+    assert behind({"counts": {"b": [4, 100.0]}}, ours, me="me", settled_before=settled)  # a hole on our side
+    assert behind({"counts": {"c": [1, 10.0]}}, ours, me="me", settled_before=settled)  # a node we know nothing of
+    assert not behind({"counts": {"c": [0, 0.0], "me": [99, 999.0]}}, ours, me="me", settled_before=settled)
+    assert behind({"writers": {"operator:alice": [1, "1700000000100-0000"]}}, ours, me="me", settled_before=1700000001.0)
+    assert not behind({"writers": {"b": [1, "1700000005000-0000"]}}, ours, me="me", settled_before=1700000001.0)
+    assert not behind({"counts": "junk", "writers": {"b": "junk"}}, ours, me="me", settled_before=settled)
+
+
+def test_a_resend_waits_for_the_grace_unless_the_peer_subscribed_after_it_or_was_out_of_reach() -> None:
+    sent = (100.0, {"asker"})
+    kw = {"grace_s": 3.0, "latency_s": 0.25}
+    assert due(None, "asker", made_at=100.1, subscribed=None, **kw)  # never sent
+    assert not due(sent, "asker", made_at=102.0, subscribed=50.0, **kw)  # it asked; the resend may still be on its way
+    assert due(sent, "asker", made_at=103.0, subscribed=50.0, **kw)  # made after the grace, still lacking it
+    assert due(sent, "asker", made_at=100.5, subscribed=100.2, **kw)  # subscribed after the resend went out
+    assert not due(sent, "other", made_at=100.1, subscribed=None, **kw)  # made before the resend could reach it
+    assert due(sent, "other", made_at=100.5, subscribed=None, **kw)  # did not ask, still lacks it: it was out of reach
 
 
 def test_peer_bodies_of_the_fleet_state_are_checked() -> None:
@@ -48,9 +73,13 @@ def test_peer_bodies_of_the_fleet_state_are_checked() -> None:
     check("state", {"origin": {"kind": "command"}})
     check("digest", {"since": 0, "counts": {}, "state": {"n": 1, "newest": "1700000000000-0000", "sha": "ab"}})
     check("digest", {"since": 0, "counts": {}})  # from a node without fleet state (an older agentd)
+    check("digest", {"since": 0, "counts": {}, "writers": {"n1": [2, "1700000000000-0000"]}, "subscribed": 1700000000.5})
     for kind, bad in (("state", {"origin": "x"}), ("state", {"origin": {}, "more": 1}),
                       ("digest", {"since": 0, "counts": {}, "state": {"n": True, "newest": "", "sha": ""}}),
-                      ("digest", {"since": 0, "counts": {}, "state": {"n": 1, "newest": "x" * 40, "sha": ""}})):
+                      ("digest", {"since": 0, "counts": {}, "state": {"n": 1, "newest": "x" * 40, "sha": ""}}),
+                      ("digest", {"since": 0, "counts": {}, "writers": {"n1": [-1, ""]}}),
+                      ("digest", {"since": 0, "counts": {}, "writers": {"n1": [1, 5]}}),
+                      ("digest", {"since": 0, "counts": {}, "subscribed": "now"})):
         with pytest.raises(Rejected):
             check(kind, bad)
     with pytest.raises(Rejected):
