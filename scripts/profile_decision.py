@@ -3,6 +3,7 @@
     .venv/bin/py-spy record --threads --rate 400 -f raw -o /tmp/p.txt -- \\
         .venv/bin/python scripts/profile_decision.py --rounds 3            # rules-only and with the ONNX stage
     .venv/bin/python scripts/profile_decision.py --fold /tmp/p.txt         # the profile as µs per decision
+    .venv/bin/python scripts/profile_decision.py --parts                   # each step alone, µs per call
 
 Run without py-spy it prints each round's decisions/s. ``--fold`` reads py-spy's raw
 (collapsed) output and splits each thread's samples into the functions named in ``BUCKETS``
@@ -58,7 +59,8 @@ def fold(raw: Path, stats: Path) -> None:
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
         label = next((lab for frame in reversed(frames) for lab, sub in BUCKETS if sub in frame), "other")
-        per_thread.setdefault(frames[0], Counter())[label] += int(count)
+        thread = frames[0].split(":")[0]  # "thread (id)": py-spy names a thread only on some samples
+        per_thread.setdefault(thread, Counter())[label] += int(count)
     for name, part in st["parts"].items():
         print(f"\n{name}: {part['decisions']} decisions in {part['elapsed_s']:.2f} s ({part['decisions'] / part['elapsed_s']:,.0f}/s)")
     total_decisions = sum(p["decisions"] for p in st["parts"].values())
@@ -96,6 +98,56 @@ async def _round(config: str, data_dir: Path, n: int, *, rules_only: bool) -> tu
     return float(wall), float(cpu), float(loop_cpu)
 
 
+def time_parts(config: str, n: int = 2000) -> None:
+    """Each step of a decision alone, on the example skill's events and records (µs per call, best of 5 runs of n)."""
+    import timeit
+
+    from agentd.config.loader import load_config
+    from agentd.decision.fleet import FleetView
+    from agentd.decision.rules import compile_all, first_match, guarded, make_context
+    from agentd.decision.validate import validate_event
+    from agentd.devtools.bench import _events, bench_config, with_engine
+    from agentd.ids import new_id
+    from agentd.mesh.wire import DecisionWire
+    from agentd.trust.canonical import canonical
+    from agentd.trust.hlc import Clock
+    from agentd.trust.keys import create_key
+
+    loaded = load_config(config)
+    with tempfile.TemporaryDirectory(prefix="agentd-parts-") as tmp:
+        records = {}
+        for name, upd in (("rules-only", {"cascade": []}), ("onnx", {})):
+            bl = bench_config(loaded, Path(tmp) / name, **upd)
+            skill = bl.config.skills[0]
+            ev = _events(skill, 1)[0]
+            records[name] = asyncio.run(with_engine(bl, lambda engine, s=skill, e=ev: engine.decide(s.name, e)))
+        key, _ = create_key(Path(tmp) / "key")
+    skill = bench_config(loaded, Path("/nonexistent")).config.skills[0]
+    events = _events(skill, n)
+    rules = compile_all(loaded)[skill.name]
+    fleet = FleetView()
+    fields = validate_event(skill, events[0])
+    ctx = make_context({**fields, "skill": skill.name, "node": "n", "action": ""}, fleet)
+    wire = DecisionWire(fleet="f", node="n", key=key)
+    clock = Clock()
+    it = iter(events * 6)
+    steps = [
+        ("validate_event", lambda: validate_event(skill, next(it))),
+        ("CEL context (make_context)", lambda: make_context({**fields, "skill": skill.name, "node": "n", "action": ""}, fleet)),
+        ("rules (first_match)", lambda: first_match(rules.rules, ctx)),
+        (f"guards ({len(rules.guards)}, guarded)", lambda: guarded(rules.guards, ctx, "none", [])),
+        ("HLC", clock.now),
+        ("new_id", new_id),
+    ]
+    for name, rec in records.items():
+        body = canonical(rec)
+        steps += [(f"canonical JSON of the record, {name} ({len(body)} bytes)", lambda r=rec: canonical(r)),
+                  (f"signed envelope (Ed25519), {name}", lambda r=rec, b=body: wire.decision_messages(r, b))]
+    for name, fn in steps:
+        best = min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
+        print(f"{best:8.1f} µs  {name}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config/agentd.yaml")
@@ -105,7 +157,11 @@ def main() -> None:
     ap.add_argument("--stats", type=Path, default=Path("/tmp/profile_decision.json"))
     ap.add_argument("--fold", type=Path, help="a py-spy raw file to summarise instead of running")
     ap.add_argument("--rate", type=int, default=400, help="py-spy's --rate of that file")
+    ap.add_argument("--parts", action="store_true", help="time each step of a decision alone instead")
     args = ap.parse_args()
+    if args.parts:
+        time_parts(args.config)
+        return
     if args.fold:
         st = json.loads(args.stats.read_text())
         st["rate"] = args.rate
