@@ -89,5 +89,7 @@ class FleetState:
 
     def _committed(self, entry: Entry, outcome: str) -> None:
         if outcome == "applied":
-            self._node.current_engine().fleet.apply(entry)
+            engine = self._node.current_engine()
+            engine.fleet.apply(entry)
+            engine.replicated_label_arrived(entry)  # a peer's label teaches the text stages here too
             log.debug("fleet state %s set by %s at %s", entry.key, entry.writer, entry.hlc)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.config.base import MODES
 from agentd.decision.approval_writes import ResolutionWrites, resolution_writes
+from agentd.decision.label_writes import joined
 from agentd.decision.labels import check_action
 from agentd.decision.model import ASK_REASONS
 from agentd.errors import ConfigError, InputError, NotFound
@@ -57,6 +58,7 @@ class ApprovalMixin:
     if TYPE_CHECKING:
         def _run_handlers_for(self, skill: SkillConfig, record: dict[str, Any]) -> None: ...
         async def _labelled(self, record: dict[str, Any], action: str) -> None: ...
+        def _label_writes(self, w: labels.LabelWrite, record: dict[str, Any]) -> ResolutionWrites: ...
 
     def _skill_or_none(self, name: str) -> SkillConfig | None:
         """The skill, or None when a reload removed it (its pending approvals must still resolve)."""
@@ -75,7 +77,7 @@ class ApprovalMixin:
         if requested is None:
             raise NotFound(f"decision {decision_id!r} never needed approval")
         label = labels.label_for(current, requested, source="approval", by=_who(by))
-        writes = self._resolution_writes(current, requested)
+        writes = joined(self._resolution_writes(current, requested), self._label_writes(label, current))
         record = await self.store.resolve_approval(current["id"], status="approved", applied_action=requested, by=by, label=label,
                                                    after=writes.in_transaction if writes else None)
         self._written(writes)
@@ -102,6 +104,8 @@ class ApprovalMixin:
         else:
             applied = (skill.approval.on_reject if skill and not _uncertain(current) else None) or interim
         writes = self._resolution_writes(current, applied)
+        if label is not None:
+            writes = joined(writes, self._label_writes(label, current))
         record = await self.store.resolve_approval(current["id"], status="rejected", applied_action=applied, by=by, reason=reason,
                                                    label=label, after=writes.in_transaction if writes else None)
         self._written(writes)

@@ -5,6 +5,8 @@ action are labels too (``decision/approvals.py`` writes them with the resolution
 transaction). A label never changes what the decision did; it is evidence: exported for
 `agentd eval` (`agentd label export`), measured by `agentd report`, and handed to
 ``_on_label`` once committed, where the engine learns from it (``decision/learning.py``).
+Each label is replicated to the peers as a key of the node's fleet state, written in the
+label's transaction (``decision/label_writes.py``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from agentd.decision.label_writes import label_writes
 from agentd.errors import ConfigError, InputError
 from agentd.state import labels, queries
 
 if TYPE_CHECKING:
     from agentd.config.schema import Config, SkillConfig
+    from agentd.decision.approval_writes import ResolutionWrites
     from agentd.state.store import Store
+    from agentd.trust.hlc import Clock
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,12 @@ class LabelMixin:
 
     cfg: Config
     store: Store
+    node: str
+    clock: Clock
+    outbound: Any
+
+    if TYPE_CHECKING:
+        def _written(self, writes: ResolutionWrites | None) -> None: ...
 
     def _label_skill(self, name: str) -> SkillConfig | None:
         try:
@@ -52,9 +63,16 @@ class LabelMixin:
         """
         record = await self.store.read(lambda c: queries.get_decision(c, decision_id))
         action = check_action(self._label_skill(record["skill"]), record, action)
-        row = await self.store.add_label(labels.label_for(record, action, source="operator", by=by, note=note))
+        w = labels.label_for(record, action, source="operator", by=by, note=note)
+        writes = self._label_writes(w, record)
+        row = await self.store.add_label(w, after=writes.in_transaction)
+        self._written(writes)
         await self._labelled(record, action)
         return row
+
+    def _label_writes(self, w: labels.LabelWrite, record: dict[str, Any]) -> ResolutionWrites:
+        """The label's replicated key (decision/label_writes.py), to be written in the label's transaction."""
+        return label_writes(self.node, w, record.get("inputs") or {}, hlc=self.clock.now(), outbound=self.outbound)
 
     async def _labelled(self, record: dict[str, Any], action: str) -> None:
         """A label was committed: tell the hook; a failure there must not undo or repeat the label."""

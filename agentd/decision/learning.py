@@ -21,9 +21,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agentd.decision.calibration import MIN_LABELS, Labelled, action_scores, ece_at, fit, rescale
+from agentd.decision.label_writes import replicated_label
 from agentd.decision.policy import rules_action
 from agentd.errors import InputError
-from agentd.state import labels, queries
+from agentd.state import fleet_state, labels, queries
 from agentd.state.queries import DecisionFilter
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from agentd.config.schema import Config, SkillConfig, StageConfig
     from agentd.decision.rules import SkillRules
     from agentd.stages.base import ModelStage
+    from agentd.state.lww import Entry
     from agentd.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class LearningMixin:
     calibrations: dict[str, float]
     cfg: Config
     counters: Counter[str]
+    node: str
     rules: dict[str, SkillRules]
     stage_states: dict[tuple[str, int], str]
     stages: dict[str, ModelStage]
@@ -74,6 +77,32 @@ class LearningMixin:
             if any(self._learner(skill, i) is not None for i in range(len(skill.cascade))):
                 rows = await self._labelled_rows(skill)
                 await self._teach(skill, [(r.record, r.label) for r in rows])
+        now = time.time()
+        peers = await self.store.read(lambda c: [e for e in fleet_state.entries(c) if e.expires_at is None or e.expires_at > now])
+        await self.learn_replicated(peers)
+
+    def replicated_label_arrived(self, entry: Entry) -> None:
+        """A peer's fleet-state write was merged: if it is a replicated label, learn from it (in the background)."""
+        if replicated_label(entry) is not None:
+            self._spawn(self.learn_replicated([entry]), name="learn-replicated-label")
+
+    async def learn_replicated(self, entries: list[Entry]) -> int:
+        """Peers' replicated labels (decision/label_writes.py) that carry their inputs teach the text stages
+        of the same skill here, as this node's own labels do; how many were taken."""
+        by_skill: dict[str, list[tuple[dict[str, Any], str]]] = {}
+        for e in entries:
+            got = replicated_label(e)
+            if got is None or got[0] == self.node or not isinstance(got[2].get("inputs"), dict):
+                continue
+            node, decision_id, value = got
+            by_skill.setdefault(value["skill"], []).append(({"id": f"{node}/{decision_id}", "inputs": value["inputs"]}, value["action"]))
+        taken = 0
+        for name, rows in by_skill.items():
+            skill = next((s for s in self.cfg.skills if s.name == name), None)
+            if skill is not None:
+                await self._teach(skill, rows)
+                taken += len(rows)
+        return taken
 
     def is_shadow(self, skill_name: str, index: int, stage_cfg: StageConfig) -> bool:
         """Whether a cascade stage is a shadow now (the node's own state, else the config's)."""

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from agentd.state.lww import Entry, merge
 
+LABEL_GLOB = "nodes/*/labels/*"  # the keys of replicated labels
+LABEL_GLOB_RE = re.compile(r"nodes/[^/]+/labels/[^/]+")
 MAX_KEYS = 10_000  # keys held at most; a new key past this is refused (a buggy or hostile writer cannot fill the disk)
 
 
@@ -49,6 +52,10 @@ def apply(conn: sqlite3.Connection, writes: list[StateWrite], *, max_keys: int =
         current = _row(conn, e.key)
         if current is None and conn.execute("SELECT COUNT(*) FROM fleet_state").fetchone()[0] >= max_keys:
             out.append("full")
+            continue
+        if current is None and LABEL_GLOB_RE.fullmatch(e.key) and conn.execute(
+                "SELECT COUNT(*) FROM fleet_state WHERE key GLOB ?", (LABEL_GLOB,)).fetchone()[0] >= max_keys // 2:
+            out.append("full")  # replicated labels (decision/label_writes.py) hold at most half the map
             continue
         if merge(current, e) is not e:  # the key holds this write already, or a newer one
             out.append("older")

@@ -126,9 +126,17 @@ class Store:
             )
         )
 
-    async def add_label(self, w: LabelWrite) -> dict[str, Any]:
-        """Record a label (the right action for a decision) with its audit record; returns the stored label."""
-        return await self._submit(lambda conn: labels.insert(conn, self._audit, w))
+    async def add_label(self, w: LabelWrite, *, after: Callable[[sqlite3.Connection, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Record a label (the right action for a decision) with its audit record; returns the stored label.
+        ``after`` runs in the same transaction (the label's replicated key, decision/label_writes.py)."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            row = labels.insert(conn, self._audit, w)
+            if after is not None:
+                after(conn, row)
+            return row
+
+        return await self._submit(op)
 
     async def set_late_answer(self, decision_id: str, late: dict[str, Any]) -> None:
         """Attach a model's late answer to a decision (never acted on) and audit it."""

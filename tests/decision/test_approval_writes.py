@@ -32,7 +32,8 @@ def _engine(loaded: LoadedConfig, key: NodeKey) -> Engine:
 
 
 async def _keys(eng: Engine) -> dict[str, Any]:
-    return {e.key: e for e in await eng.store.read(fleet_state.entries)}
+    """The node's fleet-state keys but its replicated labels (tests/decision/test_label_writes.py)."""
+    return {e.key: e for e in await eng.store.read(fleet_state.entries) if "/labels/" not in e.key}
 
 
 async def _gossiped(eng: Engine) -> list[str]:
@@ -55,7 +56,8 @@ async def test_an_approved_actions_write_happens_at_the_approval(config_factory:
         assert down.hlc > rec["hlc"]  # written at the approval, its lifetime counted from then
         assert down.expires_at == pytest.approx(decode(down.hlc)[0] / 1000 + 3600)
         assert eng.fleet.value("nodes/test-node/unit_down") == {"why": "hot"}  # rules read it at once
-        assert await _gossiped(eng) == ["nodes/test-node/alerting", "nodes/test-node/unit_down"]  # and it is gossiped, signed
+        # and it is gossiped, signed, with the approval's label
+        assert await _gossiped(eng) == ["nodes/test-node/alerting", "nodes/test-node/unit_down", f"nodes/test-node/labels/{rec['id']}"]
         assert after["nodes/test-node/alerting"] == proposed["nodes/test-node/alerting"]
         assert (await eng.store.read(queries.verify_audit)).ok
     async with Engine(loaded=loaded, key=node_key) as eng:  # committed with the approval: a restart reads it back

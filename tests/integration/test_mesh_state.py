@@ -233,3 +233,30 @@ def test_concurrent_writes_on_both_sides_of_a_partition_heal_to_one_value(tmp_pa
         b.stop()
         b1.stop()
         b2.stop()
+
+
+def test_labels_replicate_to_the_peers_through_the_fleet_state(tmp_path: Path, broker: Broker) -> None:
+    a, b, _ = _nodes(tmp_path, broker.port, [])
+    for n in (a, b):
+        n.start()
+        wait_connected(n)
+    try:
+        rec = a.request({"op": "submit", "skill": "freezer_health", "data": NORMAL, "id": "ev-label"})["result"]
+        r = cli(a.config_path, "label", rec["id"], "defrost", "--by", "carol")
+        assert r.returncode == 0, r.stdout + r.stderr
+        key = f"nodes/node-a/labels/{rec['id']}"
+        _wait(lambda: key in _state(b))
+        entry = _state(b)[key]
+        assert entry["writer"] == "node-a" and entry["live"] and entry["expires_at"]
+        assert {k: entry["value"][k] for k in ("skill", "action", "source", "event_id")} == {
+            "skill": "freezer_health", "action": "defrost", "source": "operator", "event_id": "ev-label"}
+        assert entry["value"]["by"].startswith("carol via local:")  # the socket's uid beside the --by (issue 15)
+        assert entry["value"]["inputs"] == rec["inputs"]
+        # a corrected label replaces it everywhere (the same key, a later HLC)
+        assert cli(a.config_path, "label", rec["id"], "alert", "--by", "dave").returncode == 0
+        _wait(lambda: _state(b)[key]["value"]["action"] == "alert")
+        for n in (a, b):
+            assert cli(n.config_path, "audit", "verify").returncode == 0
+    finally:
+        a.stop()
+        b.stop()
