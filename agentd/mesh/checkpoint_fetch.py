@@ -32,6 +32,7 @@ from agentd.errors import Rejected, TrustError
 from agentd.ids import new_id
 from agentd.mesh.peerwire import MAX_FETCH
 from agentd.mesh.topics import topic
+from agentd.mesh.witness_answers import is_stale
 from agentd.state.audit_check import checkpoints_between
 from agentd.state.witness import witnessed
 from agentd.trust.checkpoints import Checkpoint
@@ -165,7 +166,7 @@ class CheckpointFetch:
     async def answer(self, requester: str, env: dict[str, Any]) -> None:
         """A peer's ``checkpoints_request`` (signed by ``requester``, body checked): answer it if it is about this node."""
         body = env["body"]
-        if body["node"] != self.node:
+        if body["node"] != self.node or is_stale(env):  # not ours; or queued for us while away, its asker gone
             return
         now = time.monotonic()
         while self._answered and now - self._answered[0] > 1.0:

@@ -4,7 +4,8 @@ A node asks its peers which of its heads they witnessed: a ``witness_request`` e
 own ``gossip/<node>``, body ``{"node": <itself>}``, signed by its node key (so only the node, or
 whoever holds its key, asks, and every peer checks it against the key it trusts for the node).
 Each peer answers from its witness table with a ``reply`` envelope on ``nodes/<peer>/reply``,
-signed by its own key, in the shape `agentd fleet send` reads: ``{"command_id": <the request's
+signed by its own key (not when the request is over ``MAX_AGE_S`` old: one the broker
+queued while the peer was away), in the shape `agentd fleet send` reads: ``{"command_id": <the request's
 id>, "ok": true, "result": {"node", "witnessed": <the checkpoint as witnessed, signed by the
 node> | null, "witnessed_at", "state", "seen_seq"}}``. At most ``ANSWERS_PER_S`` a second.
 """
@@ -20,6 +21,7 @@ from agentd.errors import Rejected
 from agentd.mesh.topics import topic
 from agentd.state.witness import witness_row
 from agentd.trust.envelope import envelope
+from agentd.trust.hlc import decode as hlc_decode
 
 if TYPE_CHECKING:
     from typing import Any
@@ -30,6 +32,14 @@ if TYPE_CHECKING:
 
 REQUEST = "witness_request"
 ANSWERS_PER_S = 10
+
+
+MAX_AGE_S = 120.0  # a request queued for a peer while it was away is not answered when it comes back
+
+
+def is_stale(env: dict[str, Any], now: float | None = None) -> bool:
+    """True when ``env`` (a verified envelope) was made more than ``MAX_AGE_S`` ago by its HLC."""
+    return hlc_decode(env["hlc"])[0] / 1000 < (time.time() if now is None else now) - MAX_AGE_S
 
 
 class Rate:
@@ -54,6 +64,8 @@ async def answer_witness_request(
 ) -> tuple[str, bytes]:
     """The reply (topic, signed envelope) to ``node``'s witness request; ``Rejected`` when it asks about
     another node or comes over the rate."""
+    if is_stale(env):
+        raise Rejected("stale", f"a witness request made over {MAX_AGE_S:g} s ago (queued for this node while it was away)")
     if env["body"]["node"] != node:
         raise Rejected("malformed", f"a witness request of {node[:64]!r} about {str(env['body']['node'])[:64]!r}: a node asks about itself")
     if not rate.allow():

@@ -89,13 +89,15 @@ async def test_a_node_answers_for_its_own_checkpoints_within_its_rate(data_dir: 
             await store.audit("test", {"i": i})
             await store.checkpoint()
         fetch = _fetch(store, node_key, peer, sent, [], refusals)
-        await fetch.answer(PEER, {"id": "r1", "body": {"node": "someone-else", "after": 1, "upto": 9}})
+        await fetch.answer(PEER, {"id": "r1", "hlc": Clock().now(), "body": {"node": "someone-else", "after": 1, "upto": 9}})
         assert not sent  # about another node: not ours to answer
-        await fetch.answer(PEER, {"id": "r2", "body": {"node": "me", "after": 2, "upto": 5}})
+        await fetch.answer(PEER, {"id": "r0", "hlc": "1764590400000-0000", "body": {"node": "me", "after": 1, "upto": 9}})
+        assert not sent  # made long ago: queued for this node while it was away
+        await fetch.answer(PEER, {"id": "r2", "hlc": Clock().now(), "body": {"node": "me", "after": 2, "upto": 5}})
         body = json.loads(sent[0][1])["body"]
         assert body["to"] == PEER and body["request"] == "r2" and [c["seq"] for c in body["checkpoints"]] == [2, 3, 4]
         assert body["more"] is False and body["lowest"] == 1
         assert all(Checkpoint.from_dict(c).valid() for c in body["checkpoints"])
         for i in range(ANSWERS_PER_S + 5):
-            await fetch.answer(PEER, {"id": f"f{i}", "body": {"node": "me", "after": 1, "upto": 5}})
+            await fetch.answer(PEER, {"id": f"f{i}", "hlc": Clock().now(), "body": {"node": "me", "after": 1, "upto": 5}})
         assert len(sent) == ANSWERS_PER_S and refusals.total["peer.rate_limited"] == 6

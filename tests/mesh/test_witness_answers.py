@@ -23,18 +23,20 @@ async def test_a_witness_request_is_answered_from_the_table(data_dir: Path, node
     rate = Rate(2)
     async with Store(data_dir=data_dir, key=node_key, node="me") as store:
         kw = {"fleet": "f", "me": "me", "key": node_key, "clock": Clock(), "rate": rate}
-        topic, payload = await answer_witness_request(store, "peer-a", {"id": "q1", "body": {"node": "peer-a"}}, **kw)  # type: ignore[arg-type]
+        topic, payload = await answer_witness_request(store, "peer-a", {"id": "q1", "hlc": Clock().now(), "body": {"node": "peer-a"}}, **kw)  # type: ignore[arg-type]
         env = json.loads(payload)
         assert topic == "agentd/v1/f/nodes/me/reply" and env["kind"] == "reply" and env["node"] == "me"
         assert env["body"] == {"command_id": "q1", "ok": True, "result": {"node": "peer-a", "witnessed": None, "witnessed_at": None,
                                                                           "state": None, "seen_seq": None}}
         assert verify(node_key.public_b64, canonical({k: v for k, v in env.items() if k != "sig"}), env["sig"])
         await store.witness_head("peer-a", cps[1], cps[:1], key=peer.public_b64)
-        _, payload = await answer_witness_request(store, "peer-a", {"id": "q2", "body": {"node": "peer-a"}}, **kw)  # type: ignore[arg-type]
+        _, payload = await answer_witness_request(store, "peer-a", {"id": "q2", "hlc": Clock().now(), "body": {"node": "peer-a"}}, **kw)  # type: ignore[arg-type]
         result = json.loads(payload)["body"]["result"]
         assert result["witnessed"] == cps[1].as_dict() and result["state"] == "first" and result["seen_seq"] == 10
+        with pytest.raises(Rejected, match="queued for this node"):
+            await answer_witness_request(store, "peer-a", {"id": "q0", "hlc": "1764590400000-0000", "body": {"node": "peer-a"}}, **kw)  # type: ignore[arg-type]
         with pytest.raises(Rejected, match="asks about itself"):
-            await answer_witness_request(store, "peer-a", {"id": "q3", "body": {"node": "peer-b"}}, **kw)  # type: ignore[arg-type]
+            await answer_witness_request(store, "peer-a", {"id": "q3", "hlc": Clock().now(), "body": {"node": "peer-b"}}, **kw)  # type: ignore[arg-type]
         with pytest.raises(Rejected) as exc:
-            await answer_witness_request(store, "peer-a", {"id": "q4", "body": {"node": "peer-a"}}, **kw)  # type: ignore[arg-type]
+            await answer_witness_request(store, "peer-a", {"id": "q4", "hlc": Clock().now(), "body": {"node": "peer-a"}}, **kw)  # type: ignore[arg-type]
         assert exc.value.reason == "rate_limited"
