@@ -3,7 +3,8 @@
 Each node here ran the real daemon (start, decisions over its socket, a clean stop). The
 attacker then edits ``agentd.db`` with plain SQL, recomputing hashes where the row says so
 (the algorithm is public; only the node key is secret), and `agentd audit verify` must exit 1
-with the reason. Row 2 (a truncated tail) needs the peers' witnessed heads: not node-local.
+with the reason. Row 2 (a truncated tail) needs the peers' witnessed heads: not node-local
+(tests/integration/test_audit_fleet.py, `agentd audit verify --fleet`).
 """
 
 from __future__ import annotations
