@@ -120,7 +120,9 @@ class CheckpointFetch:
                 (f"record {c.seq}: {pr}" for c in fetched if (pr := head_problem(c, node=node, key=key, signature=False)) is not None), None)
             if problem is None and any(not p.after <= c.seq < p.head.seq for c in fetched):
                 problem = f"checkpoints outside the records {p.after}-{p.head.seq} asked for"
-            if problem is None and body["more"] and fetched and not fetched[-1].valid():  # it may become the witnessed head
+            if problem is None and body["more"] and (not fetched or fetched[-1].seq <= p.after):
+                problem = "a page that says more follow but does not move past the witnessed head"
+            if problem is None and body["more"] and not fetched[-1].valid():  # it may become the witnessed head
                 problem = f"record {fetched[-1].seq}: checkpoint with a bad signature"
         except TrustError as exc:
             problem = str(exc)
@@ -130,7 +132,7 @@ class CheckpointFetch:
             await self._settle(node, p.head, p.chain, None, None)
             return
         lowest = body["lowest"]
-        if body["more"] and fetched:
+        if body["more"]:
             last = fetched[-1]
             verdict, changed = await self._store().witness_head(node, last, fetched[:-1], key=key, fetched=fetched[:-1], lowest=lowest)
             if verdict.outcome in ("first", "consistent"):

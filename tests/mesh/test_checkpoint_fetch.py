@@ -78,6 +78,11 @@ async def test_a_bad_answer_is_refused_and_leaves_a_gap(data_dir: Path, node_key
         await fetch.start(PEER, chain(peer, [5, 10, 20, 30, 40, 50, 60], node=PEER)[6], [])
         await fetch.answered(PEER, _answer(sent[1][1], chain(peer, [70], node=PEER)))  # outside the range asked
         assert refusals.total["peer.bad_head"] == 2
+        await fetch.start(PEER, chain(peer, [5, 10, 20, 30, 40, 50, 60, 70], node=PEER)[7], [])
+        witnessed = (await store.read(lambda c: c.execute("SELECT seq FROM witness").fetchone()))[0]
+        stuck = [c for c in chain(peer, [5, 10, 20, 30, 40, 50, 60], node=PEER) if c.seq == witnessed] * 3
+        await fetch.answered(PEER, _answer(sent[2][1], stuck, more=True))  # "more", but no progress: no endless paging
+        assert refusals.total["peer.bad_head"] == 3 and len(sent) == 3
 
 
 async def test_a_node_answers_for_its_own_checkpoints_within_its_rate(data_dir: Path, node_key: NodeKey, tmp_path: Path) -> None:
