@@ -55,7 +55,7 @@ def convergence(
     bridge = f"connection heal\naddress 127.0.0.1:{p1}\ntopic agentd/v1/# both 1\ncleansession true\n"
     procs: list[Any] = []
     half = nodes // 2
-    with broker(root, p1), contextlib.ExitStack() as side_b:
+    with broker(root, p1) as b1, contextlib.ExitStack() as side_b:
         side_b.enter_context(broker(root, p2))
         try:
             for i, n in enumerate(names):
@@ -92,8 +92,9 @@ def convergence(
             crossed = sum(_count(c) - events * len(side[n]) for n, c in conns.items())
             target = _winners(conns.values())
             side_b.close()  # heal: the second broker comes back bridged to the first
+            cpu0 = _cpu(procs)
             t0 = time.monotonic()
-            side_b.enter_context(broker(root, p2, bridge))
+            b2 = side_b.enter_context(broker(root, p2, bridge))
             done: dict[str, dict[str, float]] = {"decisions": {}, "state": {}}
             while len(done["decisions"]) < nodes or len(done["state"]) < nodes:  # polled every 50 ms: the bench's own reads cost CPU too
                 for n, c in conns.items():
@@ -104,6 +105,7 @@ def convergence(
                 if time.monotonic() - t0 > 300:
                     raise RuntimeError(f"no convergence in 300 s ({len(done['decisions'])}, {len(done['state'])} of {nodes} nodes)")
                 time.sleep(0.05)
+            heal_cpu = _cpu(procs) - cpu0
             reached = {n: max(done["decisions"][n], done["state"][n]) for n in names}
             extra = sum(_count(c) - want for c in conns.values())
             for c in conns.values():
@@ -116,16 +118,17 @@ def convergence(
                 "convergence_node_first_s": round(min(reached.values()), 3), "convergence_nodes": nodes,
                 "convergence_decisions_each": want, "convergence_state_keys": len(target),
                 "convergence_crossed_partition": crossed, "convergence_extra_rows": extra,
+                "convergence_nodes_cpu_s": round(heal_cpu, 2),  # the nodes' CPU from the heal to the last node converged
             }
             if steady_s > 0:
-                out.update(_steady(p1, procs, nodes, steady_s))
+                out.update(_steady(p1, procs, nodes, steady_s, [b1.proc, b2.proc]))
         finally:
             stop_all(procs)
     return out
 
 
-def _steady(port: int, procs: list[Any], nodes: int, seconds: float) -> dict[str, Any]:
-    """Gossip on the wire and CPU of the nodes over ``seconds`` with nothing decided."""
+def _steady(port: int, procs: list[Any], nodes: int, seconds: float, brokers: list[Any]) -> dict[str, Any]:
+    """Gossip on the wire and CPU of the nodes (and of the two brokers) over ``seconds`` with nothing decided."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -151,9 +154,9 @@ def _steady(port: int, procs: list[Any], nodes: int, seconds: float) -> dict[str
     with lock:
         seen.clear()
         size.clear()
-    cpu0, t0 = _cpu(procs), time.monotonic()
+    cpu0, broker0, t0 = _cpu(procs), _cpu(brokers), time.monotonic()
     time.sleep(seconds)
-    cpu1, elapsed = _cpu(procs), time.monotonic() - t0
+    cpu1, broker1, elapsed = _cpu(procs), _cpu(brokers), time.monotonic() - t0
     sub.loop_stop()
     sub.disconnect()
     per_min = 60.0 / elapsed / nodes
@@ -165,6 +168,7 @@ def _steady(port: int, procs: list[Any], nodes: int, seconds: float) -> dict[str
             "gossip_by_kind_per_node_min": {k: [round(n * per_min, 1), round(size[k] * per_min)] for k, n in sorted(seen.items())},
             "node_cpu_pct_mean": round((cpu1 - cpu0) / elapsed / nodes * 100, 2),
             "nodes_cpu_pct_total": round((cpu1 - cpu0) / elapsed * 100, 1),
+            "brokers_cpu_pct": round((broker1 - broker0) / elapsed * 100, 2),
         }
 
 
@@ -173,7 +177,7 @@ def _cpu(procs: list[Any]) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for p in procs:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):
             fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
     return total

@@ -140,6 +140,13 @@ def due(sent: Sent | None, peer: str, *, made_at: float, subscribed: float | Non
     return made_at >= at + (grace_s if peer in askers else latency_s)
 
 
+def worth_asking(subscribed: float | None, *, sent_at: float, now: float, grace_s: float) -> bool:
+    """Whether to send our digest early for a peer (subscribed at ``subscribed``) that showed we lack
+    something: only when it could not have seen our last digest (sent at ``sent_at``: it subscribed
+    later) or that digest is ``grace_s`` old; otherwise the answers it asked for may be on their way."""
+    return subscribed is None or subscribed > sent_at or now - sent_at >= grace_s
+
+
 def _pair(entry: Any) -> bool:
     return isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int) and not isinstance(entry[0], bool)
 
@@ -164,6 +171,7 @@ class Repair:
         self._wake: asyncio.Event | None = None
         self._triggered_at = -1e18
         self._deferred: asyncio.TimerHandle | None = None
+        self._sent_at = -1e18  # when our last digest went out (epoch seconds)
         self._subscribed: float | None = None
         self._cache: tuple[int, float, dict[str, Any]] | None = None
         self._covered: dict[str, tuple[Any, Sent]] = {}  # "d:" (our decisions) or "w:<writer>" -> (resent after, sent)
@@ -179,6 +187,7 @@ class Repair:
             body = {"since": sums["since"], "counts": sums["counts"], "writers": sums["writers"], "subscribed": self._subscribed}
             payload = envelope("digest", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
             self._wake.clear()
+            self._sent_at = time.time()
             await publish_in_loop(client, topic(self.fleet, "gossip", self.node), payload, qos=0)
             self._counters["digests_sent"] = self._counters.get("digests_sent", 0) + 1
             try:
@@ -210,10 +219,17 @@ class Repair:
         digests stay near 100 a second whatever its size), at most the digest interval."""
         return min(self._interval, max(TRIGGER_GAP_S, self._peers() / TRIGGERS_PER_S))
 
-    def trigger(self) -> None:
-        """Send our digest early (a peer showed we lack something): at most once per ``trigger_gap_s``;
-        one asked for sooner goes out when that time is up (a later peer's digest must not be lost in it)."""
+    def trigger(self, subscribed: float | None) -> None:
+        """Send our digest early: a peer whose session subscribed at ``subscribed`` showed we lack something.
+
+        Only when that peer could not have seen our last digest (it subscribed after it went out,
+        or that one is older than the resend grace): our last digest already asks everyone who saw
+        it, and answers may just be on their way. At most once per ``trigger_gap_s``; one asked
+        for sooner goes out when that time is up (a later peer's digest must not be lost in it).
+        """
         if self._wake is None or self._deferred is not None:
+            return
+        if not worth_asking(subscribed, sent_at=self._sent_at, now=time.time(), grace_s=self._grace):
             return
         wait = self._triggered_at + self.trigger_gap_s - time.monotonic()
         if wait > 0:
@@ -233,15 +249,16 @@ class Repair:
     async def answer(self, peer: str, body: dict[str, Any], made_at: float) -> None:
         """A peer's digest (checked by peerwire; made at ``made_at``, its HLC): plan what it lacks; say if we lack something."""
         ours = await self._sums()
-        if behind(body, ours, me=self.node, settled_before=made_at - SETTLE_S):
-            self.trigger()
         subscribed = body.get("subscribed")
         subscribed = float(subscribed) if isinstance(subscribed, int | float) and not isinstance(subscribed, bool) else None
+        if behind(body, ours, me=self.node, settled_before=made_at - SETTLE_S):
+            self.trigger(subscribed)
         store = self._store()
         since = max(float(body["since"]), time.time() - DIGEST_WINDOW_S)  # a digest cannot ask for all of history
         theirs = body["counts"].get(self.node) or [0, 0.0]
         planned = 0
-        if _pair(theirs) and isinstance(theirs[1], int | float):
+        mine = ours["counts"].get(self.node) or [0, 0.0]
+        if _pair(theirs) and isinstance(theirs[1], int | float) and theirs[0] < mine[0]:  # it lacks some of ours
             summary = await store.read(lambda c: digests.own_upto(c, self.node, since, float(theirs[1])))
             after = decisions_from(theirs, summary, since)
             if after is not None and not self._covers("d:", peer, after, made_at, subscribed):

@@ -6,7 +6,7 @@ import pytest
 
 from agentd.errors import Rejected
 from agentd.mesh.peerwire import check_peer_body
-from agentd.mesh.repair import behind, decisions_from, due, writers_from
+from agentd.mesh.repair import behind, decisions_from, due, worth_asking, writers_from
 
 
 def test_resends_exactly_the_decisions_after_the_newest_when_a_peer_holds_all_before() -> None:
@@ -53,6 +53,13 @@ def test_a_peer_holding_what_we_lack_makes_us_send_our_digest_early() -> None:
     assert behind({"writers": {"operator:alice": [1, "1700000000100-0000"]}}, ours, me="me", settled_before=1700000001.0)
     assert not behind({"writers": {"b": [1, "1700000005000-0000"]}}, ours, me="me", settled_before=1700000001.0)
     assert not behind({"counts": "junk", "writers": {"b": "junk"}}, ours, me="me", settled_before=settled)
+
+
+def test_an_early_digest_only_for_a_peer_that_could_not_have_seen_our_last() -> None:
+    assert worth_asking(None, sent_at=100.0, now=100.5, grace_s=3.0)  # an older agentd: it says nothing of it
+    assert worth_asking(100.2, sent_at=100.0, now=100.5, grace_s=3.0)  # it subscribed after our last digest went out
+    assert not worth_asking(99.0, sent_at=100.0, now=100.5, grace_s=3.0)  # it saw it; the answers may be on their way
+    assert worth_asking(99.0, sent_at=100.0, now=103.0, grace_s=3.0)  # and they did not come
 
 
 def test_a_resend_waits_for_the_grace_unless_the_peer_subscribed_after_it_or_was_out_of_reach() -> None:
