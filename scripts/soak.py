@@ -66,10 +66,17 @@ def decisions_made(sock: Path) -> int | None:
     return sum(v for k, v in counters.items() if k.startswith("source:"))
 
 
-def export_audit(cfg_path: Path, after: int, out: Path) -> int:
-    """`agentd audit export --after N --mark` to a file (then removed); the newest record seq exported."""
-    subprocess.run([sys.executable, "-m", "agentd.cli", "audit", "export", "--config", str(cfg_path), "--after", str(after),
-                    "--mark", "-o", str(out)], check=True, capture_output=True, timeout=600)
+def export_audit(cfg_path: Path, after: int, out: Path, log: Path) -> int:
+    """`agentd audit export --after N --mark` to a file (then removed); the newest record seq exported.
+
+    A failed export (a busy database on a loaded box) is logged and tried again at the next turn."""
+    try:
+        subprocess.run([sys.executable, "-m", "agentd.cli", "audit", "export", "--config", str(cfg_path), "--after", str(after),
+                        "--mark", "-o", str(out)], check=True, capture_output=True, timeout=600)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        with log.open("ab") as f:
+            f.write(f"soak: audit export after {after} failed: {exc}\n".encode() + (exc.stderr or b"")[-2000:] + b"\n")
+        return after
     newest = after
     with out.open() as f:
         for line in f:
@@ -137,7 +144,7 @@ def main() -> None:
                     raise SystemExit(f"the daemon exited {proc.returncode}; see {args.out / 'daemon.log'}")
                 now = time.monotonic()
                 if now >= next_export:
-                    exported = export_audit(cfg_path, exported, tmp / "export.jsonl")
+                    exported = export_audit(cfg_path, exported, tmp / "export.jsonl", args.out / "exports.log")
                     next_export = now + args.export_every_s
                 if now >= next_sample:
                     st = proc_status(proc.pid)
