@@ -11,6 +11,10 @@ not before either), tampering after it can.
 A chain written since then whose unsigned tail is longer than its signed bound lost
 checkpoints while the node was not looking (the writer never leaves such a tail): the node
 records what it found in a sealed ``audit_gap`` record, which `agentd audit verify` reports.
+A legacy chain is held to the records part of the bound too (legacy agentd also signed every
+``checkpoint_every`` records): else someone with the database alone could rewrite a chain,
+delete its checkpoints, set the schema back to before issue 15 and have the node sign the
+rewrite as an upgrade.
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ def on_open(conn: sqlite3.Connection, audit: AuditLog, *, legacy: bool) -> None:
     if audit.head[0] == 0:
         return
     if legacy or (audit.last is not None and audit.last.v < 2):
+        if audit.since_checkpoint > audit.bound.records:
+            after = audit.head[0] - audit.since_checkpoint
+            log.error("the legacy audit trail has %d records after its last checkpoint (at record %d), beyond the bound"
+                      " of %d: checkpoints were deleted; recorded as audit_gap, see docs/OPERATIONS.md",
+                      audit.since_checkpoint, after, audit.bound.records)
+            audit.append(conn, "audit_gap", None, {"after_seq": after, "records": audit.since_checkpoint,
+                                                   "bound_records": audit.bound.records, "legacy": True})
         _upgrade(conn, audit)
         return
     gap = audit.beyond_bound()
