@@ -51,6 +51,24 @@ def rescale(scores: Mapping[str, float], temperature: float) -> dict[str, float]
     return {k: v / total for k, v in powered.items()}
 
 
+def nll_at(items: Sequence[Labelled], t: float) -> float:
+    """The mean negative log-likelihood of the labelled actions at temperature ``t``."""
+    return _nll(items, t)
+
+
+def nll_gain(items: Sequence[Labelled], t: float) -> tuple[float, float]:
+    """How much more likely temperature ``t`` makes the labelled actions than no temperature: the
+    mean per-label drop in negative log-likelihood, and its one-sided 95 % lower bound (normal
+    approximation over the labels). A bound above 0 says the gain is more than the noise of
+    this many labels."""
+    gains = [-math.log(max(rescale(i.scores, 1.0).get(i.action, 0.0), EPS)) + math.log(max(rescale(i.scores, t).get(i.action, 0.0), EPS))
+             for i in items]
+    n = len(gains)
+    mean = sum(gains) / n
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1)) if n > 1 else math.inf
+    return mean, mean - 1.645 * sd / math.sqrt(n)
+
+
 def _nll(items: Sequence[Labelled], t: float) -> float:
     return -sum(math.log(max(rescale(i.scores, t).get(i.action, 0.0), EPS)) for i in items) / len(items)
 

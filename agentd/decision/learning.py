@@ -20,7 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from agentd.decision.calibration import MIN_LABELS, Labelled, action_scores, ece_at, fit, rescale
+from agentd.decision.calibration import MIN_LABELS, Labelled, action_scores, ece_at, fit, nll_at, nll_gain, rescale
 from agentd.decision.label_writes import replicated_label
 from agentd.decision.policy import rules_action
 from agentd.errors import InputError
@@ -231,9 +231,12 @@ class LearningMixin:
             cut = int(len(items) * 0.7)
             early = await asyncio.to_thread(fit, items[:cut], min_labels=1)
             held = _held_out(items[cut:], early.temperature) if early is not None and cut < len(items) else None
-            if held is not None and held["ece_after"] > held["ece_before"]:  # a fit that does worse on labels it never saw
+            # Applied only if it makes labels it never saw clearly more likely: by the likelihood it fits
+            # (a proper score; the ECE of a few dozen labels moves by more than a fit changes it),
+            # beyond the noise of that many labels.
+            if held is not None and held["nll_gain_low"] <= 0:
                 out.append({"model": key, "labels": len(items), "fitted": False, "held_out": held,
-                            "reason": "the fit made the held-out labels' calibration worse; kept the previous one"})
+                            "reason": "the fit did not make the held-out labels clearly more likely; kept the previous one"})
                 continue
             row = {"model": key, "fitted": True, **result.as_dict(), "held_out": held, "fitted_at": round(time.time(), 3)}
             saved[key] = row
@@ -249,5 +252,6 @@ def _held_out(items: list[Labelled], temperature: float) -> dict[str, float | in
     if not items:
         return None
     return {"labels": len(items), "temperature": round(temperature, 4), "ece_before": round(ece_at(items, 1.0), 4),
-            "ece_after": round(ece_at(items, temperature), 4)}
+            "ece_after": round(ece_at(items, temperature), 4), "nll_before": round(nll_at(items, 1.0), 4),
+            "nll_after": round(nll_at(items, temperature), 4), "nll_gain_low": round(nll_gain(items, temperature)[1], 4)}
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from agentd.decision.calibration import Labelled, action_scores, fit, rescale
+from agentd.decision.calibration import Labelled, action_scores, fit, nll_gain, rescale
 
 
 def overconfident(n: int, accuracy: float, seed: int = 1) -> list[Labelled]:
@@ -53,3 +53,18 @@ def test_label_scores_become_action_scores() -> None:
     scores = {"normal": 0.6, "door_open": 0.3, "weird": 0.1}
     assert action_scores(scores, {"normal": "none", "door_open": "alert"}, ["none", "alert"]) == {"none": 0.6, "alert": 0.3}
     assert action_scores({"x": 0.5, "y": 0.5}, {"x": "alert", "y": "alert"}, ["alert"]) == {"alert": 1.0}
+
+
+def test_the_gain_of_a_fit_counts_only_beyond_the_noise_of_the_labels() -> None:
+    fitted = fit(overconfident(200, 0.7))
+    assert fitted is not None
+    mean, low = nll_gain(overconfident(60, 0.7, seed=5), fitted.temperature)
+    assert mean > 0 and low > 0  # an overconfident model: the temperature clearly helps on new labels
+    # a model already calibrated (says 0.7, right 70 % of the time): a temperature fitted on a
+    # few labels gains nothing it can show on others
+    rng = random.Random(3)
+    calibrated = [Labelled({"a": 0.7, "b": 0.2, "c": 0.1}, "a" if rng.random() < 0.7 else rng.choice(["b", "c"])) for _ in range(300)]
+    small = fit(calibrated[:20])
+    assert small is not None
+    _, low = nll_gain(calibrated[20:38], small.temperature)
+    assert low <= 0
