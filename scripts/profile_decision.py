@@ -139,6 +139,14 @@ def time_parts(config: str, n: int = 2000) -> None:
         ("HLC", clock.now),
         ("new_id", new_id),
     ]
+    onnx = next((m for m in loaded.config.models if getattr(m, "card", None) is not None), None)
+    if onnx is not None:  # the input card's out-of-distribution check runs on the event loop, per decision
+        from agentd.stages.card import InputCard
+
+        card = InputCard.load(Path(onnx.card), onnx.inputs)
+        checked = [validate_event(skill, e) for e in events]
+        cit = iter(checked * 6)
+        steps.append((f"input card check ({onnx.name}, {len(card.points)} reference rows)", lambda: card.check(next(cit))))
     for name, rec in records.items():
         body = canonical(rec)
         steps += [(f"canonical JSON of the record, {name} ({len(body)} bytes)", lambda r=rec: canonical(r)),

@@ -217,7 +217,7 @@ def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int, **skil
     n = max(2000, samples * 2)
     events = _events(skill, n)
 
-    async def go(engine: Any) -> tuple[float, int, int]:
+    async def go(engine: Any) -> tuple[float, float, int, int]:
         sem = asyncio.Semaphore(1000)  # in flight at once, like the MQTT peer bench's 1000 unacked events
 
         async def one(i: int, e: dict[str, Any]) -> None:

@@ -68,6 +68,9 @@ class InputCard:
         if not (1 <= self.k < len(self.points)) or not self.threshold > 0 or not np.all(self.scale > 0):
             raise ModelError(f"{where}: input card has an unusable k, threshold or scale")
         self.samples = int(doc.get("samples", len(self.points)))
+        # With fewer than 8 inputs numpy sums a row left to right, so a column at a time gives the
+        # same distances bit for bit, without the (rows x inputs) temporaries: a third of the time.
+        self._columns = [np.ascontiguousarray(self.points[:, i]) for i in range(n)] if n < 8 else None
 
     @classmethod
     def load(cls, path: Path, inputs: Sequence[str]) -> InputCard:
@@ -83,8 +86,9 @@ class InputCard:
 
     def check(self, fields: Mapping[str, Any]) -> Verdict:
         """The Verdict for one event's fields (the model's inputs must all be numbers)."""
-        x = np.array([float(fields[f]) for f in self.inputs], dtype=np.float64)
-        for f, v in zip(self.inputs, x, strict=True):
+        values = [float(fields[f]) for f in self.inputs]
+        x = np.array(values, dtype=np.float64)
+        for f, v in zip(self.inputs, values, strict=True):
             lo, hi = self.ranges[f]
             pad = (hi - lo) * self.range_margin
             if not lo - pad <= v <= hi + pad:
@@ -92,10 +96,18 @@ class InputCard:
         return Verdict(self._score(x))
 
     def _score(self, x: np.ndarray) -> float:
+        """The k-th nearest reference row's distance over the threshold (sqrt after the
+        selection: it keeps the order, and IEEE sqrt rounds the same either way)."""
         z = (x - self.center) / self.scale
-        d = np.sqrt(((self.points - z) ** 2).sum(axis=1))
-        kth = float(np.partition(d, self.k - 1)[self.k - 1])
-        return kth / self.threshold
+        if self._columns is None:
+            d2 = ((self.points - z) ** 2).sum(axis=1)
+        else:
+            zs = z.tolist()
+            d2 = (self._columns[0] - zs[0]) ** 2
+            for column, zi in zip(self._columns[1:], zs[1:], strict=True):
+                d2 += (column - zi) ** 2
+        d2.partition(self.k - 1)
+        return math.sqrt(float(d2[self.k - 1])) / self.threshold
 
 
 def build_card(

@@ -75,3 +75,27 @@ def test_build_card_refuses_unusable_training_data(rows: list[dict[str, object]]
 def test_reference_rows_are_capped() -> None:
     card = build_card(two_clusters(3000), INPUTS)
     assert card["samples"] == 3000 and len(card["joint"]["points"]) == 2000
+
+
+def _reference_score(card: InputCard, values: list[float]) -> float:
+    """The score as the card defines it, written plainly: the k-th smallest distance over the threshold."""
+    import numpy as np
+
+    z = (np.array(values, dtype=np.float64) - card.center) / card.scale
+    d = np.sqrt(((card.points - z) ** 2).sum(axis=1))
+    return float(np.partition(d, card.k - 1)[card.k - 1]) / card.threshold
+
+
+@pytest.mark.parametrize("n_inputs", [1, 3, 7, 8, 11])
+def test_the_fast_score_is_the_plain_formula_bit_for_bit(n_inputs: int) -> None:
+    rng = random.Random(n_inputs)
+    names = [f"f{i}" for i in range(n_inputs)]
+    rows = [{f: rng.gauss(i, 1 + i) for i, f in enumerate(names)} for _ in range(300)]
+    card = InputCard(build_card(rows, names, k=5))
+    shipped = Path(__file__).resolve().parent.parent.parent / "models" / "freezer_anomaly.card.json"
+    cards = [card, InputCard(json.loads(shipped.read_text()))] if n_inputs == 3 else [card]
+    for c in cards:
+        for _ in range(2000):
+            values = [rng.gauss(0, 10) * rng.choice((0.1, 1, 10)) for _ in c.inputs]
+            verdict = c.check(dict(zip(c.inputs, values, strict=True)))
+            assert verdict.score == _reference_score(c, values)
