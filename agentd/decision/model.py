@@ -38,7 +38,7 @@ class Mode(StrEnum):
 
 # Why a decision waits for a human (``approval.because``): a listed action, manual mode, or
 # one of the cases where the model could not be trusted on the event.
-ASK_REASONS = ("low_confidence", "out_of_distribution", "disagreement")
+ASK_REASONS = ("low_confidence", "out_of_distribution", "disagreement", "possible_severe")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,15 @@ async def test_nothing_to_do_with_a_severe_share_over_the_floor_is_asked_about(c
     assert counters["asked:possible_severe"] == 1
 
 
+async def test_a_rejected_possible_severe_keeps_its_interim_not_on_reject(config_factory: Factory, node_key: NodeKey) -> None:
+    skill = {**SEVERE_SKILL, "approval": {"actions": ["shutdown"], "interim": "alert", "on_reject": "defrost", "on_timeout": "defrost"}}
+    async with Engine(loaded=config_factory(model={**CALM, "scores": {"warn": 0.05}}, skill=skill), key=node_key, run_handlers=False) as eng:
+        rec = await eng.decide(SKILL, COLD)
+        assert rec["approval"]["because"] == "possible_severe"
+        rejected = await eng.reject(rec["id"], by="bob")
+    assert (rejected["status"], rejected["action"]) == ("rejected", "none")  # the doubt was wrong: nothing to do stands
+
+
 async def test_nothing_to_do_with_a_severe_share_under_the_floor_stands(config_factory: Factory, node_key: NodeKey) -> None:
     rec, _ = await decide(config_factory(model={**CALM, "scores": {"warn": 0.01}}, skill=SEVERE_SKILL), node_key, COLD)
     assert (rec["status"], rec["action"], rec["source"]) == ("decided", "none", "model")
