@@ -48,6 +48,7 @@ class LearningMixin:
     cfg: Config
     counters: Counter[str]
     node: str
+    _replicated_pending: list[Entry] | None  # peers' labels waiting for the running drain (None: no drain)
     rules: dict[str, SkillRules]
     stage_states: dict[tuple[str, int], str]
     stages: dict[str, ModelStage]
@@ -82,9 +83,25 @@ class LearningMixin:
         await self.learn_replicated(peers)
 
     def replicated_label_arrived(self, entry: Entry) -> None:
-        """A peer's fleet-state write was merged: if it is a replicated label, learn from it (in the background)."""
-        if replicated_label(entry) is not None:
-            self._spawn(self.learn_replicated([entry]), name="learn-replicated-label")
+        """A peer's fleet-state write was merged: if it is a replicated label, learn from it in the
+        background. Labels that arrive together (a healed partition brings hundreds) are learnt in
+        one batch: one refit of each text stage, not one per label."""
+        if replicated_label(entry) is None:
+            return
+        pending: list[Entry] | None = getattr(self, "_replicated_pending", None)
+        if pending is not None:  # a drain is running: it takes this one too
+            pending.append(entry)
+            return
+        self._replicated_pending = [entry]
+        self._spawn(self._drain_replicated(), name="learn-replicated-labels")
+
+    async def _drain_replicated(self) -> None:
+        try:
+            while self._replicated_pending:
+                batch, self._replicated_pending = self._replicated_pending, []
+                await self.learn_replicated(batch)
+        finally:
+            self._replicated_pending = None
 
     async def learn_replicated(self, entries: list[Entry]) -> int:
         """Peers' replicated labels (decision/label_writes.py) that carry their inputs teach the text stages

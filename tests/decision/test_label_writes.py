@@ -103,3 +103,24 @@ async def test_a_peers_replicated_label_teaches_the_text_stage_now_and_after_a_r
     async with Engine(loaded=cfg, key=node_key, run_handlers=False) as again:  # learnt again at start from the map
         third = await again.decide(SKILL, note, event_id="n-3")
     assert third["action"] == taught
+
+
+async def test_labels_arriving_together_are_learnt_in_one_batch(config_factory: Factory, node_key: NodeKey, wait_until: Any) -> None:
+    reader = {"name": "reader", "backend": "embedding", "fields": ["note"], **MINILM,
+              "examples": [{"text": "delivery being unloaded", "label": "none"}, {"text": "door left open", "label": "alert"}]}
+    cfg = config_factory(models=[reader], skill={"cascade": [{"model": "reader", "min_confidence": 0.0}], "approval": {"actions": []}})
+    async with Engine(loaded=cfg, key=node_key, run_handlers=False) as eng:
+        stage = eng.stages["reader"]
+        calls: list[int] = []
+        real = stage.learn_many
+        stage.learn_many = lambda items: (calls.append(len(items)), real(items))[1]  # type: ignore[method-assign]
+        for i in range(40):  # a healed partition delivers a peer's labels in one go
+            label = {"skill": SKILL, "action": "alert", "source": "operator", "by": "alice", "event_id": f"e{i}",
+                     "inputs": {**COLD, "note": f"door {i} was left open"}}
+            eng.replicated_label_arrived(_entry(label_key("node-b", new_id()), label, writer="node-b"))
+        await wait_until(lambda: _async(stage.example_count == 42))
+    assert sum(calls) == 40 and len(calls) <= 2  # one refit for the lot (two if the first started alone)
+
+
+async def _async(value: Any) -> Any:
+    return value
