@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentd.trust.audit import record_hash
+from agentd.trust.canonical import canonical
 from agentd.trust.checkpoints import GENESIS
 from tests.integration.conftest import cli
 from tests.integration.test_audit_tamper import EVENTS, copy_of, edit_decision, make_node, verify
@@ -63,3 +65,54 @@ def test_a_rewritten_chain_made_to_look_legacy_is_not_upgraded_into_a_signed_one
     rc, result = verify(config)
     assert rc == 1, result
     assert "at start the node found its checkpoints missing" in result["problem"], result
+
+
+# -- exports: `agentd audit verify --export FILE --public-key KEY` off the box
+
+
+def genuine_export(config: Path, tmp_path: Path) -> list[str]:
+    out = tmp_path / "export.jsonl"
+    assert cli(config, "audit", "export", "-o", str(out)).returncode == 0
+    return out.read_text().splitlines()
+
+
+def verify_file(config: Path, tmp_path: Path, lines: list[str]) -> tuple[int, dict[str, Any]]:
+    path = tmp_path / "tampered.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return verify(config, "--export", str(path), "--public-key", str(config.parent / "data" / "keys" / "node.pub"))
+
+
+def exact_line(r: dict[str, Any]) -> str:
+    """A record line as `agentd audit export` writes it (the format is public)."""
+    head = json.dumps({k: r[k] for k in ("type", "seq", "ts", "kind", "ref")}, separators=(",", ":"), ensure_ascii=False)
+    tail = json.dumps({"prev_hash": r["prev_hash"], "hash": r["hash"]}, separators=(",", ":"))
+    return f'{head[:-1]},"body":{canonical(r["body"]).decode()},{tail[1:]}'
+
+
+def test_an_export_with_no_checkpoint_in_it_proves_nothing(busy: Path, tmp_path: Path) -> None:
+    """Anyone can write an export of a made-up history with its hashes: without a checkpoint nothing is signed."""
+    records = [json.loads(x) for x in genuine_export(busy, tmp_path) if '"type":"record"' in x]
+    prev = GENESIS
+    for seq, r in enumerate(records, start=1):
+        if r["kind"] == "decision":
+            r["body"]["action"] = "none"
+        r["seq"], r["prev_hash"] = seq, prev
+        r["hash"] = prev = record_hash(prev, seq, r["ts"], r["kind"], r["ref"], canonical(r["body"]).decode())
+    made_up = [exact_line(r) for r in records if r["kind"] != "stop"]
+    rc, result = verify_file(busy, tmp_path, made_up)
+    assert rc == 1 and "no signed checkpoint" in result["problem"], result
+
+
+@pytest.mark.parametrize("edit", [
+    ('"action":"alert"', '"action":"none","action":"alert"'),  # a reader that takes the first member sees "none"
+    ('{"type":"record",', '{"type":"record","kind":"note",'),
+    ('"action":"alert"', '"action": "alert"'),  # one byte, the same JSON value: not the stored text
+])
+def test_an_export_line_must_be_the_stored_text_byte_for_byte(busy: Path, tmp_path: Path, edit: tuple[str, str]) -> None:
+    lines = genuine_export(busy, tmp_path)
+    assert verify_file(busy, tmp_path, lines)[0] == 0
+    at = next(i for i, x in enumerate(lines) if '"action":"alert"' in x)
+    lines[at] = lines[at].replace(*edit, 1)
+    rc, result = verify_file(busy, tmp_path, lines)
+    assert rc == 1, result
+    assert f"tampered.jsonl:{at + 1}:" in result["problem"], result

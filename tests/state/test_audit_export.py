@@ -13,7 +13,6 @@ from agentd.errors import InputError
 from agentd.state import queries
 from agentd.state.audit_export import export_lines, parse_export, verify_export
 from agentd.state.store import Store
-from agentd.trust.audit import Bound
 from agentd.trust.keys import NodeKey
 from tests.state.test_store import NODE, record, write_for
 
@@ -57,12 +56,27 @@ def test_consecutive_exports_and_the_database_verify_as_one_chain(node: sqlite3.
     assert not result.ok and "record 3 was edited" in str(result.problem)
 
 
-def test_an_export_without_its_checkpoints_is_an_unsigned_tail(node: sqlite3.Connection, node_key: NodeKey) -> None:
+def test_an_export_without_its_checkpoints_proves_nothing_alone(node: sqlite3.Connection, node_key: NodeKey) -> None:
     bare = [x for x in lines(node) if '"type":"record"' in x]
     result = verify_export([("bare.jsonl", bare)], trusted_key=node_key.public_b64)
-    assert result.ok and result.tail is not None and result.tail.records == 10  # within the default bound
-    result = verify_export([("bare.jsonl", bare)], trusted_key=node_key.public_b64, bound=Bound(4, 300.0))
-    assert not result.ok and "under no signature" in str(result.problem)
+    assert not result.ok and "no signed checkpoint in it" in str(result.problem)  # anyone can compute its hashes
+    assert verify_export([("bare.jsonl", bare)], trusted_key=node_key.public_b64, conn=node).ok  # the database's sign it
+    some = [x for x in lines(node) if '"seq":10,' not in x or '"type":"record"' in x]  # all but the last checkpoint
+    result = verify_export([("some.jsonl", some)], trusted_key=node_key.public_b64)
+    assert result.ok and result.tail is not None and result.tail.records == 2  # after the checkpoint at 8, within its bound
+
+
+def test_a_line_must_be_what_export_wrote_byte_for_byte(node: sqlite3.Connection, node_key: NodeKey) -> None:
+    out = lines(node)
+    at = next(i for i, x in enumerate(out) if '"action":"alert"' in x)
+    for before, after in (('"action":"alert"', '"action":"none","action":"alert"'), ('"action":"alert"', '"action": "alert"'),
+                          ('"type":"record",', '"type":"record","type":"record",')):
+        edited = [*out[:at], out[at].replace(before, after, 1), *out[at + 1:]]
+        result = verify_export([("x.jsonl", edited)], trusted_key=node_key.public_b64)
+        assert not result.ok and str(result.problem).startswith(f"x.jsonl:{at + 1}: altered: "), (after, result)
+    cp = next(i for i, x in enumerate(out) if '"type":"checkpoint"' in x)
+    edited = [*out[:cp], out[cp].replace('"v":2', '"v":2.0', 1), *out[cp + 1:]]
+    assert not verify_export([("x.jsonl", edited)], trusted_key=node_key.public_b64).ok
 
 
 def test_bad_lines_are_named() -> None:
