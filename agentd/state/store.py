@@ -179,9 +179,12 @@ class Store:
         return self._audit.last
 
     async def claim_nonce(self, command_id: str, expires_at: float) -> bool:
-        """Use a command id once: False if it was used before (a replay)."""
+        """Use a command id once: False if it was used before (a replay). A used id is also named by its
+        command's audit record, which plain SQL cannot delete unseen as it can the nonce (issue 15, review)."""
 
         def op(conn: sqlite3.Connection) -> bool:
+            if conn.execute("SELECT 1 FROM audit WHERE ref = ? AND kind = 'command' LIMIT 1", (command_id[:128],)).fetchone():
+                return False
             conn.execute("DELETE FROM nonces WHERE expires_at < ?", (time.time(),))
             cur = conn.execute("INSERT OR IGNORE INTO nonces(id, expires_at) VALUES (?, ?)", (command_id, expires_at))
             return cur.rowcount == 1

@@ -4,6 +4,7 @@ restore of an older backup is still refused after it (issue 15, item 5)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from agentd.control.commands import new_command
@@ -35,6 +36,29 @@ def test_a_replayed_command_stays_refused_after_restoring_an_older_backup(tmp_pa
         node.start()
         _unanswered(node, alice, "alice", "set_mode", payload=command)  # still refused: the nonce came along
         assert node.request({"op": "status"})["result"]["mode"] == "auto"  # the backup's mode, not the replayed one
+        assert cli(node.config_path, "audit", "verify").returncode == 0
+    finally:
+        node.stop()
+
+
+def test_a_replayed_command_stays_refused_after_its_nonce_was_deleted_with_plain_sql(tmp_path: Path, broker: Broker) -> None:
+    """Issue 15 (review): someone with write access to agentd.db deletes the used nonces (the node
+    stopped, as for a restore); the command's audit record, under a signed checkpoint, still names it."""
+    alice, _ = create_key_file(tmp_path / "keys" / "alice.key")
+    node = _node(tmp_path, broker.port, [{"name": "alice", "key": alice.public_b64, "role": "admin"}])
+    try:
+        command = envelope("command", fleet=FLEET, node="alice", hlc=Clock().now(), key=alice, ident=new_id(),
+                           body=new_command("set_mode", target="it-node", args={"mode": "observe"}, ttl_s=600))
+        [applied] = _send(node, alice, "alice", "set_mode", payload=command)
+        assert applied["body"]["ok"]
+        assert node.request({"op": "set_mode", "mode": "auto"})["ok"]  # set back locally
+        assert node.stop() == 0
+        conn = sqlite3.connect(node.data_dir / "agentd.db", isolation_level=None)
+        assert conn.execute("DELETE FROM nonces").rowcount >= 1
+        conn.close()
+        node.start()
+        _unanswered(node, alice, "alice", "set_mode", payload=command)  # still refused: the audit trail names it
+        assert node.request({"op": "status"})["result"]["mode"] == "auto"
         assert cli(node.config_path, "audit", "verify").returncode == 0
     finally:
         node.stop()
