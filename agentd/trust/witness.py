@@ -10,7 +10,8 @@ the newest head it saw of each node and judges each new one against it with ``ju
   missed more checkpoints than were sent): taken, but its extension is unchecked.
 - ``rolled_back``: a head below the witnessed one (a truncation, a restore of an older copy).
 - ``forked``: the same seq with another checkpoint, or a later head whose chain does not
-  link to the witnessed head (a rewrite).
+  link to the witnessed head (a rewrite), or whose checkpoints start again from the genesis
+  above it (every checkpoint deleted, and the node restarted on the rewritten chain).
 
 Only ``first``, ``consistent`` and ``gap`` move the witnessed head; the two flags leave it as
 the evidence. A peer that would judge ``gap`` first fetches the node's own checkpoints from
@@ -25,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agentd.trust.checkpoints import VERSION, check_checkpoints
+from agentd.trust.checkpoints import GENESIS, VERSION, check_checkpoints
 
 if TYPE_CHECKING:
     from agentd.trust.checkpoints import Checkpoint
@@ -78,6 +79,9 @@ def judge(old: Checkpoint | None, new: Checkpoint, chain: list[Checkpoint], *, k
         if new.hash == old.hash and new.digest == old.digest:
             return Verdict("consistent")
         return Verdict("forked", f"another checkpoint at record {new.seq} than the one witnessed")
+    if new.prev == GENESIS:  # the witnessed head is chained: a later first checkpoint means they were all deleted
+        return Verdict("forked", f"its checkpoints start again from nothing at record {new.seq}, above the witnessed"
+                                 f" head at record {old.seq}: its checkpoints were deleted and its chain replaced")
     between = sorted((c for c in chain if old.seq <= c.seq < new.seq), key=lambda c: c.seq)
     if not between or between[0].seq != old.seq:
         if new.prev == old.digest:
@@ -106,6 +110,10 @@ def judge_fetched(
     verdict = judge(old, new, list(by_seq.values()), key=key)
     if verdict.outcome != "gap" or old is None:
         return verdict
+    restart = next((c for c in sorted(by_seq.values(), key=lambda c: c.seq) if old.seq < c.seq and c.prev == GENESIS), None)
+    if restart is not None:  # a retention keeps its base checkpoint, linked to the ones before it
+        return Verdict("forked", f"its checkpoints start again from nothing at record {restart.seq}, above the witnessed"
+                                 f" head at record {old.seq}: its checkpoints were deleted and its chain replaced")
     if lowest is not None and old.seq < lowest:
         return Verdict("gap", f"the node pruned its checkpoints below record {lowest}, past the witnessed head at record"
                               f" {old.seq}; the extension to record {new.seq} is unchecked")

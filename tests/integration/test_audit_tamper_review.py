@@ -4,6 +4,8 @@ An attacker with write access to ``agentd.db`` and no node key rewrites the whol
 every checkpoint and then makes the database look as if no agentd since issue 15 had written it
 (the schema version and the checkpoints table of before): the node, at its next start, must not
 bless the rewritten history with an ``audit_upgrade`` and a checkpoint signed by its own key.
+Exports verified off the box must hold a signature and be the stored text byte for byte; a
+peer must see a rewrite that the node signed after its checkpoints were deleted as a fork.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agentd.trust.audit import record_hash
 from agentd.trust.canonical import canonical
 from agentd.trust.checkpoints import GENESIS
+from agentd.trust.keys import create_key
+from tests.integration.broker import Broker
 from tests.integration.conftest import cli
 from tests.integration.test_audit_tamper import EVENTS, copy_of, edit_decision, make_node, verify
+from tests.integration.test_mesh_link import wait_connected
+from tests.integration.test_mesh_peers import WARM, _config, _wait
+from tests.integration.test_mesh_witness import _peer
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +124,46 @@ def test_an_export_line_must_be_the_stored_text_byte_for_byte(busy: Path, tmp_pa
     rc, result = verify_file(busy, tmp_path, lines)
     assert rc == 1, result
     assert f"tampered.jsonl:{at + 1}:" in result["problem"], result
+
+
+# -- peers: a rewrite the node itself signs after every checkpoint was deleted
+
+
+def test_a_peer_flags_a_node_that_signs_a_rewrite_after_its_checkpoints_were_deleted(tmp_path: Path, broker: Broker) -> None:
+    """B witnesses A; with A stopped, the whole chain of A is rewritten and every checkpoint deleted (no key); A
+    starts, records an audit_gap and signs a checkpoint over the rewrite that chains to nothing. B must see a fork,
+    not a gap that would replace the head it witnessed (and with it what `verify --fleet` checks A against)."""
+    a_dir, b_dir = tmp_path / "node-a" / "data", tmp_path / "node-b" / "data"
+    key_a, _ = create_key(a_dir)
+    key_b, _ = create_key(b_dir)
+    a = _config(tmp_path, "node-a", broker.port, {"peers": {"node-b": key_b.public_b64}})
+    b = _config(tmp_path, "node-b", broker.port, {"peers": {"node-a": key_a.public_b64}})
+    for node in (a, b):
+        cfg = yaml.safe_load(node.config_path.read_text())
+        cfg["mqtt"]["digest_interval_s"] = 0.5
+        cfg["state"] = {"checkpoint_every": 5}
+        node.config_path.write_text(yaml.safe_dump(cfg))
+    b.start()
+    wait_connected(b)
+    try:
+        a.start()
+        wait_connected(a)
+        for i in range(8):
+            assert a.request({"op": "submit", "skill": "freezer_health", "data": WARM, "id": f"old-{i}"})["ok"]
+        _wait(lambda: (_peer(b, "node-a").get("audit_head") or 0) >= 5)
+        assert a.stop() == 0
+        witnessed = _peer(b, "node-a")["audit_head"]
+        conn = sqlite3.connect(a_dir / "agentd.db", isolation_level=None)
+        seq, ref = conn.execute("SELECT seq, ref FROM audit WHERE kind = 'decision' ORDER BY seq LIMIT 1").fetchone()
+        edit_decision(conn, seq, ref)
+        rewrite_without(conn, ())
+        conn.execute("DELETE FROM checkpoints")
+        conn.close()
+        a.start()
+        wait_connected(a)
+        _wait(lambda: _peer(b, "node-a").get("seen_seq", 0) > witnessed, timeout=60)
+        _wait(lambda: _peer(b, "node-a")["audit_state"] == "forked", timeout=60)
+        assert _peer(b, "node-a")["audit_head"] == witnessed  # the witnessed head is kept as the evidence
+    finally:
+        a.stop()
+        b.stop()

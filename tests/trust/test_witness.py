@@ -10,7 +10,7 @@ from agentd.errors import Rejected
 from agentd.mesh.peerwire import check_peer_body
 from agentd.trust.checkpoints import GENESIS, Bound, Checkpoint, make_checkpoint
 from agentd.trust.keys import NodeKey, create_key
-from agentd.trust.witness import MAX_CHAIN, head_problem, judge
+from agentd.trust.witness import MAX_CHAIN, head_problem, judge, judge_fetched
 
 BOUND = Bound(1000, 300.0)
 
@@ -106,3 +106,19 @@ def test_peerwire_bounds_a_head_body(node_key: NodeKey) -> None:
             check(bad)
     with pytest.raises(Rejected):
         check_peer_body("decisions", {"kind": "head", "body": {"head": cps[-1], "chain": []}}, now_s=0.0, max_skew_s=30.0)
+
+
+def test_a_later_head_whose_checkpoints_start_again_from_nothing_is_a_fork(node_key: NodeKey) -> None:
+    """Issue 15 (review): someone with the database alone rewrites the chain and deletes every checkpoint; the node,
+    restarted, signs the rewrite with a first checkpoint that chains to nothing. Not a gap: the history was replaced."""
+    ours = chain(node_key, [5, 10])
+    restarted = chain(node_key, [40, 50], tag="b")  # the first links to the genesis, as after every checkpoint was deleted
+    key = node_key.public_b64
+    verdict = judge(ours[1], restarted[0], [], key=key)
+    assert verdict.outcome == "forked" and "start again" in verdict.detail
+    # A peer that missed the restart fetches: the node's answer says it holds checkpoints from record 40 only.
+    verdict = judge_fetched(ours[1], restarted[1], restarted[:1], [], key=key, lowest=40)
+    assert verdict.outcome == "forked" and "start again" in verdict.detail
+    # A node that pruned (retention) keeps its base checkpoint, which still links to the ones before it: a gap.
+    pruned = chain(node_key, [5, 10, 20, 30, 40])
+    assert judge_fetched(pruned[1], pruned[4], pruned[3:4], [], key=key, lowest=30).outcome == "gap"
