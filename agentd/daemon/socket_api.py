@@ -121,5 +121,6 @@ def who(claimed: str, peer: str | None) -> str:
         return claimed
     if claimed in ("local-cli", peer) or peer.startswith(f"{claimed}("):
         return peer
+    claimed = claimed.replace(" via ", " / ")  # the one " via " is the kernel's: a claim cannot add another
     room = MAX_BY - len(peer) - len(" via ")  # a long claim is cut, never the kernel's part
     return f"{claimed[:room]} via {peer}" if room > 0 else peer

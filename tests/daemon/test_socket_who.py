@@ -27,3 +27,10 @@ def test_a_claim_is_kept_beside_the_uid_and_cut_before_it() -> None:
     long = who("x" * 200, peer)
     assert long.endswith(f" via {peer}") and len(long) == MAX_BY
     assert who("alice", None) == "alice"
+
+
+def test_a_claim_cannot_pass_for_the_kernels_part() -> None:
+    """Issue 15 (review): a --by that itself holds " via local:root(uid=0)" must not read as who called."""
+    peer = "local:mallory(uid=1001)"
+    recorded = who("alice via local:root(uid=0)", peer)
+    assert recorded.endswith(f" via {peer}") and recorded.count(" via ") == 1 and "(uid=0)" not in recorded.split(" via ")[-1]
