@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from agentd.errors import StateError
 from agentd.state import queries
 from agentd.trust.audit import SEALED, record_hash
 from agentd.trust.canonical import canonical
@@ -174,5 +175,12 @@ def base_of(conn: sqlite3.Connection) -> tuple[int, str]:
     base = queries.get_setting(conn, "audit_base")
     if not base:
         return 0, GENESIS
-    parsed = json.loads(base)
-    return int(parsed["seq"]), str(parsed["hash"])
+    try:
+        parsed = json.loads(base)
+        seq, hash_ = parsed["seq"], parsed["hash"]
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0 or not isinstance(hash_, str):
+            raise TypeError("a whole seq and a hash")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StateError(f"settings.audit_base is not the base retention writes ({exc!r} in {base[:80]!r}):"
+                         " the database was edited; see docs/OPERATIONS.md") from exc
+    return seq, hash_

@@ -167,3 +167,13 @@ def test_a_peer_flags_a_node_that_signs_a_rewrite_after_its_checkpoints_were_del
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.parametrize("value", ["garbage", '{"seq": "x", "hash": 1}', "[]"])
+def test_a_base_that_is_not_one_is_named_not_a_traceback(busy: Path, tmp_path: Path, value: str) -> None:
+    config = copy_of(busy, tmp_path)
+    conn = sqlite3.connect(config.parent / "data" / "agentd.db", isolation_level=None)
+    conn.execute("INSERT OR REPLACE INTO settings(key, value) VALUES ('audit_base', ?)", (value,))
+    conn.close()
+    r = cli(config, "audit", "verify")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "settings.audit_base" in r.stderr, r.stderr
