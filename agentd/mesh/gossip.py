@@ -104,6 +104,7 @@ class Gossip:
         except Rejected as exc:
             self._refusals.refused("peer", node, exc)
             return
+        self.repair.heard_from(node)
         if env["kind"] == BATCH:
             await self._batch(node, kind, env, now)
         else:

@@ -55,6 +55,7 @@ RESEND_GRACE_S = 3.0  # time a resend is given to reach subscribed peers before 
 SETTLE_S = 1.0  # what a peer holds that is newer than this (before its digest) may still be on its way to us
 TRIGGER_GAP_S = 0.25  # early digests of one node: at most one in this long ...
 TRIGGERS_PER_S = 100.0  # ... and, across the fleet, about this many a second
+IN_REACH_S = 10.0  # a node heard from within max(this, 2.5 digest intervals) relays its own writes
 LATENCY_S = 0.25  # a resend reaches a peer in reach within this (a digest made earlier says nothing about it)
 DEBOUNCE_S = 0.05  # the answers to digests arriving within this go out together
 MAX_RESENT = 100_000  # resend times remembered before the ones older than an hour are forgotten
@@ -147,6 +148,16 @@ def worth_asking(subscribed: float | None, *, sent_at: float, now: float, grace_
     return subscribed is None or subscribed > sent_at or now - sent_at >= grace_s
 
 
+def left_to_writer(writer: str, hlcs: list[str], *, me: str, heard_ago: float | None, claim: Any, in_reach_s: float) -> bool:
+    """Whether to leave another node's writes (``hlcs``, the winners of it we hold) to that node: it was
+    heard from ``heard_ago`` seconds ago, within ``in_reach_s``, and its own last digest's entry for its
+    writes (``claim``: [count, newest]) covers ours, so it answers the digest itself (every node relaying
+    every write it holds made a heal's batches grow with the fleet: O(N^2) items). An operator's writes,
+    and those of a node out of reach or behind on its own (a restore), anyone relays."""
+    return (writer != me and heard_ago is not None and heard_ago < in_reach_s and _pair(claim) and isinstance(claim[1], str)
+            and claim[0] >= len(hlcs) and claim[1] >= hlcs[-1])
+
+
 def _pair(entry: Any) -> bool:
     return isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int) and not isinstance(entry[0], bool)
 
@@ -172,6 +183,9 @@ class Repair:
         self._triggered_at = -1e18
         self._deferred: asyncio.TimerHandle | None = None
         self._sent_at = -1e18  # when our last digest went out (epoch seconds)
+        self._last_heard: dict[str, float] = {}  # peer node -> when a verified message of it last came (monotonic)
+        self._own_claims: dict[str, Any] = {}  # peer node -> its digest's entry for its own writes
+        self._in_reach_s = max(IN_REACH_S, 2.5 * self._interval)
         self._subscribed: float | None = None
         self._cache: tuple[int, float, dict[str, Any]] | None = None
         self._covered: dict[str, tuple[Any, Sent]] = {}  # "d:" (our decisions) or "w:<writer>" -> (resent after, sent)
@@ -249,6 +263,9 @@ class Repair:
     async def answer(self, peer: str, body: dict[str, Any], made_at: float) -> None:
         """A peer's digest (checked by peerwire; made at ``made_at``, its HLC): plan what it lacks; say if we lack something."""
         ours = await self._sums()
+        writers = body.get("writers")
+        if isinstance(writers, dict) and (peer in self._own_claims or len(self._own_claims) < MAX_RESENT):
+            self._own_claims[peer] = writers.get(peer)
         subscribed = body.get("subscribed")
         subscribed = float(subscribed) if isinstance(subscribed, int | float) and not isinstance(subscribed, bool) else None
         if behind(body, ours, me=self.node, settled_before=made_at - SETTLE_S):
@@ -265,7 +282,7 @@ class Repair:
                 for r in await store.read(lambda c: queries.own_decisions_since(c, self.node, after)):
                     planned += self._plan(f"d:{r.get('id')}", peer, "decision", r, made_at, subscribed)
         for writer, after_hlc in writers_from(body.get("writers"), ours["_held"]).items():
-            if self._covers(f"w:{writer}", peer, after_hlc, made_at, subscribed):
+            if self._left_to_writer(writer, ours["_held"][writer]) or self._covers(f"w:{writer}", peer, after_hlc, made_at, subscribed):
                 continue
             for _, origin in await store.read(functools.partial(digests.origins_by, writer=writer, after=after_hlc)):
                 planned += self._plan(f"s:{origin.get('id')}", peer, "state", origin, made_at, subscribed)
@@ -296,6 +313,16 @@ class Repair:
         self._pending[ref] = (kind, body)
         self._askers[ref] = {peer}
         return 1
+
+    def heard_from(self, node: str) -> None:
+        """A verified message of peer ``node`` came in: it is in reach, and relays its own writes."""
+        if node in self._last_heard or len(self._last_heard) < MAX_RESENT:
+            self._last_heard[node] = time.monotonic()
+
+    def _left_to_writer(self, writer: str, hlcs: list[str]) -> bool:
+        last = self._last_heard.get(writer)
+        return left_to_writer(writer, hlcs, me=self.node, heard_ago=None if last is None else time.monotonic() - last,
+                              claim=self._own_claims.get(writer), in_reach_s=self._in_reach_s)
 
     def heard(self, origin: Any) -> None:
         """Another peer relayed this signed write: it is resent for everyone, and need not be by us now."""

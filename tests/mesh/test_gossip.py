@@ -6,7 +6,7 @@ import pytest
 
 from agentd.errors import Rejected
 from agentd.mesh.peerwire import check_peer_body
-from agentd.mesh.repair import behind, decisions_from, due, worth_asking, writers_from
+from agentd.mesh.repair import behind, decisions_from, due, left_to_writer, worth_asking, writers_from
 
 
 def test_resends_exactly_the_decisions_after_the_newest_when_a_peer_holds_all_before() -> None:
@@ -60,6 +60,18 @@ def test_an_early_digest_only_for_a_peer_that_could_not_have_seen_our_last() -> 
     assert worth_asking(100.2, sent_at=100.0, now=100.5, grace_s=3.0)  # it subscribed after our last digest went out
     assert not worth_asking(99.0, sent_at=100.0, now=100.5, grace_s=3.0)  # it saw it; the answers may be on their way
     assert worth_asking(99.0, sent_at=100.0, now=103.0, grace_s=3.0)  # and they did not come
+
+
+def test_another_nodes_writes_are_left_to_it_while_it_is_in_reach_and_holds_them() -> None:
+    hlcs = ["1700000000100-0000", "1700000000200-0000"]
+    kw = {"me": "a", "in_reach_s": 75.0}
+    assert left_to_writer("b", hlcs, heard_ago=1.0, claim=[2, "1700000000200-0000"], **kw)
+    assert not left_to_writer("a", hlcs, heard_ago=1.0, claim=[2, "1700000000200-0000"], **kw)  # our own: we relay them
+    assert not left_to_writer("b", hlcs, heard_ago=None, claim=[2, "1700000000200-0000"], **kw)  # never heard: out of reach
+    assert not left_to_writer("b", hlcs, heard_ago=100.0, claim=[2, "1700000000200-0000"], **kw)  # silent too long
+    assert not left_to_writer("b", hlcs, heard_ago=1.0, claim=[1, "1700000000100-0000"], **kw)  # behind on its own (a restore)
+    assert not left_to_writer("operator:alice", hlcs, heard_ago=None, claim=None, **kw)  # an operator's: anyone relays
+    assert not left_to_writer("b", hlcs, heard_ago=1.0, claim="junk", **kw)
 
 
 def test_a_resend_waits_for_the_grace_unless_the_peer_subscribed_after_it_or_was_out_of_reach() -> None:
