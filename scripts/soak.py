@@ -177,8 +177,9 @@ def summary(rows: list[dict[str, Any]], skip_s: float = 600.0) -> dict[str, Any]
     later = [r for r in rows if r["t_s"] >= skip_s] or rows
     rss = [r["rss_mb"] for r in later]
     first, last = rows[0], rows[-1]
-    made = [r["decisions"] for r in rows if r["decisions"] is not None]
-    span = last["t_s"] - first["t_s"]
+    counted = [r for r in rows if r["decisions"] is not None]  # a status request can time out on a loaded box
+    made = [r["decisions"] for r in counted]
+    span = counted[-1]["t_s"] - counted[0]["t_s"] if counted else 0.0
     return {
         "duration_s": last["t_s"], "samples": len(rows),
         "rss_first_mb": first["rss_mb"], "rss_last_mb": last["rss_mb"], "rss_peak_mb": max(r["hwm_mb"] for r in rows),
