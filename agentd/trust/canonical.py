@@ -18,18 +18,16 @@ def canonical(obj: Any) -> bytes:
     The stdlib encoder produces the same bytes as RFC 8785 when every float is integral
     (written as an integer, as ECMAScript does) or has a plain decimal form in Python
     (1e-4 <= |x| < 1e16) and every key is in the Basic Multilingual Plane (so code-point
-    order equals UTF-16 order). ``_simple`` checks that, writes integral floats as integers
-    and puts each object's keys in order, so the encoder need not sort. Anything else takes
-    the reference implementation. A property test (tests/trust/test_canonical.py) checks
-    the two agree.
+    order equals UTF-16 order). Anything else takes the reference implementation. A
+    property test (tests/trust/test_canonical.py) checks the two agree.
     """
     try:
         simple = _simple(obj)
     except _NotSimple:
-        simple = _NOT_SIMPLE
-    if simple is not _NOT_SIMPLE:
+        simple = None
+    if simple is not None:
         try:
-            return _ENCODER.encode(simple).encode()
+            return json.dumps(simple, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         except (ValueError, UnicodeEncodeError):
             pass
     try:
@@ -38,54 +36,32 @@ def canonical(obj: Any) -> bytes:
         raise TrustError(f"cannot canonicalise value for signing: {exc}") from exc
 
 
-# One encoder for every call (json.dumps with options builds one each time); keys come sorted from _simple.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_NOT_SIMPLE = object()
-_MAX_EXACT = 2**53
-
-
 class _NotSimple(Exception):
     pass
 
 
 def _simple(obj: Any) -> Any:
-    t = type(obj)
-    if t is str or obj is None or t is bool:
+    if isinstance(obj, str) or obj is None or isinstance(obj, bool):
         return obj
-    if t is float:
+    if isinstance(obj, int):
+        if abs(obj) > 2**53 - 1:  # RFC 8785 refuses integers it cannot represent exactly
+            raise _NotSimple
+        return obj
+    if isinstance(obj, float):
         if obj.is_integer():
-            if -_MAX_EXACT < obj < _MAX_EXACT:
+            if abs(obj) < 2**53:
                 return int(obj)
             raise _NotSimple
         if 1e-4 <= abs(obj) < 1e16:
             return obj
         raise _NotSimple
-    if t is int:
-        if -_MAX_EXACT < obj < _MAX_EXACT:  # RFC 8785 refuses integers it cannot represent exactly
-            return obj
-        raise _NotSimple
-    if t is dict:
-        for k in obj:
-            if type(k) is not str or (not k.isascii() and any(ord(c) > 0xFFFF for c in k)):
-                raise _NotSimple
-        return {k: _simple(obj[k]) for k in sorted(obj)}
-    if t is list or t is tuple:
-        return [_simple(v) for v in obj]
-    return _simple_subclass(obj)
-
-
-def _simple_subclass(obj: Any) -> Any:
-    """Subclasses of the JSON types (a StrEnum, an IntEnum, a dict subclass) as their plain values."""
-    if isinstance(obj, bool):
-        return bool(obj)
-    if isinstance(obj, str):
-        return str(obj)
-    if isinstance(obj, int):
-        return _simple(int(obj))
-    if isinstance(obj, float):
-        return _simple(float(obj))
     if isinstance(obj, dict):
-        return _simple(dict(obj))
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str) or (not k.isascii() and any(ord(c) > 0xFFFF for c in k)):
+                raise _NotSimple
+            out[k] = _simple(v)
+        return out
     if isinstance(obj, list | tuple):
         return [_simple(v) for v in obj]
     raise _NotSimple
