@@ -71,8 +71,9 @@ async def answer_witness_request(
     if not rate.allow():
         raise Rejected("rate_limited", f"over {rate.per_s} witness requests a second")
     row = await store.read(functools.partial(witness_row, node=node))
-    result = {"node": node, "witnessed": None, "witnessed_at": None, "state": None, "seen_seq": None}
+    result = {"node": node, "witnessed": None, "witnessed_at": None, "state": None, "seen_seq": None, "anchor": None}
     if row is not None:
-        result.update(witnessed=row["head"], witnessed_at=row["witnessed_at"], state=row["state"], seen_seq=row["seen_seq"])
+        result.update(witnessed=row["head"], witnessed_at=row["witnessed_at"], state=row["state"], seen_seq=row["seen_seq"],
+                      anchor=row["anchor"])
     body = {"command_id": env["id"], "ok": True, "result": result}
     return topic(fleet, "nodes", me, "reply"), envelope("reply", fleet=fleet, node=me, hlc=clock.now(), body=body, key=key)

@@ -43,10 +43,11 @@ class Witness:
     head: Checkpoint | None
     witnessed_at: float | None
     state: str | None
+    anchor: Checkpoint | None = None  # the last head it verified by links, where it later took one over a gap
 
     def as_dict(self) -> dict[str, Any]:
         return {"peer": self.peer, "seq": self.head.seq if self.head else None, "hash": self.head.hash if self.head else None,
-                "witnessed_at": self.witnessed_at, "state": self.state}
+                "witnessed_at": self.witnessed_at, "state": self.state, "anchor": self.anchor.seq if self.anchor else None}
 
 
 @dataclass
@@ -111,16 +112,14 @@ def ask_peers(cfg: Config, key: NodeKey, peers: dict[str, str], *, timeout_s: fl
         if not isinstance(result, dict) or result.get("node") != me:
             check.unverified.append(f"{reply.node}: the reply is not about node {me}")
             continue
-        head = None
-        if result.get("witnessed") is not None:
-            try:
-                head = Checkpoint.from_dict(result["witnessed"])
-            except TrustError as exc:
-                check.unverified.append(f"{reply.node}: {exc}")
-                continue
+        try:
+            head, anchor = (Checkpoint.from_dict(result[k]) if result.get(k) is not None else None for k in ("witnessed", "anchor"))
+        except (TrustError, TypeError, KeyError, ValueError) as exc:
+            check.unverified.append(f"{reply.node}: {str(exc)[:200]}")
+            continue
         at = result.get("witnessed_at")
         check.answers.append(Witness(reply.node, head, float(at) if isinstance(at, int | float) else None,
-                                     str(result.get("state")) if result.get("state") is not None else None))
+                                     str(result.get("state")) if result.get("state") is not None else None, anchor))
     return check
 
 
@@ -139,31 +138,50 @@ def check_chain(conn: sqlite3.Connection, check: FleetCheck, *, node: str, keys:
     base_seq, _ = base_of(conn)
     good = []
     for w in check.answers:
-        cp = w.head
-        if cp is not None:
-            problems = [head_problem(cp, node=node, key=k) for k in keys]
-            if all(p is not None for p in problems):
-                check.unverified.append(f"{w.peer}: its witnessed head is not signed by this node's key ({problems[0]})")
-                continue
+        problem = next((p for cp in (w.head, w.anchor) if cp is not None and (p := _unsigned(cp, node, keys))), None)
+        if problem is not None:
+            check.unverified.append(f"{w.peer}: its witnessed head is not signed by this node's key ({problem})")
+            continue
         good.append(w)
-        if cp is None:
-            continue
-        row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (cp.seq,)).fetchone()
-        by = f"witnessed by {w.peer}" + (f" ({w.state})" if w.state not in (None, "first", "consistent") else "")
-        if row is not None and row[0] == cp.hash:
-            continue
-        if row is not None:
-            check.failures.append(f"record {cp.seq} of {what} is not the one {by} (hash {row[0][:12]}..., witnessed"
-                                  f" {cp.hash[:12]}...): the chain was rewritten")
-        elif cp.seq > last:
-            check.failures.append(f"{what} ends at record {last}, below the head at record {cp.seq} {by}: records were"
-                                  " deleted (a truncated tail) or an older copy was restored")
-        elif cp.seq <= base_seq:
-            check.unchecked.append(f"the head at record {cp.seq} {by} is below the chain's base (record {base_seq}, pruned)")
-        else:
-            check.failures.append(f"record {cp.seq} {by} is missing from {what}")
+        if w.head is not None:
+            by = f"witnessed by {w.peer}" + (f" ({w.state})" if w.state not in (None, "first", "consistent") else "")
+            _require(conn, check, w.head, by=by, what=what, last=last, base_seq=base_seq)
+        if w.anchor is not None:
+            _require(conn, check, w.anchor, what=what, last=last, base_seq=base_seq, anchor=True,
+                     by=f"that {w.peer} verified last before taking a later head over a gap it could not check")
     check.answers = good
     return check
+
+
+def _unsigned(cp: Checkpoint, node: str, keys: set[str]) -> str | None:
+    """Why ``cp`` is not a checkpoint of ``node`` signed by one of ``keys``; None when it is."""
+    problems = [head_problem(cp, node=node, key=k) for k in keys]
+    return None if any(p is None for p in problems) else problems[0]
+
+
+def _require(conn: sqlite3.Connection, check: FleetCheck, cp: Checkpoint, *, by: str, what: str, last: int, base_seq: int,
+             anchor: bool = False) -> None:
+    """The chain must hold ``cp``'s record with ``cp``'s hash; else a failure (or, below a pruned base, unchecked,
+    but never for an anchor: a chain pruned past it is what a laundered rewrite looks like)."""
+    row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (cp.seq,)).fetchone()
+    if row is not None and row[0] == cp.hash:
+        return
+    if anchor and row is None and cp.seq <= base_seq:
+        check.failures.append(f"the head at record {cp.seq} {by} is below {what}'s base (record {base_seq}, pruned): it"
+                              " cannot be shown to extend it; if this node pruned its audit after an export, verify the"
+                              " export (audit verify --export) and have that peer's operator clear it"
+                              " (agentd peers clear-flag)")
+        return
+    if row is not None:
+        check.failures.append(f"record {cp.seq} of {what} is not the one {by} (hash {row[0][:12]}..., witnessed"
+                              f" {cp.hash[:12]}...): the chain was rewritten")
+    elif cp.seq > last:
+        check.failures.append(f"{what} ends at record {last}, below the head at record {cp.seq} {by}: records were"
+                              " deleted (a truncated tail) or an older copy was restored")
+    elif cp.seq <= base_seq:
+        check.unchecked.append(f"the head at record {cp.seq} {by} is below the chain's base (record {base_seq}, pruned)")
+    else:
+        check.failures.append(f"record {cp.seq} {by} is missing from {what}")
 
 
 def restore_check(cfg: Config, backup_db: Path, current_db: Path, key: NodeKey, *, force: bool, timeout_s: float) -> dict[str, Any]:

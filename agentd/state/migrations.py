@@ -173,6 +173,11 @@ MIGRATIONS: list[str] = [
         seen_at REAL NOT NULL
     );
 """,
+    # 8: the anchor of a witnessed peer (issue 15, review): the last head this node verified by its
+    # links, kept as evidence once a head was taken over a gap it could not check (NULL: none such)
+    """
+    ALTER TABLE witness ADD COLUMN anchor TEXT;
+""",
 ]
 
 

@@ -177,7 +177,7 @@ def list_peers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Peers this node has heard from: presence, last seen, decisions received, the audit head witnessed."""
     cols = ("node", "status", "last_seen", "last_hlc", "decisions", "learned", "public_key")
     heads = list_witness(conn)
-    none = dict.fromkeys(("audit_head", "audit_hash", "witnessed_at", "audit_state", "audit_detail", "seen_seq", "seen_at"))
+    none = dict.fromkeys(("audit_head", "audit_hash", "witnessed_at", "audit_state", "audit_detail", "seen_seq", "seen_at", "audit_anchor"))
     return [{**dict(zip(cols, r, strict=True)), **heads.get(r[0], none)}
             for r in conn.execute(f"SELECT {', '.join(cols)} FROM peers ORDER BY node")]
 

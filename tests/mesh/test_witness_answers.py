@@ -27,7 +27,7 @@ async def test_a_witness_request_is_answered_from_the_table(data_dir: Path, node
         env = json.loads(payload)
         assert topic == "agentd/v1/f/nodes/me/reply" and env["kind"] == "reply" and env["node"] == "me"
         assert env["body"] == {"command_id": "q1", "ok": True, "result": {"node": "peer-a", "witnessed": None, "witnessed_at": None,
-                                                                          "state": None, "seen_seq": None}}
+                                                                          "state": None, "seen_seq": None, "anchor": None}}
         assert verify(node_key.public_b64, canonical({k: v for k, v in env.items() if k != "sig"}), env["sig"])
         await store.witness_head("peer-a", cps[1], cps[:1], key=peer.public_b64)
         _, payload = await answer_witness_request(store, "peer-a", {"id": "q2", "hlc": Clock().now(), "body": {"node": "peer-a"}}, **kw)  # type: ignore[arg-type]

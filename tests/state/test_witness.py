@@ -7,6 +7,7 @@ from pathlib import Path
 
 from agentd.state import queries
 from agentd.state.store import Store
+from agentd.state.witness import witness_row
 from agentd.trust.keys import NodeKey, create_key
 from tests.trust.test_witness import chain
 
@@ -59,3 +60,24 @@ async def test_a_cleared_flag_is_audited_and_witnessing_starts_again(data_dir: P
         rows = await store.read(lambda c: c.execute("SELECT ref, body FROM audit WHERE kind = 'peer_flag_cleared'").fetchall())
         assert len(rows) == 1 and json.loads(rows[0][1])["reason"] == "restored after a disk failure"
         assert json.loads(rows[0][1])["by"] == "alice"
+
+
+async def test_a_head_taken_over_a_gap_keeps_the_last_verified_head_as_the_anchor(data_dir: Path, node_key: NodeKey, tmp_path: Path) -> None:
+    peer = create_key(tmp_path / "peer")[0]
+    key = peer.public_b64
+    cps = chain(peer, [5, 10, 20, 40, 80], node="peer-a")
+    async with Store(data_dir=data_dir, key=node_key, node="me") as store:
+        await store.upsert_peer("peer-a", status="online", hlc="0000000000001-0000")
+        assert (await store.witness_head("peer-a", cps[1], cps[:1], key=key))[0].outcome == "first"
+        assert (await store.witness_head("peer-a", cps[3], [], key=key))[0].outcome == "gap"  # 20 never seen: unchecked
+        row = await store.read(lambda c: witness_row(c, "peer-a"))
+        assert row is not None and row["head"]["seq"] == 40 and row["anchor"]["seq"] == 10  # the evidence stays
+        assert (await store.witness_head("peer-a", cps[4], cps[3:4], key=key))[0].outcome == "consistent"
+        row = await store.read(lambda c: witness_row(c, "peer-a"))
+        assert row is not None and row["head"]["seq"] == 80 and row["anchor"]["seq"] == 10  # a later link does not reach it
+        listed = {p["node"]: p for p in await store.read(queries.list_peers)}
+        assert listed["peer-a"]["audit_anchor"] == 10
+        cleared = await store.clear_peer_flag("peer-a", by="alice", reason="the node pruned after an export; checked it")
+        assert cleared["cleared"]["anchor"]["seq"] == 10
+        row = await store.read(lambda c: witness_row(c, "peer-a"))
+        assert row is not None and row["anchor"] is None
