@@ -21,7 +21,7 @@ for t in base new; do
   git archive "$base" | tar -x -C "$work/$t"
   for f in models/*; do [ -e "$work/$t/$f" ] || ln -s "$root/$f" "$work/$t/$f"; done
 done
-for c in "$@"; do git format-patch -1 --stdout "$c" | (cd "$work/new" && git apply); done
+for c in "$@"; do git format-patch -1 --stdout "$c" | (cd "$work/new" && git apply --exclude="docs/*"); done  # the docs need not apply
 cp scripts/profile_decision.py "$work/profile_decision.py"
 cd "$work"
 for i in $(seq 1 "$rounds"); do
