@@ -34,6 +34,7 @@ from agentd.mesh.wire import decision_wire
 from agentd.stages.pool import ModelPool
 from agentd.state import queries
 from agentd.state.store import Store, open_store, store_settings
+from agentd.trust.audit import SEALS_NEXT
 from agentd.trust.hlc import Clock
 from agentd.trust.keys import create_key
 
@@ -139,12 +140,12 @@ class Daemon:
                 async with asyncio.timeout(self.loaded.config.daemon.drain_timeout_s):
                     await self._idle.wait()
                     await self.engine.store.flush()
-            with contextlib.suppress(Exception):
-                await self.audit_refusals()
-                await self.engine.store.audit("stop", {"reason": "signal", "inflight": self._inflight})
-                await self.engine.store.checkpoint()  # a clean stop leaves the whole chain under a signature
             await self.engine.__aexit__(None, None, None)
             await self.pool.close()
+            with contextlib.suppress(Exception):  # the last record of the session: nothing is written after it
+                await self.audit_refusals()
+                # sealed (a checkpoint at it), and promising that the next session opens with a sealed record
+                await self.engine.store.audit("stop", {"reason": "signal", "inflight": self._inflight, SEALS_NEXT: True})
             await self._close_store()
             if self.link is not None:
                 await self.link.close()

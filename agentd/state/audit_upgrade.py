@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.state import decisions, labels
 from agentd.state.audit_log import base_of, read_checkpoints
+from agentd.trust.audit import SEALS_NEXT
 
 if TYPE_CHECKING:
     from agentd.state.audit_log import AuditLog
@@ -48,12 +49,37 @@ def on_open(conn: sqlite3.Connection, audit: AuditLog, *, legacy: bool) -> None:
                                                    "bound_records": audit.bound.records, "legacy": True})
         _upgrade(conn, audit)
         return
+    stop = _clean_stop(conn, audit)
+    if stop is not None and audit.head[0] > stop:
+        records = audit.head[0] - stop
+        log.error("the audit trail has %d record(s) after the clean stop at record %d that no agentd session wrote (each"
+                  " opens with a sealed record): they were appended while the node was stopped; recorded as audit_gap,"
+                  " see docs/OPERATIONS.md", records, stop)
+        audit.append(conn, "audit_gap", None, {"after_seq": stop, "records": records, "after_stop": True})
+        return
+    if stop is not None:  # this session's first record is sealed, as the stop promised
+        audit.append(conn, "resume", None, {"after_stop": stop})
+        return
     gap = audit.beyond_bound()
     if gap is not None:
         log.error("the audit trail has %d records after its last checkpoint (at record %d), beyond the bound it was"
                   " signed with: checkpoints were deleted; recorded as audit_gap, see docs/OPERATIONS.md",
                   gap["records"], gap["after_seq"])
         audit.append(conn, "audit_gap", None, gap)
+
+
+def _clean_stop(conn: sqlite3.Connection, audit: AuditLog) -> int | None:
+    """The seq of the newest checkpoint when it is at a clean stop that promised a sealed next record."""
+    if audit.last is None:
+        return None
+    row = conn.execute("SELECT kind, body FROM audit WHERE seq = ?", (audit.last.seq,)).fetchone()
+    if row is None or row[0] != "stop":
+        return None
+    try:
+        body = json.loads(row[1])
+    except ValueError:
+        return None
+    return audit.last.seq if isinstance(body, dict) and body.get(SEALS_NEXT) is True else None
 
 
 def _upgrade(conn: sqlite3.Connection, audit: AuditLog) -> None:

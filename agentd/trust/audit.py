@@ -38,7 +38,11 @@ __all__ = ["DEFAULT_BOUND", "GENESIS", "SEALED", "AuditRow", "Bound", "Checkpoin
 
 # Records the writer signs a checkpoint at in their own transaction: a clean stop, a retention
 # (it binds the new base), a key rotation, the upgrade of a legacy chain, a gap found at start.
-SEALED = frozenset({"stop", "retention", "key_rotation", "audit_upgrade", "audit_gap"})
+SEALED = frozenset({"stop", "retention", "key_rotation", "audit_upgrade", "audit_gap", "resume"})
+# A clean stop whose body says so (``sealed_next``) promises that the next record is sealed (every
+# agentd session that writes after it opens with a sealed ``resume``, or finds an ``audit_gap``): a
+# record after it with no checkpoint of its own was appended while the node was stopped.
+SEALS_NEXT = "sealed_next"
 BINDERS = ("retention", "audit_upgrade")  # records whose body's "base" binds the chain's start
 
 
@@ -114,11 +118,13 @@ class _Walk:
     rotations: list[Rotation] = field(default_factory=list)
     binder: tuple[int, dict[str, Any]] | None = None
     gaps: list[tuple[int, Any]] = field(default_factory=list)
+    after_stop: list[tuple[int, int, str]] = field(default_factory=list)  # (stop seq, next seq, next kind)
 
 
 def _walk(rows: Iterable[AuditRow], base_seq: int, base_hash: str) -> tuple[_Walk, int | None, str | None]:
     w = _Walk()
     expected_seq, prev = base_seq + 1, base_hash
+    stop_seals: int | None = None  # the seq of a clean stop that promised a sealed next record
     for row in rows:
         w.count += 1
         if row.seq != expected_seq:
@@ -144,6 +150,9 @@ def _walk(rows: Iterable[AuditRow], base_seq: int, base_hash: str) -> tuple[_Wal
             w.binder = (row.seq, body["base"])
         if row.kind == "audit_gap":
             w.gaps.append((row.seq, body))
+        if stop_seals is not None:
+            w.after_stop.append((stop_seals, row.seq, row.kind))
+        stop_seals = row.seq if row.kind == "stop" and isinstance(body, dict) and body.get(SEALS_NEXT) is True else None
         prev, expected_seq = row.hash, row.seq + 1
     return w, None, None
 
@@ -194,6 +203,9 @@ def verify_chain(
             f" bound of {tail.bound.records} records / {tail.bound.seconds:g} s (checkpoints deleted?)"))
     if w.gaps:
         seq, body = w.gaps[0]
+        if isinstance(body, dict) and body.get("after_stop") is True:
+            return bad(seq, f"record {seq}: at start the node found {body.get('records')} record(s) after its clean stop at record"
+                            f" {body.get('after_seq')} that no agentd session wrote: appended while the node was stopped")
         return bad(seq, f"record {seq}: at start the node found its checkpoints missing: {json.dumps(body, sort_keys=True)[:300]}")
     at = {c.seq for c in cps}
     exempt_below = 0  # a legacy chain's sealed records had their checkpoint in a transaction of its own
@@ -202,6 +214,10 @@ def verify_chain(
     for seq, kind in w.sealed:
         if seq >= exempt_below and seq not in at:
             return bad(seq, f"record {seq} ({kind}) has no signed checkpoint at it, which the node writes with it (checkpoints deleted?)")
+    for stop, seq, kind in w.after_stop:
+        if kind not in SEALED:
+            return bad(seq, f"record {seq} ({kind}) follows the clean stop at record {stop} with no signed checkpoint of its"
+                            " own, which every session after a stop opens with: it was appended while the node was stopped")
     return VerifyResult(True, w.count, len(cps), tail=tail, key=key, head=(head_seq, w.hashes.get(head_seq, base_hash)))
 
 

@@ -23,8 +23,8 @@ from agentd.trust.canonical import canonical
 from agentd.trust.checkpoints import GENESIS
 from agentd.trust.keys import create_key
 from tests.integration.broker import Broker
-from tests.integration.conftest import cli
-from tests.integration.test_audit_tamper import EVENTS, copy_of, edit_decision, make_node, verify
+from tests.integration.conftest import DaemonProc, cli
+from tests.integration.test_audit_tamper import EVENTS, copy_of, edit_decision, make_node, quiet, run, verify  # noqa: F401
 from tests.integration.test_mesh_link import wait_connected
 from tests.integration.test_mesh_peers import WARM, _config, _wait
 from tests.integration.test_mesh_witness import _peer
@@ -177,3 +177,45 @@ def test_a_base_that_is_not_one_is_named_not_a_traceback(busy: Path, tmp_path: P
     conn.close()
     r = cli(config, "audit", "verify")
     assert r.returncode == 1 and "Traceback" not in r.stderr and "settings.audit_base" in r.stderr, r.stderr
+
+
+def _append_forged_decision(conn: sqlite3.Connection) -> int:
+    """What someone with the database alone does while the node is stopped: chain a back-dated decision record on."""
+    seq, ts, prev = conn.execute("SELECT seq, ts, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    body = canonical({"id": "f" * 32, "action": "none", "skill": "freezer_health", "note": "forged"}).decode()
+    h = record_hash(prev, seq + 1, ts - 60, "decision", "f" * 32, body)
+    conn.execute("INSERT INTO audit(seq, ts, kind, ref, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?)",
+                 (seq + 1, ts - 60, "decision", "f" * 32, body, prev, h))
+    return int(seq + 1)
+
+
+@pytest.mark.parametrize("config_name", ["busy", "quiet"])
+def test_records_appended_after_a_clean_stop_fail_verify_before_and_after_the_next_start(
+    config_name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    config = copy_of(request.getfixturevalue(config_name), tmp_path)
+    assert verify(config)[0] == 0
+    conn = sqlite3.connect(config.parent / "data" / "agentd.db", isolation_level=None)
+    forged = _append_forged_decision(conn)
+    conn.close()
+    rc, out = verify(config)
+    assert rc == 1 and out["first_bad_seq"] == forged and "appended while the node was stopped" in out["problem"], out
+    node = DaemonProc(config_path=config, data_dir=config.parent / "data")  # the node starts on it, and says so
+    node.start()
+    assert node.stop() == 0
+    rc, out = verify(config)
+    assert rc == 1 and "appended while the node was stopped" in out["problem"], out
+    gaps = [json.loads(b) for (b,) in sqlite3.connect(config.parent / "data" / "agentd.db").execute(
+        "SELECT body FROM audit WHERE kind = 'audit_gap'")]
+    assert gaps == [{"after_seq": forged - 1, "records": 1, "after_stop": True}]
+
+
+def test_a_node_stopped_and_started_again_verifies(busy: Path, tmp_path: Path) -> None:
+    config = copy_of(busy, tmp_path)
+    run(config, ["again-1", "again-2"])  # each session after a stop opens with a sealed resume record
+    run(config, ["again-3"])
+    rc, out = verify(config)
+    assert rc == 0, out
+    kinds = [k for (k,) in sqlite3.connect(config.parent / "data" / "agentd.db").execute("SELECT kind FROM audit ORDER BY seq")]
+    stops = [i for i, k in enumerate(kinds) if k == "stop"]
+    assert all(kinds[i + 1] == "resume" for i in stops[:-1]) and kinds[-1] == "stop"
