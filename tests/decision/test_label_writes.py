@@ -21,7 +21,7 @@ from agentd.state.lww import Entry, expiry
 from agentd.state.migrations import migrate
 from agentd.trust.hlc import Clock
 from agentd.trust.keys import NodeKey
-from tests.decision.test_learning import MINILM
+from tests.decision.test_learning import READER, READER_SKILL
 
 SKILL = "freezer"
 COLD = {"temperature_c": -20.0}
@@ -83,10 +83,7 @@ def test_labels_hold_at_most_half_of_the_map(tmp_path: Path) -> None:
 
 
 async def test_a_peers_replicated_label_teaches_the_text_stage_now_and_after_a_restart(config_factory: Factory, node_key: NodeKey) -> None:
-    reader = {"name": "reader", "backend": "embedding", "fields": ["note"], **MINILM,
-              "examples": [{"text": "delivery being unloaded", "label": "none"}, {"text": "compressor is smoking", "label": "shutdown"},
-                           {"text": "door left open", "label": "alert"}]}
-    cfg = config_factory(models=[reader], skill={"cascade": [{"model": "reader", "min_confidence": 0.0}], "approval": {"actions": []}})
+    cfg = config_factory(models=[READER], skill=READER_SKILL)
     note = {**COLD, "note": "the cat is in the cold room"}
     async with Engine(loaded=cfg, key=node_key, run_handlers=False) as eng:
         first = await eng.decide(SKILL, note, event_id="n-1")
@@ -106,9 +103,7 @@ async def test_a_peers_replicated_label_teaches_the_text_stage_now_and_after_a_r
 
 
 async def test_labels_arriving_together_are_learnt_in_one_batch(config_factory: Factory, node_key: NodeKey, wait_until: Any) -> None:
-    reader = {"name": "reader", "backend": "embedding", "fields": ["note"], **MINILM,
-              "examples": [{"text": "delivery being unloaded", "label": "none"}, {"text": "door left open", "label": "alert"}]}
-    cfg = config_factory(models=[reader], skill={"cascade": [{"model": "reader", "min_confidence": 0.0}], "approval": {"actions": []}})
+    cfg = config_factory(models=[READER], skill=READER_SKILL)
     async with Engine(loaded=cfg, key=node_key, run_handlers=False) as eng:
         stage = eng.stages["reader"]
         calls: list[int] = []
@@ -118,7 +113,7 @@ async def test_labels_arriving_together_are_learnt_in_one_batch(config_factory: 
             label = {"skill": SKILL, "action": "alert", "source": "operator", "by": "alice", "event_id": f"e{i}",
                      "inputs": {**COLD, "note": f"door {i} was left open"}}
             eng.replicated_label_arrived(_entry(label_key("node-b", new_id()), label, writer="node-b"))
-        await wait_until(lambda: _async(stage.example_count == 42))
+        await wait_until(lambda: _async(stage.example_count == 43))
     assert sum(calls) == 40 and len(calls) <= 2  # one refit for the lot (two if the first started alone)
 
 

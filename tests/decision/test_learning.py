@@ -27,6 +27,13 @@ MINILM = {"path": str(ROOT / "models" / "all-MiniLM-L6-v2.int8.onnx"),
           "tokenizer_sha256": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"}
 
 
+# A text stage on the skill's note, with three examples, acting alone (tests/decision/test_label_writes.py uses it too).
+READER = {"name": "reader", "backend": "embedding", "fields": ["note"], **MINILM,
+          "examples": [{"text": "delivery being unloaded", "label": "none"}, {"text": "compressor is smoking", "label": "shutdown"},
+                       {"text": "door left open", "label": "alert"}]}
+READER_SKILL = {"cascade": [{"model": "reader", "min_confidence": 0.0}], "approval": {"actions": []}}
+
+
 def states(eng: Engine) -> list[str]:
     return [s["state"] for s in eng.stage_state_list()]
 
@@ -86,10 +93,7 @@ async def test_without_promote_auto_labels_never_move_a_stage(config_factory: Fa
 
 
 async def test_a_text_stage_learns_labelled_texts_now_and_after_a_restart(config_factory: Factory, node_key: NodeKey) -> None:
-    reader = {"name": "reader", "backend": "embedding", "fields": ["note"], **MINILM,
-              "examples": [{"text": "delivery being unloaded", "label": "none"}, {"text": "compressor is smoking", "label": "shutdown"},
-                           {"text": "door left open", "label": "alert"}]}
-    cfg = config_factory(models=[reader], skill={"cascade": [{"model": "reader", "min_confidence": 0.0}], "approval": {"actions": []}})
+    cfg = config_factory(models=[READER], skill=READER_SKILL)
     note = {**COLD, "note": "the cat is in the cold room"}
     async with Engine(loaded=cfg, key=node_key, run_handlers=False) as eng:
         first = await eng.decide(SKILL, note, event_id="n-1")

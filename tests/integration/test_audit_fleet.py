@@ -19,13 +19,13 @@ import pytest
 import yaml
 
 from agentd.trust.checkpoints import GENESIS, Bound, make_checkpoint
-from agentd.trust.keys import create_key, load_key
+from agentd.trust.keys import load_key
 from tests.integration.broker import Broker
 from tests.integration.conftest import DaemonProc, cli
 from tests.integration.test_audit_tamper import copy_of, decision_at_or_after, edit_decision, rehash_from
 from tests.integration.test_mesh_link import wait_connected
-from tests.integration.test_mesh_peers import WARM, _config, _wait
-from tests.integration.test_mesh_witness import _peer
+from tests.integration.test_mesh_peers import WARM, _wait
+from tests.integration.test_mesh_witness import _peer, witness_pair
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +34,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Daem
     tmp = tmp_path_factory.mktemp("fleet")
     broker = Broker(folder=tmp)
     broker.start()
-    key_a, _ = create_key(tmp / "node-a" / "data")
-    key_b, _ = create_key(tmp / "node-b" / "data")
-    a = _config(tmp, "node-a", broker.port, {"peers": {"node-b": key_b.public_b64}})
-    b = _config(tmp, "node-b", broker.port, {"peers": {"node-a": key_a.public_b64}})
-    for node in (a, b):
-        cfg = yaml.safe_load(node.config_path.read_text())
-        cfg["mqtt"]["digest_interval_s"] = 0.5
-        cfg["state"] = {"checkpoint_every": 4}
-        node.config_path.write_text(yaml.safe_dump(cfg))
+    a, b = witness_pair(tmp, broker.port, checkpoint_every=4)
     try:
         b.start()
         wait_connected(b)

@@ -16,18 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from agentd.trust.audit import record_hash
 from agentd.trust.canonical import canonical
 from agentd.trust.checkpoints import GENESIS
-from agentd.trust.keys import create_key
 from tests.integration.broker import Broker
 from tests.integration.conftest import DaemonProc, cli
 from tests.integration.test_audit_tamper import EVENTS, copy_of, edit_decision, make_node, quiet, run, verify  # noqa: F401
 from tests.integration.test_mesh_link import wait_connected
-from tests.integration.test_mesh_peers import WARM, _config, _wait
-from tests.integration.test_mesh_witness import _peer
+from tests.integration.test_mesh_peers import WARM, _wait
+from tests.integration.test_mesh_witness import _peer, witness_pair
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +131,8 @@ def test_a_peer_flags_a_node_that_signs_a_rewrite_after_its_checkpoints_were_del
     """B witnesses A; with A stopped, the whole chain of A is rewritten and every checkpoint deleted (no key); A
     starts, records an audit_gap and signs a checkpoint over the rewrite that chains to nothing. B must see a fork,
     not a gap that would replace the head it witnessed (and with it what `verify --fleet` checks A against)."""
-    a_dir, b_dir = tmp_path / "node-a" / "data", tmp_path / "node-b" / "data"
-    key_a, _ = create_key(a_dir)
-    key_b, _ = create_key(b_dir)
-    a = _config(tmp_path, "node-a", broker.port, {"peers": {"node-b": key_b.public_b64}})
-    b = _config(tmp_path, "node-b", broker.port, {"peers": {"node-a": key_a.public_b64}})
-    for node in (a, b):
-        cfg = yaml.safe_load(node.config_path.read_text())
-        cfg["mqtt"]["digest_interval_s"] = 0.5
-        cfg["state"] = {"checkpoint_every": 5}
-        node.config_path.write_text(yaml.safe_dump(cfg))
+    a, b = witness_pair(tmp_path, broker.port, checkpoint_every=5)
+    a_dir = a.data_dir
     b.start()
     wait_connected(b)
     try:

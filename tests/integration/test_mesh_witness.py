@@ -27,6 +27,21 @@ def _peer(node: DaemonProc, name: str) -> dict[str, Any]:
     return peers.get(name, {})
 
 
+def witness_pair(tmp: Path, port_a: int, port_b: int | None = None, *, checkpoint_every: int) -> tuple[DaemonProc, DaemonProc]:
+    """Nodes A and B (not started) that trust each other's keys, so each witnesses the other's audit heads;
+    digests every 0.5 s, a checkpoint every ``checkpoint_every`` records. B on ``port_b`` if given."""
+    key_a, _ = create_key(tmp / "node-a" / "data")
+    key_b, _ = create_key(tmp / "node-b" / "data")
+    a = _config(tmp, "node-a", port_a, {"peers": {"node-b": key_b.public_b64}})
+    b = _config(tmp, "node-b", port_a if port_b is None else port_b, {"peers": {"node-a": key_a.public_b64}})
+    for node in (a, b):
+        cfg = yaml.safe_load(node.config_path.read_text())
+        cfg["mqtt"]["digest_interval_s"] = 0.5
+        cfg["state"] = {"checkpoint_every": checkpoint_every}
+        node.config_path.write_text(yaml.safe_dump(cfg))
+    return a, b
+
+
 def _copy_db(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for name in DB_FILES:
@@ -36,16 +51,8 @@ def _copy_db(src: Path, dst: Path) -> None:
 
 
 def test_a_peer_flags_a_node_whose_database_was_rolled_back(tmp_path: Path, broker: Broker) -> None:
-    a_dir, b_dir = tmp_path / "node-a" / "data", tmp_path / "node-b" / "data"
-    key_a, _ = create_key(a_dir)
-    key_b, _ = create_key(b_dir)
-    a = _config(tmp_path, "node-a", broker.port, {"peers": {"node-b": key_b.public_b64}})
-    b = _config(tmp_path, "node-b", broker.port, {"peers": {"node-a": key_a.public_b64}})
-    for node in (a, b):
-        cfg = yaml.safe_load(node.config_path.read_text())
-        cfg["mqtt"]["digest_interval_s"] = 0.5
-        cfg["state"] = {"checkpoint_every": 5}
-        node.config_path.write_text(yaml.safe_dump(cfg))
+    a, b = witness_pair(tmp_path, broker.port, checkpoint_every=5)
+    a_dir = a.data_dir
     b.start()
     wait_connected(b)
     try:
@@ -108,16 +115,8 @@ def test_a_peer_flags_a_node_rolled_back_on_the_other_side_of_a_healed_partition
     p2 = free_port()
     b2 = Broker(folder=tmp_path, port=p2, extra=_bridge(b1.port))
     b2.start()
-    a_dir, b_dir = tmp_path / "node-a" / "data", tmp_path / "node-b" / "data"
-    key_a, _ = create_key(a_dir)
-    key_b, _ = create_key(b_dir)
-    a = _config(tmp_path, "node-a", b1.port, {"peers": {"node-b": key_b.public_b64}})
-    b = _config(tmp_path, "node-b", p2, {"peers": {"node-a": key_a.public_b64}})
-    for node in (a, b):
-        cfg = yaml.safe_load(node.config_path.read_text())
-        cfg["mqtt"]["digest_interval_s"] = 0.5
-        cfg["state"] = {"checkpoint_every": 5}
-        node.config_path.write_text(yaml.safe_dump(cfg))
+    a, b = witness_pair(tmp_path, b1.port, p2, checkpoint_every=5)
+    a_dir = a.data_dir
     try:
         b.start()
         wait_connected(b)

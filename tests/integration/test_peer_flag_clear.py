@@ -10,27 +10,16 @@ import os
 import sqlite3
 from pathlib import Path
 
-import yaml
-
-from agentd.trust.keys import create_key
 from tests.integration.broker import Broker
 from tests.integration.conftest import cli
 from tests.integration.test_mesh_link import wait_connected
-from tests.integration.test_mesh_peers import WARM, _config, _wait
-from tests.integration.test_mesh_witness import _copy_db, _peer
+from tests.integration.test_mesh_peers import WARM, _wait
+from tests.integration.test_mesh_witness import _copy_db, _peer, witness_pair
 
 
 def test_an_operator_clears_a_peers_flag_after_investigating(tmp_path: Path, broker: Broker) -> None:
-    a_dir, b_dir = tmp_path / "node-a" / "data", tmp_path / "node-b" / "data"
-    key_a, _ = create_key(a_dir)
-    key_b, _ = create_key(b_dir)
-    a = _config(tmp_path, "node-a", broker.port, {"peers": {"node-b": key_b.public_b64}})
-    b = _config(tmp_path, "node-b", broker.port, {"peers": {"node-a": key_a.public_b64}})
-    for node in (a, b):
-        cfg = yaml.safe_load(node.config_path.read_text())
-        cfg["mqtt"]["digest_interval_s"] = 0.5
-        cfg["state"] = {"checkpoint_every": 5}
-        node.config_path.write_text(yaml.safe_dump(cfg))
+    a, b = witness_pair(tmp_path, broker.port, checkpoint_every=5)
+    a_dir, b_dir = a.data_dir, b.data_dir
     try:
         b.start()
         wait_connected(b)

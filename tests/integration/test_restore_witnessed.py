@@ -9,27 +9,16 @@ import json
 import sqlite3
 from pathlib import Path
 
-import yaml
-
-from agentd.trust.keys import create_key
 from tests.integration.broker import Broker
 from tests.integration.conftest import cli
 from tests.integration.test_audit_fleet import _newest_checkpoint
 from tests.integration.test_mesh_link import wait_connected
-from tests.integration.test_mesh_peers import WARM, _config, _wait
-from tests.integration.test_mesh_witness import _peer
+from tests.integration.test_mesh_peers import WARM, _wait
+from tests.integration.test_mesh_witness import _peer, witness_pair
 
 
 def test_restore_refuses_a_backup_older_than_a_witnessed_head_unless_forced(tmp_path: Path, broker: Broker) -> None:
-    key_a, _ = create_key(tmp_path / "node-a" / "data")
-    key_b, _ = create_key(tmp_path / "node-b" / "data")
-    a = _config(tmp_path, "node-a", broker.port, {"peers": {"node-b": key_b.public_b64}})
-    b = _config(tmp_path, "node-b", broker.port, {"peers": {"node-a": key_a.public_b64}})
-    for node in (a, b):
-        cfg = yaml.safe_load(node.config_path.read_text())
-        cfg["mqtt"]["digest_interval_s"] = 0.5
-        cfg["state"] = {"checkpoint_every": 4}
-        node.config_path.write_text(yaml.safe_dump(cfg))
+    a, b = witness_pair(tmp_path, broker.port, checkpoint_every=4)
     try:
         b.start()
         wait_connected(b)
