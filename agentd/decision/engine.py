@@ -29,6 +29,7 @@ from agentd.decision.model import DecisionRecord, Mode, ModelRef, Source, Status
 from agentd.decision.policy import ACCEPTED, CircuitBreaker, StageTrace, disagreement, interim_action, needs_approval
 from agentd.decision.rules import SkillRules, compile_all, first_match, guarded, make_context
 from agentd.decision.shadows import ShadowMixin
+from agentd.decision.status import StatusMixin
 from agentd.decision.validate import validate_event
 from agentd.errors import ConfigError, InputError
 from agentd.ids import check_event_id, new_id
@@ -60,7 +61,7 @@ class Outbound(Protocol):
     def decision_messages(self, record: dict[str, Any], record_bytes: bytes) -> list[tuple[str, bytes, int, bool]]: ...
 
 
-class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin, LabelMixin, FleetStateMixin):
+class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMixin, LabelMixin, FleetStateMixin, StatusMixin):
     """The decision pipeline over one config: compiled rules, stages, modes, approvals.
 
     The daemon passes the long-lived ``store`` and model ``pool`` it owns, so a reload
@@ -375,25 +376,6 @@ class Engine(LearningMixin, CascadeMixin, ShadowMixin, ApprovalMixin, HandlerMix
         task = self._tasks.create_task(_logged(coro, name), name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    # -- status --------------------------------------------------------------
-
-    async def status(self) -> dict[str, Any]:
-        """What `agentd status` shows."""
-        totals = await self.store.read(queries.counts)
-        models = [{**stage.info(), "available": stage.available, "missing_reason": stage.missing_reason,
-                   "circuit": self.circuits[name].state} for name, stage in self.stages.items()]
-        return {
-            "node": self.node,
-            "fleet": self.cfg.node.fleet,
-            "mode": self.mode,
-            "lifecycle": {"stage": self.stage, "release": self.cfg.lifecycle.release, "config_sha256": self.loaded.sha256},
-            "models": models,
-            "skills": [s.name for s in self.cfg.skills],
-            "stage_states": self.stage_state_list(),
-            "counters": dict(self.counters),
-            **totals,
-        }
 
 
 async def _logged(coro: Any, name: str) -> None:
