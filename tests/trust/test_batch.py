@@ -17,7 +17,10 @@ from agentd.trust.envelope import check_envelope
 from agentd.trust.hlc import Clock
 from agentd.trust.keys import NodeKey, create_key
 
-NOW_MS = int(time.time() * 1000)
+
+def now_ms() -> int:
+    """The time now, as the receiver reads it (not at import: the suite may reach a test minutes later)."""
+    return int(time.time() * 1000)
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ def test_a_batch_verifies_once_and_stands_for_each_item_as_its_own_envelope(key:
     items = _items(3, clock)
     payload = batch_envelope(items, fleet="f", node="n1", hlc=clock.now(), key=key)
     env = _check(payload, key)
-    out = unbatch(env, allowed=("decision", "state"), now_ms=NOW_MS, max_skew_ms=30_000)
+    out = unbatch(env, allowed=("decision", "state"), now_ms=now_ms(), max_skew_ms=30_000)
     assert [e["id"] for e in out if isinstance(e, dict)] == ["d0", "d1", "d2"]
     first = out[0]
     assert isinstance(first, dict)
@@ -78,7 +81,7 @@ def test_an_oversize_batch_is_refused_whole(key: NodeKey) -> None:
     too_many = batch_envelope(_items(MAX_ITEMS + 1, clock), fleet="f", node="n1", hlc=clock.now(), key=key)
     env = _check(too_many, key, max_bytes=1 << 20)
     with pytest.raises(Rejected) as exc:
-        unbatch(env, allowed=("decision",), now_ms=NOW_MS, max_skew_ms=30_000)
+        unbatch(env, allowed=("decision",), now_ms=now_ms(), max_skew_ms=30_000)
     assert exc.value.reason == "oversized"
     with pytest.raises(Rejected) as exc:  # over the receiver's byte bound: refused before its signature is even looked at
         _check(too_many, key, max_bytes=16384)
@@ -90,15 +93,15 @@ def test_a_bad_item_is_refused_alone_and_the_batch_shape_whole(key: NodeKey) -> 
     good = item_bytes("decision", "ok", clock.now(), canonical(_decision(0)))
     nested = item_bytes("batch", "nest", clock.now(), b'{"items":[]}')
     wrong_kind = item_bytes("status", "st", clock.now(), b'{"status":"online"}')
-    ahead = item_bytes("decision", "late", f"{NOW_MS + 3_600_000}-0000", canonical(_decision(1)))
+    ahead = item_bytes("decision", "late", f"{now_ms() + 3_600_000}-0000", canonical(_decision(1)))
     extra = b'{"body":{},"extra":1,"hlc":"1700000000000-0000","id":"x","kind":"decision"}'
     env = _check(batch_envelope([good, nested, wrong_kind, ahead, extra], fleet="f", node="n1", hlc=clock.now(), key=key), key)
-    out = unbatch(env, allowed=("decision", "state", "batch"), now_ms=NOW_MS, max_skew_ms=30_000)
+    out = unbatch(env, allowed=("decision", "state", "batch"), now_ms=now_ms(), max_skew_ms=30_000)
     assert isinstance(out[0], dict) and out[0]["id"] == "ok"
     assert [r.reason for r in out[1:] if isinstance(r, Rejected)] == ["malformed", "malformed", "clock_skew", "malformed"]
     for body in ({"items": []}, {"items": "x"}, {"items": [{}], "more": 1}, {"items": [json.loads(good), json.loads(good)]}):
         with pytest.raises(Rejected):
-            unbatch({"fleet": "f", "node": "n1", "body": body}, allowed=("decision",), now_ms=NOW_MS, max_skew_ms=30_000)
+            unbatch({"fleet": "f", "node": "n1", "body": body}, allowed=("decision",), now_ms=now_ms(), max_skew_ms=30_000)
 
 
 def test_pack_keeps_each_batch_within_its_bounds_and_the_order(key: NodeKey) -> None:
