@@ -145,7 +145,7 @@ class CascadeMixin:
             if ood.field is not None:
                 trace.extra["ood_field"] = ood.field
         action, outcome = gate(answer, stage_cfg, skill.actions, ood)
-        if action is not None and answer.scores:
+        if action is not None and answer.scores and skill.uncertain.severe_share is not None:  # off: no work per answer
             severe = possible_severe(skill, action, action_scores(answer.scores, stage_cfg.map, skill.actions))
             if severe is not None:  # "nothing to do", yet too likely an emergency to say so unasked
                 trace.extra["severe"] = {"action": severe[0], "share": round(severe[1], 4)}

@@ -79,7 +79,8 @@ class LearningMixin:
                 rows = await self._labelled_rows(skill)
                 await self._teach(skill, [(r.record, r.label) for r in rows])
         now = time.time()
-        peers = await self.store.read(lambda c: [e for e in fleet_state.entries(c) if e.expires_at is None or e.expires_at > now])
+        peers = await self.store.read(lambda c: [e for e in fleet_state.entries(c, fleet_state.LABEL_GLOB)
+                                                 if e.expires_at is None or e.expires_at > now])
         await self.learn_replicated(peers)
 
     def replicated_label_arrived(self, entry: Entry) -> None:

@@ -67,9 +67,9 @@ def apply(conn: sqlite3.Connection, writes: list[StateWrite], *, max_keys: int =
     return out
 
 
-def entries(conn: sqlite3.Connection) -> list[Entry]:
-    """Every key's entry (tombstones and expired ones too), by key."""
-    return [_entry(r) for r in conn.execute("SELECT key, value, hlc, node FROM fleet_state ORDER BY key")]
+def entries(conn: sqlite3.Connection, glob: str = "*") -> list[Entry]:
+    """Every key's entry (tombstones and expired ones too) whose key matches ``glob``, by key."""
+    return [_entry(r) for r in conn.execute("SELECT key, value, hlc, node FROM fleet_state WHERE key GLOB ? ORDER BY key", (glob,))]
 
 
 def digest(conn: sqlite3.Connection) -> dict[str, Any]:
