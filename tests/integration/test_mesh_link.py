@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -144,8 +145,11 @@ def test_bad_event_payloads_are_refused_and_the_node_lives(tmp_path: Path, broke
 def test_broker_down_node_decides_on_and_delivers_everything_after(tmp_path: Path) -> None:
     # The subscriber's session (and its subscription) is persisted by the broker, so a node that
     # reconnects before the test's subscriber does still delivers to it: no race on who is first.
+    # Mosquitto started as root drops to its own user, which cannot write under pytest's 0700 tmp
+    # folder: as root (CI) it persisted nothing, and the test then depended on winning the race.
     (tmp_path / "mq").mkdir()
-    broker = Broker(folder=tmp_path, extra=f"persistence true\npersistence_location {tmp_path / 'mq'}/\nautosave_interval 1\n").start()
+    stay_root = "user root\n" if os.geteuid() == 0 else ""
+    broker = Broker(folder=tmp_path, extra=f"persistence true\npersistence_location {tmp_path / 'mq'}/\nautosave_interval 1\n{stay_root}").start()
     sub = Subscriber(broker.port, client_id="test-sub-persistent")
     node = _node(tmp_path, broker.port)
     try:
@@ -156,6 +160,7 @@ def test_broker_down_node_decides_on_and_delivers_everything_after(tmp_path: Pat
         deadline = time.monotonic() + 10
         while not (tmp_path / "mq" / "mosquitto.db").exists() and time.monotonic() < deadline:
             time.sleep(0.1)  # the autosave that holds the subscriber's session
+        assert (tmp_path / "mq" / "mosquitto.db").exists(), "the broker persisted nothing; see its log"
         time.sleep(1.5)
         broker.stop()  # killed mid-stream
         for i in range(30):  # offline first: the node keeps deciding
