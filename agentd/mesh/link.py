@@ -26,7 +26,7 @@ from agentd.errors import AgentdError, MeshError
 from agentd.mesh.backoff import backoff_delay
 from agentd.mesh.gossip import Gossip
 from agentd.mesh.inbound import subscriptions
-from agentd.mesh.publisher import OutboxPublisher
+from agentd.mesh.publisher import MAX_INFLIGHT, OutboxPublisher
 from agentd.mesh.receiver import Receiver
 from agentd.mesh.refusals import RefusalTally
 from agentd.mesh.topics import topic
@@ -76,7 +76,7 @@ class MeshLink:
         # message handler's boundary, where the message was acknowledged and the session kept.
         # One dict, shared with the parts below, each counting its own.
         self.counters: dict[str, int] = {"published": 0, "events_in": 0, "events_refused": 0, "reconnects": 0,
-                                         "failures": 0, "handler_errors": 0}
+                                         "failures": 0, "handler_errors": 0, "read_pauses": 0}
         self.refusals = refusals if refusals is not None else RefusalTally()
         self._on_command = on_command
         self._publisher = OutboxPublisher(cfg=cfg, key=key, clock=clock, store=store, counters=self.counters)
@@ -90,7 +90,9 @@ class MeshLink:
 
     # -- connection ----------------------------------------------------------
 
-    def _client(self, protocol: str) -> Any:
+    def _client(self, protocol: str, *, outbound: bool = False) -> Any:
+        """The session's client: ``outbound=False`` the main one (events in, their acks, status, last
+        will, a persistent session); ``outbound=True`` the one that publishes (see ``run``)."""
         import aiomqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -108,6 +110,16 @@ class MeshLink:
             if m.tls.cert:
                 ctx.load_cert_chain(m.tls.cert, m.tls.key)
             tls = ctx
+        common: dict[str, Any] = {
+            "username": m.username, "password": password, "keepalive": 30, "timeout": 10, "tls_context": tls,
+            # Without it Nagle holds a decision back until the broker's delayed ACK (~40 ms on Linux).
+            "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        }
+        if outbound:  # nothing subscribed, nothing to keep: a clean session
+            clean: dict[str, Any] = {"clean_start": True} if protocol == "5" else {"clean_session": True}
+            version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
+            return aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}-out", protocol=version,
+                                  max_inflight_messages=MAX_INFLIGHT, **clean, **common)
         offline = envelope("status", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
         # The broker keeps our subscriptions and unacknowledged events across reconnects.
         session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
@@ -119,20 +131,8 @@ class MeshLink:
             # max_inflight_messages, 20 by default, bounds it under 3.1.1).
             props.ReceiveMaximum = m.receive_maximum
             session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False, "properties": props}
-        return aiomqtt.Client(
-            m.host,
-            m.port,
-            username=m.username,
-            password=password,
-            identifier=f"agentd-{self.fleet}-{self.node}",
-            **session,
-            will=aiomqtt.Will(self._t("status"), offline, qos=1, retain=True),
-            keepalive=30,
-            timeout=10,
-            tls_context=tls,
-            # Without it Nagle holds a decision back until the broker's delayed ACK (~40 ms on Linux).
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        )
+        return aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}", **session,
+                              will=aiomqtt.Will(self._t("status"), offline, qos=1, retain=True), **common)
 
     def _t(self, *parts: str) -> str:
         return topic(self.fleet, "nodes", self.node, *parts)
@@ -158,7 +158,13 @@ class MeshLink:
                     client = self._client(self._try_protocol)
                     manual_acks(client)
                     await client.__aenter__()
+                out = None
                 try:
+                    # Publishes go on a second connection: a broker queues what it sends a client in one
+                    # stream, so on the events' connection a PUBACK waits behind every event queued for
+                    # us (mosquitto 2.0 sends past Receive Maximum), and the node may pause reading it.
+                    out = self._client(self._try_protocol, outbound=True)
+                    await out.__aenter__()
                     self.connected, connected_at = True, time.monotonic()
                     self.protocol = self._try_protocol
                     log.info("mqtt connected to %s:%s with MQTT %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.protocol)
@@ -166,19 +172,21 @@ class MeshLink:
                     try:
                         async with asyncio.TaskGroup() as tg:
                             tg.create_task(self._receiver.run(client, tg), name="mqtt-receive")
-                            tg.create_task(self._publisher.drain(client), name="mqtt-outbox")
-                            tg.create_task(self._gossip.digests(client), name="mqtt-digest")
-                            tg.create_task(self._gossip.heads.publish(client), name="mqtt-audit-head")
-                            tg.create_task(self._metrics(client), name="mqtt-metrics")
+                            tg.create_task(self._publisher.drain(out), name="mqtt-outbox")
+                            tg.create_task(self._gossip.digests(out), name="mqtt-digest")
+                            tg.create_task(self._gossip.heads.publish(out), name="mqtt-audit-head")
+                            tg.create_task(self._metrics(out), name="mqtt-metrics")
                     except asyncio.CancelledError:
                         await self._offline(client)  # a clean stop sends no last will: say it ourselves
                         raise
                 finally:
+                    if out is not None:
+                        await close_client(out)
                     await close_client(client)
             except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group:
                 exc = group.exceptions[0]
                 if self.connected:
-                    log.warning("mqtt connection lost: %s", exc)
+                    log.warning("mqtt connection lost: %s", exc, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
                 else:
                     log.warning("mqtt connect to %s:%s failed: %s", self.cfg.mqtt.host, self.cfg.mqtt.port, exc)
             except* AgentdError as group:  # config (password file), or the store during a reload

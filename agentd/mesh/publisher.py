@@ -122,6 +122,7 @@ class OutboxPublisher:
                     raise aiomqtt_error(f"no PUBACK for {len(pending)} publishes in {PUBACK_TIMEOUT_S:.0f} s") from None
 
         paho_client.on_publish = on_publish
+        deleting: asyncio.Future[None] | None = None
         try:
             while True:
                 self._ready.clear()
@@ -144,16 +145,22 @@ class OutboxPublisher:
                     await wait_for_room()
                     publish(m.seq, m.topic, m.payload, m.qos, m.retain)
                     after = m.seq
-                if acked:
+                if deleting is not None and deleting.done():
+                    deleting.result()  # a failed delete ends the session (the rows go out again)
+                    deleting = None
+                if acked and deleting is None:  # one delete at a time, not waited for: it queues behind decisions
                     done, acked[:] = list(acked), []
-                    await self._store().delete_outbox(done)
+                    deleting = asyncio.ensure_future(self._store().delete_outbox(done))
+                    deleting.add_done_callback(lambda _: self._ready.set())
                 if not rows and not self._ready.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1.0):
                             await self._ready.wait()
         finally:
             paho_client.on_publish = previous
-            if acked:  # acknowledged before the session ended: forget them now (unacknowledged rows stay)
-                with contextlib.suppress(AgentdError, TimeoutError):
-                    async with asyncio.timeout(2.0):
+            with contextlib.suppress(AgentdError, TimeoutError):  # acknowledged before the session ended: forget them (unacknowledged rows stay)
+                async with asyncio.timeout(2.0):
+                    if deleting is not None:
+                        await deleting
+                    if acked:
                         await self._store().delete_outbox(list(acked))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.errors import AgentdError, InputError, StateError
 from agentd.mesh.inbound import Router, parse_event
-from agentd.mesh.transport import ack, aiomqtt_error, received_at
+from agentd.mesh.transport import ReadPause, ack, aiomqtt_error, on_message, received_at, set_on_message
 
 if TYPE_CHECKING:
     from agentd.config.schema import Config
@@ -54,46 +54,79 @@ class Receiver:
         self._submit, self._gossip, self._on_command = submit, gossip, on_command
         self._counters, self._refusals = counters, refusals
         self._router = Router(fleet=cfg.node.fleet, node=cfg.node.id)
+        self._pause = ReadPause(None, cfg.mqtt.receive_maximum)
+        self._in_hand = 0  # events taken and not yet acknowledged, this session
 
     async def run(self, client: Any, tg: asyncio.TaskGroup) -> None:
-        """Read ``client.messages`` until the session ends; each handler runs as a task in ``tg``."""
-        sem = asyncio.Semaphore(self.cfg.daemon.max_pending)
-        async for message in client.messages:
-            received = received_at(message, time.monotonic())  # the deadline counts from the socket read
-            name = str(message.topic)
-            route = self._router.route(name)
-            if route is not None and route.path == "event":
-                payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-                try:  # junk is refused here, before it costs a task or a slot
-                    parsed = parse_event(payload, max_bytes=self.cfg.mqtt.max_payload_bytes)
-                except Exception as exc:  # the handler boundary, as in _one_event
-                    self._counters["events_refused"] += 1
-                    if isinstance(exc, InputError):
-                        self._refusals.refused("event", name, exc)
-                    else:
-                        self._handler_failed("event", exc)
-                    ack(client, message)
-                    continue
-                await sem.acquire()
-                tg.create_task(self._one_event(client, message, route.name, parsed, received, sem), name="mqtt-event")
-                continue
-            if route is not None and route.path == "command" and self._on_command:
-                await sem.acquire()
-                tg.create_task(self._command_task(message.payload, sem), name="mqtt-command")
-            elif route is not None and route.path == "peer":
-                await sem.acquire()
-                tg.create_task(self._peer_task(route.name, route.kind, message.payload, sem), name="mqtt-peer")
-            ack(client, message)  # fleet state is soft state: anti-entropy repairs what a crash loses
+        """Take the session's messages until it ends; each handler runs as a task in ``tg``.
 
-    async def _one_event(
-        self, client: Any, message: Any, skill: str, parsed: tuple[str | None, Any], received: float, sem: asyncio.Semaphore
-    ) -> None:
+        Events are taken in paho's own callback, as it reads them off the socket: a task each,
+        and no trip through aiomqtt's queue (which costs a task and a loop turn per message, while
+        the socket's reader takes in hundreds a turn). Everything else comes through ``client.messages``.
+        """
+        sem = asyncio.Semaphore(self.cfg.daemon.max_pending)
+        self._pause = ReadPause(client, min(self.cfg.mqtt.receive_maximum, self.cfg.daemon.max_pending))
+        self._in_hand = 0
+        queued = on_message(client)
+
+        def take(c: Any, userdata: Any, message: Any) -> None:
+            try:
+                name = message.topic
+            except UnicodeDecodeError:
+                name = None
+            route = self._router.route(name) if name is not None else None
+            if route is None or route.path != "event":
+                queued(c, userdata, message)  # aiomqtt's queue, read below
+                return
+            self._take_event(client, tg, message, name, route.name, message.timestamp or time.monotonic())
+
+        set_on_message(client, take)
+        try:
+            async for message in client.messages:
+                name = str(message.topic)
+                route = self._router.route(name)
+                if route is not None and route.path == "event":  # read before ``take`` was set (a session's queued events)
+                    self._take_event(client, tg, message, name, route.name, received_at(message, time.monotonic()))
+                    continue
+                if route is not None and route.path == "command" and self._on_command:
+                    await sem.acquire()
+                    tg.create_task(self._command_task(message.payload, sem), name="mqtt-command")
+                elif route is not None and route.path == "peer":
+                    await sem.acquire()
+                    tg.create_task(self._peer_task(route.name, route.kind, message.payload, sem), name="mqtt-peer")
+                ack(client, message)  # fleet state is soft state: anti-entropy repairs what a crash loses
+        finally:
+            set_on_message(client, queued)
+            self._pause.resume()
+
+    def _take_event(self, client: Any, tg: asyncio.TaskGroup, message: Any, name: str, skill: str, received: float) -> None:
+        """One event (paho's or aiomqtt's message), refused at once or handed to a task that decides it.
+
+        ``received``: when it was read off the socket; the deadline counts from there.
+        """
+        try:  # junk is refused here, before it costs a task or a slot
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            parsed = parse_event(payload, max_bytes=self.cfg.mqtt.max_payload_bytes)
+        except Exception as exc:  # the handler boundary, as in _one_event
+            self._counters["events_refused"] += 1
+            if isinstance(exc, InputError):
+                self._refusals.refused("event", name, exc)
+            else:
+                self._handler_failed("event", exc)
+            ack(client, message)
+            return
+        self._in_hand += 1
+        if self._in_hand >= self._pause.limit and self._pause.pause():
+            self._counters["read_pauses"] += 1
+        tg.create_task(self._one_event(client, message, name, skill, parsed, received), name="mqtt-event")
+
+    async def _one_event(self, client: Any, message: Any, name: str, skill: str, parsed: tuple[str | None, Any], received: float) -> None:
         """Decide one MQTT event, then acknowledge it: after its commit, or at once when it is refused.
 
         Only a commit that failed (disk) leaves the event unacknowledged, and ends the session
-        so that the broker redelivers it.
+        so that the broker redelivers it. At most ``mqtt.receive_maximum`` (and
+        ``daemon.max_pending``) are in hand: past that the socket is not read (``ReadPause``).
         """
-        name = str(message.topic)
         try:
             try:
                 eid, data = parsed
@@ -113,7 +146,9 @@ class Receiver:
                 self._handler_failed("event", exc)
             ack(client, message)
         finally:
-            sem.release()
+            self._in_hand -= 1
+            if self._pause.paused and self._in_hand <= self._pause.limit // 2:
+                self._pause.resume()
 
     async def _command_task(self, payload: Any, sem: asyncio.Semaphore) -> None:
         try:

@@ -16,6 +16,16 @@ def paho(client: Any) -> Any:
     return client._client
 
 
+def on_message(client: Any) -> Any:
+    """paho's message callback under an aiomqtt client (aiomqtt's own puts messages in its queue)."""
+    return paho(client).on_message
+
+
+def set_on_message(client: Any, callback: Any) -> None:
+    """Replace paho's message callback: it runs on the event loop, in the socket's reader, per message read."""
+    paho(client).on_message = callback
+
+
 def manual_acks(client: Any) -> None:
     """Acknowledge QoS 1 messages only when ``ack`` is called (after the decision's commit)."""
     paho(client).manual_ack_set(True)
@@ -37,6 +47,60 @@ async def close_client(client: Any) -> None:
         log.debug("mqtt client closed uncleanly: %s", exc)
         with contextlib.suppress(Exception):
             paho(client).disconnect()
+
+
+class ReadPause:
+    """Stops reading a session's socket while the node holds too many events, and resumes.
+
+    Events are acknowledged only after their commit, and MQTT 5's Receive Maximum should bound
+    how many a broker sends unacknowledged; but mosquitto 2.0.11 sends past it as soon as
+    acknowledgements come back while more is queued (a client with Receive Maximum 100 that
+    acknowledged 300 of 3,000 got all 3,000), and a 3.1.1 broker may be set to no limit. So the
+    node bounds it itself: with ``limit`` events in hand it takes the socket's reader off the
+    event loop (TCP then holds the broker back), and puts it back at half that. Only the events'
+    connection is paused: the node publishes on another (``MeshLink.run``).
+    """
+
+    def __init__(self, client: Any, limit: int) -> None:
+        self._client, self.limit = client, limit
+        self._resume: Any = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the socket's reader is off the loop now."""
+        return self._resume is not None
+
+    def pause(self) -> bool:
+        """Take aiomqtt's reader off the loop; False when already paused or the socket is gone."""
+        if self._resume is not None:
+            return False
+        sock = paho(self._client).socket()
+        if sock is None or sock.fileno() < 0:
+            return False
+        loop = asyncio.get_running_loop()
+        fd = sock.fileno()
+        try:
+            handle = loop._selector.get_key(fd).data[0]  # type: ignore[attr-defined]  # (reader, writer) handles
+        except (KeyError, AttributeError):
+            return False
+        if handle is None:
+            return False
+        callback, args = handle._callback, handle._args
+        loop.remove_reader(fd)
+
+        def resume() -> None:
+            current = paho(self._client).socket()
+            if current is sock and sock.fileno() == fd:  # the same live connection
+                loop.add_reader(fd, callback, *args)
+
+        self._resume = resume
+        return True
+
+    def resume(self) -> None:
+        """Put the reader back (no-op when not paused)."""
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            resume()
 
 
 def refused_protocol(exc: BaseException) -> bool:
