@@ -11,7 +11,7 @@ cat > "$DIR/agentd.yaml" <<YAML
 node: {id: "${NODE:-cmd}", fleet: "${FLEET:-peer}", data_dir: "$DIR/data"}
 lifecycle: {stage: dev, release: peer-bench}
 mqtt: {enabled: true, host: 127.0.0.1, port: ${MQTT_PORT:?MQTT_PORT is not set}, protocol: "${AGENTD_MQTT_PROTOCOL:-auto}"}
-daemon: {log_level: warning}
+daemon: {log_level: "${AGENTD_LOG_LEVEL:-warning}"}
 skills:
   - name: freezer_health
     input:
