@@ -20,7 +20,7 @@ from agentd.daemon import housekeeping, logs
 from agentd.daemon.commands import NodeCommands
 from agentd.daemon.fleet_commands import FleetCommands
 from agentd.daemon.fleet_state import FleetState
-from agentd.daemon.memory import release_free_memory
+from agentd.daemon.memory import settle_heap
 from agentd.daemon.metrics import NodeMetrics
 from agentd.daemon.notify import Notifier
 from agentd.daemon.socket_api import SocketApi
@@ -104,7 +104,7 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         server = await SocketApi(self).start(cfg.socket_path)
         self._gate.set()
-        release_free_memory()  # what loading the models freed, given back before the node idles at READY
+        settle_heap()  # the loaded engine frozen out of the collector's passes; what loading freed given back
         startup = time.monotonic() - t0
         self.notifier.send("READY=1", f"STATUS=deciding; mode {self.engine.mode}; {len(cfg.skills)} skill(s)")
         log.info("ready in %.3f s; socket %s", startup, cfg.socket_path, extra={"fields": {"startup_s": round(startup, 3)}})
@@ -262,6 +262,7 @@ class Daemon:
         if self.link is not None:
             self.link.update_trust(new.config.trust.peers)  # the MQTT session itself keeps its settings until a restart
         await self.engine.store.audit("config_reload", {"from": old.sha256, "to": new.sha256})
+        settle_heap()
         self._gate.set()
         self.notifier.send("READY=1", "STATUS=config reloaded")
         log.info("config reloaded (%s)", new.sha256[:12])

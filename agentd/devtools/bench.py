@@ -85,12 +85,14 @@ def _events(skill: SkillConfig, n: int) -> list[dict[str, Any]]:
 
 
 async def with_engine(loaded: LoadedConfig, fn: Any) -> Any:
+    from agentd.daemon.memory import settle_heap
     from agentd.decision.engine import Engine
     from agentd.mesh.wire import decision_wire
     from agentd.trust.keys import create_key
 
     key, _ = create_key(loaded.config.data_dir)
     async with Engine(loaded=loaded, key=key, run_handlers=False, outbound=decision_wire(loaded.config, key)) as engine:
+        settle_heap()  # as the daemon does at READY
         return await fn(engine)
 
 

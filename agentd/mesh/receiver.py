@@ -4,7 +4,8 @@ An event is acknowledged only after its decision is committed (paho's manual ack
 crash between receipt and commit means the broker sends it again, and the event id makes
 that a repeat, not a second decision. Poison (refused input, or a bug met in a handler) is
 acknowledged and counted, so that the broker never redelivers it. At most
-``daemon.max_pending`` messages are in hand at once.
+``min(mqtt.receive_maximum, daemon.max_pending)`` events are in hand at once (past that the
+events' socket is not read), and at most ``daemon.max_pending`` other messages.
 """
 
 from __future__ import annotations
