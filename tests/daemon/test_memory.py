@@ -33,3 +33,27 @@ def test_freed_heap_pages_go_back_to_the_system() -> None:
     after = rss_mb()
     libc.free(keep)
     assert before - after > 50, f"RSS {before:.1f} MB -> {after:.1f} MB"
+
+
+def test_settle_heap_freezes_what_is_loaded_and_collects_what_a_reload_dropped() -> None:
+    import gc
+    import weakref
+
+    from agentd.daemon.memory import settle_heap
+
+    class Engine:  # stands for the loaded engine: long-lived, and full of reference cycles
+        def __init__(self) -> None:
+            self.me = self
+
+    try:
+        first = Engine()
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        gone = weakref.ref(first)
+        del first  # a reload drops the old engine: a cycle, frozen at the last settle
+        gc.collect()
+        assert gone() is not None, "a frozen cycle is not collected until the next settle"
+        settle_heap()  # the reload's settle unfreezes first, so the old engine goes
+        assert gone() is None
+    finally:
+        gc.unfreeze()
