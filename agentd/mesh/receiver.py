@@ -79,7 +79,10 @@ class Receiver:
             if route is None or route.path != "event":
                 queued(c, userdata, message)  # aiomqtt's queue, read below
                 return
-            self._take_event(client, tg, message, name, route.name, message.timestamp or time.monotonic())
+            try:
+                self._take_event(client, tg, message, name, route.name, message.timestamp or time.monotonic())
+            except Exception as exc:  # never into paho, which would end the session; unacknowledged, it comes again
+                self._handler_failed("event", exc)
 
         set_on_message(client, take)
         try:
@@ -116,17 +119,16 @@ class Receiver:
                 self._handler_failed("event", exc)
             ack(client, message)
             return
+        tg.create_task(self._one_event(client, message, name, skill, parsed, received), name="mqtt-event")
         self._in_hand += 1
         if self._in_hand >= self._pause.limit and self._pause.pause():
             self._counters["read_pauses"] += 1
-        tg.create_task(self._one_event(client, message, name, skill, parsed, received), name="mqtt-event")
 
     async def _one_event(self, client: Any, message: Any, name: str, skill: str, parsed: tuple[str | None, Any], received: float) -> None:
         """Decide one MQTT event, then acknowledge it: after its commit, or at once when it is refused.
 
         Only a commit that failed (disk) leaves the event unacknowledged, and ends the session
-        so that the broker redelivers it. At most ``mqtt.receive_maximum`` (and
-        ``daemon.max_pending``) are in hand: past that the socket is not read (``ReadPause``).
+        so that the broker redelivers it.
         """
         try:
             try:
