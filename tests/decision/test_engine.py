@@ -701,3 +701,21 @@ async def test_activate_model_switches_a_stage_and_holds_across_restarts(config_
         assert (await eng.decide(SKILL, COLD))["model"]["name"] == "canary"
         kinds = await eng.store.read(lambda c: [k for (k,) in c.execute("SELECT kind FROM audit WHERE kind = 'model_activated'")])
     assert kinds == ["model_activated"]
+
+
+async def test_many_due_approvals_expire_together_in_a_few_commits(config_factory: Factory, node_key: NodeKey, wait_until: Any) -> None:
+    # One at a time, each expiry waited for its own read and commit: under load the backlog grew.
+    cfg = config_factory(skill={**RULES_ONLY, "approval": {"timeout_s": 0.5, "on_timeout": "defrost"}})
+    async with engine(cfg, node_key) as eng:
+        recs = [await eng.decide(SKILL, HOT) for _ in range(300)]
+        commits_before = eng.store._writer.commits
+
+        async def all_expired() -> Any:
+            pending = await eng.store.read(queries.pending_approvals)
+            return True if not pending else None
+
+        await wait_until(all_expired, limit_s=30)
+        commits = eng.store._writer.commits - commits_before
+        done = [await stored(eng, r["id"]) for r in recs]
+    assert all(d["status"] == "expired" and d["action"] == "defrost" for d in done)
+    assert commits < 60, f"300 expiries took {commits} commits"
