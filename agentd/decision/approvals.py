@@ -16,6 +16,7 @@ from agentd.decision.labels import check_action
 from agentd.decision.model import ASK_REASONS
 from agentd.errors import ConfigError, InputError, NotFound
 from agentd.state import labels, queries
+from agentd.state.decisions import Expiry
 
 if TYPE_CHECKING:
 
@@ -140,42 +141,53 @@ class ApprovalMixin:
             self._expiry_wake.clear()
             now = time.time()
             while self._expiry_heap and self._expiry_heap[0][0] <= now:
-                # Due ones together: their reads and writes share the writer's turns and commits.
-                # One at a time, each waited for two commits: at 500 decisions/s a node expired
-                # 2-5 a second against 25 new, and the backlog (and the database) grew without end.
+                # Due ones together, one read and one write for up to EXPIRY_BATCH of them. One
+                # at a time, each waited for two of the writer's turns: at 500 decisions/s a node
+                # expired 2-5 a second against 25 new, and the backlog (and the database) grew
+                # without end.
                 due: list[str] = []
                 while self._expiry_heap and self._expiry_heap[0][0] <= now and len(due) < EXPIRY_BATCH:
                     due.append(heapq.heappop(self._expiry_heap)[1])
-                done = await asyncio.gather(*(self._expire(d) for d in due))
-                failed = [d for d, ok in zip(due, done, strict=True) if not ok]
-                for decision_id in failed:  # the store could not take it (disk full, reload): try again shortly
-                    heapq.heappush(self._expiry_heap, (now + 5.0, decision_id))
-                if failed:
+                if not await self._expire(due):  # the store could not take them (disk full, reload): try again shortly
+                    for decision_id in due:
+                        heapq.heappush(self._expiry_heap, (now + 5.0, decision_id))
                     break
             delay = self._expiry_heap[0][0] - now if self._expiry_heap else 3600.0
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.05, min(delay, 3600.0))):
                     await self._expiry_wake.wait()
 
-    async def _expire(self, decision_id: str) -> bool:
-        """Expire one approval; False if it should be retried."""
+    async def _expire(self, due: list[str]) -> bool:
+        """Expire these approvals (those still pending); False if the batch should be retried."""
         try:
-            current = await self.store.read(lambda c: queries.get_decision(c, decision_id))
-            skill = self._skill_or_none(current["skill"])
-            interim = current.get("approval", {}).get("interim_action") or current["action"]
-            applied = (skill.approval.on_timeout if skill and not _uncertain(current) else None) or interim
-            writes = self._resolution_writes(current, applied)
-            record = await self.store.resolve_approval(decision_id, status="expired", applied_action=applied, by="timeout",
-                                                       after=writes.in_transaction if writes else None)
-            self._written(writes)
-        except NotFound:
-            return True  # approved or rejected meanwhile
-        except Exception as exc:  # never let the expiry task die: the pending approval would be forgotten
-            log.error("approval expiry for %s failed, will retry: %s", decision_id, exc)
+            current = await self.store.read(lambda c: queries.decisions_by_ids(c, due))
+            todo: list[tuple[Expiry, str, ResolutionWrites | None]] = []
+            for decision_id in due:
+                record = current.get(decision_id)
+                if record is None or record.get("status") != "pending_approval":
+                    continue  # approved, rejected or pruned meanwhile
+                skill = self._skill_or_none(record["skill"])
+                interim = record.get("approval", {}).get("interim_action") or record["action"]
+                applied = (skill.approval.on_timeout if skill and not _uncertain(record) else None) or interim
+                writes = self._resolution_writes(record, applied)
+                todo.append((Expiry(decision_id, applied, writes.in_transaction if writes else None), interim, writes))
+            records = await self.store.expire_approvals([e for e, _, _ in todo]) if todo else []
+        except Exception as exc:  # never let the expiry task die: the pending approvals would be forgotten
+            log.error("approval expiry of %d failed, will retry: %s", len(due), exc)
             return False
-        if applied != interim:
-            self.fleet.add_decision(applied, time.time())
-            self._after_resolution(record)
+        now = time.time()
+        for (expiry, interim, writes), result in zip(todo, records, strict=True):
+            if isinstance(result, Exception):
+                log.error("approval expiry for %s failed, will retry: %s", expiry.decision_id, result)
+                heapq.heappush(self._expiry_heap, (now + 5.0, expiry.decision_id))
+                continue
+            if result is None:
+                continue  # resolved meanwhile
+            record = result
+            self._written(writes)
+            if record["action"] != interim:
+                self.fleet.add_decision(record["action"], time.time())
+                self._after_resolution(record)
         return True
 
     async def set_mode(self, mode: str, *, by: str) -> None:

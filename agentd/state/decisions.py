@@ -137,6 +137,15 @@ class Resolution:
     when: float
 
 
+@dataclass(frozen=True)
+class Expiry:
+    """One pending approval to expire (``Store.expire_approvals``): the action it applies, and the hook run with it."""
+
+    decision_id: str
+    applied_action: str
+    after: Callable[[sqlite3.Connection, dict[str, Any]], None] | None = None
+
+
 def resolve_approval(
     conn: sqlite3.Connection, audit: AuditLog, *, node: str, decision_id: str, answer: Resolution, only_pending: bool,
     label: LabelWrite | None = None, after: Callable[[sqlite3.Connection, dict[str, Any]], None] | None = None,

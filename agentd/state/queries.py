@@ -61,6 +61,17 @@ def get_decision(conn: sqlite3.Connection, ident: str) -> dict[str, Any]:
     return _decision(row)
 
 
+def decisions_by_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The decisions with these ids (never event ids), by id; an unknown id is left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
+        part = ids[start:start + 500]
+        marks = ",".join("?" * len(part))
+        for ident, record, late in conn.execute(f"SELECT id, record, late_answer FROM decisions WHERE id IN ({marks})", part):
+            out[ident] = _decision((record, late))
+    return out
+
+
 MIN_ID_PREFIX = 8
 
 

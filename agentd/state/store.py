@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentd.errors import StateError
+from agentd.errors import NotFound, StateError
 from agentd.state import decisions, labels, peers, queries, retention, witness
 from agentd.state.audit_log import AuditLog
-from agentd.state.decisions import OUTBOX_INSERT, DecisionWrite, DuplicateEvent, Resolution
+from agentd.state.decisions import OUTBOX_INSERT, DecisionWrite, DuplicateEvent, Expiry, Resolution
 from agentd.state.labels import LabelWrite
 from agentd.state.outbox import Outbox
 from agentd.state.writer import Soft, Writer
@@ -125,6 +125,33 @@ class Store:
                 label=label, after=after,
             )
         )
+
+    async def expire_approvals(self, expiries: list[Expiry], *, now: float | None = None) -> list[dict[str, Any] | Exception | None]:
+        """Expire many pending approvals in one operation of the writer, each in its own savepoint.
+
+        Returns, in order, each updated record; None for one no longer pending (approved or
+        rejected meanwhile); the exception of one whose write failed (nothing of it written).
+        """
+        when = now if now is not None else time.time()
+
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any] | Exception | None]:
+            out: list[dict[str, Any] | Exception | None] = []
+            for e in expiries:
+                mark = self._audit.mark()
+                conn.execute("SAVEPOINT expiry")
+                try:
+                    out.append(decisions.resolve_approval(
+                        conn, self._audit, node=self._node, decision_id=e.decision_id,
+                        answer=Resolution("expired", e.applied_action, "timeout", "", when), only_pending=True, after=e.after,
+                    ))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO expiry")
+                    self._audit.rewind(mark)  # the chain's head goes back with the rows
+                    out.append(None if isinstance(exc, NotFound) else exc)
+                conn.execute("RELEASE expiry")
+            return out
+
+        return await self._submit(op)
 
     async def add_label(self, w: LabelWrite, *, after: Callable[[sqlite3.Connection, dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Record a label (the right action for a decision) with its audit record; returns the stored label.

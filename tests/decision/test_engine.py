@@ -718,4 +718,4 @@ async def test_many_due_approvals_expire_together_in_a_few_commits(config_factor
         commits = eng.store._writer.commits - commits_before
         done = [await stored(eng, r["id"]) for r in recs]
     assert all(d["status"] == "expired" and d["action"] == "defrost" for d in done)
-    assert commits < 60, f"300 expiries took {commits} commits"
+    assert commits < 30, f"300 expiries took {commits} commits"

@@ -17,6 +17,7 @@ import pytest
 from agentd.errors import NotFound, StateError, TrustError
 from agentd.state import queries
 from agentd.state.audit_log import read_checkpoints
+from agentd.state.decisions import Expiry
 from agentd.state.migrations import MIGRATIONS
 from agentd.state.store import DecisionWrite, DuplicateEvent, Store
 from agentd.trust.audit import GENESIS, checkpoint_payload
@@ -263,6 +264,32 @@ async def test_rejected_and_expired_approvals(data_dir: Path, node_key: NodeKey)
         expired = await store.resolve_approval("d2", status="expired", applied_action="alert", by="timeout")
     assert (rejected["status"], rejected["action"], rejected["source"]) == ("rejected", "alert", "rules")
     assert (expired["status"], expired["action"], expired["approval"]["resolved_by"]) == ("expired", "alert", "timeout")
+    assert verify(data_dir, node_key).ok
+
+
+async def test_approvals_expire_together_each_in_its_own_savepoint(data_dir: Path, node_key: NodeKey) -> None:
+    def broken(conn: sqlite3.Connection, rec: dict[str, Any]) -> None:
+        raise RuntimeError("the hook failed")
+
+    async with open_store(data_dir, node_key) as store:
+        for i in range(4):
+            await store.record_decision(pending(f"d{i}", f"e{i}", expires_at=time.time() + 900))
+        await store.resolve_approval("d1", status="approved", applied_action="shutdown", by="alice")
+        commits = store._writer.commits
+        out = await store.expire_approvals(
+            [Expiry("d0", "alert"), Expiry("d1", "alert"), Expiry("d2", "alert", after=broken), Expiry("d3", "defrost")]
+        )
+        commits = store._writer.commits - commits
+        left = await store.read(queries.pending_approvals)
+        trail = {d: [a["kind"] for a in await store.read(lambda c, d=d: queries.audit_for(c, d))] for d in ("d0", "d2", "d3")}
+    assert isinstance(out[0], dict) and (out[0]["status"], out[0]["action"]) == ("expired", "alert")
+    assert out[1] is None  # approved meanwhile: left as it is
+    assert isinstance(out[2], RuntimeError)  # its write failed: nothing of it written, the others kept
+    assert isinstance(out[3], dict) and out[3]["action"] == "defrost" and out[3]["approval"]["resolved_by"] == "timeout"
+    assert commits == 1
+    assert [w["decision_id"] for w in left] == ["d2"]
+    assert trail == {"d0": ["decision", "approval"], "d2": ["decision"], "d3": ["decision", "approval"]}
+    assert count(data_dir, "approvals", "WHERE status = 'approved'") == 1
     assert verify(data_dir, node_key).ok
 
 
