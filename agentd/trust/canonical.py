@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Any
 
+import orjson
 import rfc8785
 
 from agentd.errors import TrustError
@@ -15,20 +15,21 @@ from agentd.errors import TrustError
 def canonical(obj: Any) -> bytes:
     """RFC 8785 canonical JSON: sorted keys, no spaces, UTF-8.
 
-    The stdlib encoder produces the same bytes as RFC 8785 when every float is integral
-    (written as an integer, as ECMAScript does) or has a plain decimal form in Python
-    (1e-4 <= |x| < 1e16) and every key is in the Basic Multilingual Plane (so code-point
-    order equals UTF-16 order). Anything else takes the reference implementation. A
-    property test (tests/trust/test_canonical.py) checks the two agree.
+    orjson (keys sorted) produces the same bytes as RFC 8785 when every float is integral
+    (written as an integer, as ECMAScript does) or has a plain decimal form (1e-4 <= |x| <
+    1e16, where both write the shortest round-trip digits) and every key is in the Basic
+    Multilingual Plane (so code-point order equals UTF-16 order). Anything else takes the
+    reference implementation. A property test (tests/trust/test_canonical.py) checks the two
+    agree.
     """
     try:
         simple = _simple(obj)
     except _NotSimple:
-        simple = None
-    if simple is not None:
+        simple = _NOT_SIMPLE
+    if simple is not _NOT_SIMPLE:
         try:
-            return json.dumps(simple, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-        except (ValueError, UnicodeEncodeError):
+            return orjson.dumps(simple, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # a lone surrogate, a nesting deeper than orjson's limit
             pass
     try:
         return rfc8785.dumps(obj)
@@ -40,14 +41,28 @@ class _NotSimple(Exception):
     pass
 
 
+_NOT_SIMPLE = object()
+_MAX_SAFE = 2**53 - 1  # RFC 8785 refuses integers it cannot represent exactly
+
+
 def _simple(obj: Any) -> Any:
-    if isinstance(obj, str) or obj is None or isinstance(obj, bool):
+    """``obj`` with integral floats as integers; _NotSimple if orjson's bytes would not be RFC 8785's."""
+    t = type(obj)
+    if t is str or t is bool or obj is None:
         return obj
-    if isinstance(obj, int):
-        if abs(obj) > 2**53 - 1:  # RFC 8785 refuses integers it cannot represent exactly
-            raise _NotSimple
-        return obj
-    if isinstance(obj, float):
+    if t is dict:
+        out = {}
+        for k, v in obj.items():
+            if type(k) is not str or (not k.isascii() and any(ord(c) > 0xFFFF for c in k)):
+                raise _NotSimple
+            tv = type(v)
+            out[k] = v if tv is str or tv is bool or v is None else _simple(v)
+        return out
+    if t is int:
+        if -_MAX_SAFE <= obj <= _MAX_SAFE:
+            return obj
+        raise _NotSimple
+    if t is float:
         if obj.is_integer():
             if abs(obj) < 2**53:
                 return int(obj)
@@ -55,15 +70,25 @@ def _simple(obj: Any) -> Any:
         if 1e-4 <= abs(obj) < 1e16:
             return obj
         raise _NotSimple
+    if t is list or t is tuple:
+        return [v if type(v) is str else _simple(v) for v in obj]
+    return _subclass(obj)
+
+
+def _subclass(obj: Any) -> Any:
+    """Subclasses of the JSON types (a str enum, an OrderedDict) as their plain values."""
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, int):
+        return _simple(int(obj))
+    if isinstance(obj, float):
+        return _simple(float(obj))
     if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str) or (not k.isascii() and any(ord(c) > 0xFFFF for c in k)):
-                raise _NotSimple
-            out[k] = _simple(v)
-        return out
+        return _simple(dict(obj))
     if isinstance(obj, list | tuple):
-        return [_simple(v) for v in obj]
+        return _simple(list(obj))
     raise _NotSimple
 
 
