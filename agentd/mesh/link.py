@@ -163,7 +163,9 @@ class MeshLink:
                     # Publishes go on a second connection: a broker queues what it sends a client in one
                     # stream, so on the events' connection a PUBACK waits behind every event queued for
                     # us (mosquitto 2.0 sends past Receive Maximum), and the node may pause reading it.
-                    out = self._client(self._try_protocol, outbound=True)
+                    # It speaks MQTT 3.1.1 whatever the session does: it needs nothing of MQTT 5, and
+                    # paho reads a 3.1.1 PUBACK without building a Properties object for it.
+                    out = self._client("3.1.1", outbound=True)
                     await out.__aenter__()
                     self.connected, connected_at = True, time.monotonic()
                     self.protocol = self._try_protocol

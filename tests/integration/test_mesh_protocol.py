@@ -75,6 +75,10 @@ def test_persistent_session_and_acks_after_commit(tmp_path: Path, broker: Broker
     try:
         wait_connected(node)
         assert node.request({"op": "status"})["result"]["broker"]["protocol"] == expected
+        # mosquitto logs the protocol of each connection: p5 is MQTT 5, p2 is 3.1.1
+        log = (broker.folder / f"mosquitto-{broker.port}.log").read_text()
+        assert f"as agentd-it-it-node ({'p5' if expected == '5' else 'p2'}," in log
+        assert "as agentd-it-it-node-out (p2," in log  # the publishing connection: always 3.1.1
         node.stop()  # the session stays on the broker; events for the node queue there
         offline = [f"off-{i}" for i in range(40)]
         _publish(broker.port, offline)
