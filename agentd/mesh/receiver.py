@@ -55,7 +55,8 @@ class Receiver:
         self._submit, self._gossip, self._on_command = submit, gossip, on_command
         self._counters, self._refusals = counters, refusals
         self._router = Router(fleet=cfg.node.fleet, node=cfg.node.id)
-        self._pause = ReadPause(None, cfg.mqtt.receive_maximum)
+        self._limit = min(cfg.mqtt.receive_maximum, cfg.daemon.max_pending)  # events in hand before the node stops reading
+        self._pause = ReadPause(None, self._limit)  # the session's own is made in run()
         self._in_hand = 0  # events taken and not yet acknowledged, this session
 
     async def run(self, client: Any, tg: asyncio.TaskGroup) -> None:
@@ -66,7 +67,7 @@ class Receiver:
         the socket's reader takes in hundreds a turn). Everything else comes through ``client.messages``.
         """
         sem = asyncio.Semaphore(self.cfg.daemon.max_pending)
-        self._pause = ReadPause(client, min(self.cfg.mqtt.receive_maximum, self.cfg.daemon.max_pending))
+        self._pause = ReadPause(client, self._limit)
         self._in_hand = 0
         queued = on_message(client)
 
