@@ -34,6 +34,8 @@ from agentd.stages.loading import check_memory, verify_file
 if TYPE_CHECKING:
     from agentd.config.models import LlamaModelConfig, LlamaPromptConfig
 
+log = logging.getLogger(__name__)
+
 
 def render_event(prompt: LlamaPromptConfig, fields: Mapping[str, Any], max_chars: int | None = None) -> str:
     """The event as prompt text: its fields as escaped JSON (or escaped values) inside the suffix template.
@@ -99,6 +101,47 @@ def choice_distribution(logliks: Sequence[float], calibration: Sequence[float] |
 
 
 _LOG_ROUTE: dict[str, Any] = {}  # keeps the ctypes callback referenced: llama.cpp holds its C pointer
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has AMX (x86 from Sapphire Rapids on), by its flags in /proc/cpuinfo."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "amx_int8" in line.split() for line in text.splitlines())
+
+
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def _load_llama(llama_cpp: Any, *, extra_buffers: bool, **kwargs: Any) -> Any:
+    """``llama_cpp.Llama(**kwargs)``; with ``extra_buffers`` False, llama.cpp repacks no weights.
+
+    On a CPU with AMX, llama.cpp repacks Q4_K weights into its AMX buffers, and its AMX kernels
+    crash the process on the first evaluation (measured with Gemma 3 270M Q4_K_M and
+    llama-cpp-python 0.3.36; ggml-org/llama.cpp#20824, still open). Turning off the extra buffer
+    types (``use_extra_bufts``) avoids them. llama-cpp-python has no argument for it, so the
+    model parameters it starts from are changed for this one construction.
+    """
+    if extra_buffers:
+        return llama_cpp.Llama(**kwargs)
+    import importlib
+
+    bindings: Any = importlib.import_module("llama_cpp.llama_cpp")  # the ctypes module that llama_cpp.Llama reads them from
+    with _DEFAULTS_LOCK:
+        defaults = bindings.llama_model_default_params
+
+        def without_extra_buffers() -> Any:
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        bindings.llama_model_default_params = without_extra_buffers
+        try:
+            return llama_cpp.Llama(**kwargs)
+        finally:
+            bindings.llama_model_default_params = defaults
 
 
 def _route_llama_logs(llama_cpp: Any) -> None:
@@ -177,8 +220,12 @@ class LlamaStage(ThreadedStage):
         _route_llama_logs(llama_cpp)
         self._np = np
         self._lc = llama_cpp
+        amx = cpu_has_amx()
+        if amx:
+            log.info("model %s: the CPU has AMX; llama.cpp's weight repacking is off (its AMX kernels crash, llama.cpp#20824)", cfg.name)
         try:
-            self._llm = llama_cpp.Llama(
+            self._llm = _load_llama(
+                llama_cpp, extra_buffers=not amx,
                 model_path=str(path), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_threads_batch=cfg.n_threads,
                 n_batch=cfg.n_batch, n_gpu_layers=cfg.n_gpu_layers, logits_all=False, verbose=False, seed=0,
                 swa_full=True,  # rewinding to the cached prefix (seq_rm) needs a full-size sliding-window cache

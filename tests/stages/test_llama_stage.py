@@ -16,7 +16,7 @@ import pytest
 from agentd.config.models import LlamaModelConfig
 from agentd.errors import ModelError
 from agentd.stages.base import Cancelled
-from agentd.stages.llama import choice_distribution, render_event, render_prefix
+from agentd.stages.llama import _load_llama, choice_distribution, cpu_has_amx, render_event, render_prefix
 from agentd.stages.registry import build_stage
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llm extra) is not installed")
@@ -279,3 +279,34 @@ def test_rationale_is_generated_within_the_budget_and_never_changes_the_choice(t
     finally:
         asyncio.run(plain.close())
         asyncio.run(explained.close())
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n")
+    assert cpu_has_amx(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\nbugs\t\t: amx_int8_like\n")
+    assert not cpu_has_amx(info)
+    assert not cpu_has_amx(tmp_path / "missing")  # not Linux, or no /proc: no AMX assumed
+
+
+def test_a_model_loads_without_extra_buffers_and_the_defaults_come_back(tiny: tuple[Path, str]) -> None:
+    import llama_cpp.llama_cpp as bindings
+
+    made: list[Any] = []
+    defaults = bindings.llama_model_default_params
+
+    def spy() -> Any:
+        made.append(defaults())
+        return made[-1]
+
+    bindings.llama_model_default_params = spy
+    try:
+        llm = _load_llama(llama_cpp, extra_buffers=False, model_path=str(tiny[0]), n_ctx=64, verbose=False)
+        assert bindings.llama_model_default_params is spy  # put back as it was
+        assert llm.n_vocab() > 0
+        llm.eval(llm.tokenize(b"hello", add_bos=True))  # it evaluates
+    finally:
+        bindings.llama_model_default_params = defaults
+    assert bool(defaults().use_extra_bufts)  # llama.cpp's default
+    assert len(made) == 1 and not made[0].use_extra_bufts  # the parameters the model was built with: off
