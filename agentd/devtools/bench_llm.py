@@ -117,10 +117,10 @@ def _grammar(model_cfg: LlamaModelConfig, stage: LlamaStage, events: list[dict[s
     """Grammar-constrained JSON generation of the same decision, on a second Llama of the same file."""
     import llama_cpp
 
-    from agentd.stages.llama import render_event, render_prefix
+    from agentd.stages.llama import load_llama, render_event, render_prefix
 
-    llm = llama_cpp.Llama(model_path=model_cfg.path, n_ctx=model_cfg.n_ctx, n_threads=model_cfg.n_threads,
-                          n_threads_batch=model_cfg.n_threads, n_batch=model_cfg.n_batch, verbose=False, seed=0)
+    llm = load_llama(llama_cpp, model_path=model_cfg.path, n_ctx=model_cfg.n_ctx, n_threads=model_cfg.n_threads,
+                     n_threads_batch=model_cfg.n_threads, n_batch=model_cfg.n_batch, verbose=False, seed=0)  # as the stage does on AMX
     schema = {"type": "object", "properties": {"action": {"type": "string", "enum": list(model_cfg.labels)}}, "required": ["action"]}
     grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)  # type: ignore[attr-defined]  # not in its stubs
     prefix = render_prefix(stage.prompt, stage.choices)
@@ -132,14 +132,14 @@ def _grammar(model_cfg: LlamaModelConfig, stage: LlamaStage, events: list[dict[s
             prompt = prefix + render_event(stage.prompt, e) + " "
             for mode in ("reused", "fresh"):
                 if mode == "fresh":
-                    llm.reset()  # type: ignore[no-untyped-call]  # forget the evaluated tokens: the whole prompt is evaluated again
+                    llm.reset()  # forget the evaluated tokens: the whole prompt is evaluated again
                 t = time.perf_counter()
                 res = llm.create_completion(prompt, grammar=grammar, max_tokens=24, temperature=0.0)
                 ms = (time.perf_counter() - t) * 1000
                 if i == 0:
                     continue  # warm-up
                 (reused if mode == "reused" else fresh).append(ms)
-                text = res["choices"][0]["text"]  # type: ignore[index]
+                text = res["choices"][0]["text"]
                 with contextlib.suppress(ValueError, AttributeError):
                     valid += json.loads(text).get("action") in model_cfg.labels
     finally:

@@ -115,8 +115,9 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 _DEFAULTS_LOCK = threading.Lock()
 
 
-def _load_llama(llama_cpp: Any, *, extra_buffers: bool, **kwargs: Any) -> Any:
-    """``llama_cpp.Llama(**kwargs)``; with ``extra_buffers`` False, llama.cpp repacks no weights.
+def load_llama(llama_cpp: Any, *, extra_buffers: bool | None = None, **kwargs: Any) -> Any:
+    """``llama_cpp.Llama(**kwargs)``; with ``extra_buffers`` False (by default: on a CPU with AMX), llama.cpp
+    repacks no weights.
 
     On a CPU with AMX, llama.cpp repacks Q4_K weights into its AMX buffers, and its AMX kernels
     crash the process on the first evaluation (measured with Gemma 3 270M Q4_K_M and
@@ -124,6 +125,8 @@ def _load_llama(llama_cpp: Any, *, extra_buffers: bool, **kwargs: Any) -> Any:
     types (``use_extra_bufts``) avoids them. llama-cpp-python has no argument for it, so the
     model parameters it starts from are changed for this one construction.
     """
+    if extra_buffers is None:
+        extra_buffers = not cpu_has_amx()
     if extra_buffers:
         return llama_cpp.Llama(**kwargs)
     import importlib
@@ -224,7 +227,7 @@ class LlamaStage(ThreadedStage):
         if amx:
             log.info("model %s: the CPU has AMX; llama.cpp's weight repacking is off (its AMX kernels crash, llama.cpp#20824)", cfg.name)
         try:
-            self._llm = _load_llama(
+            self._llm = load_llama(
                 llama_cpp, extra_buffers=not amx,
                 model_path=str(path), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_threads_batch=cfg.n_threads,
                 n_batch=cfg.n_batch, n_gpu_layers=cfg.n_gpu_layers, logits_all=False, verbose=False, seed=0,

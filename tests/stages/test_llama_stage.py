@@ -16,7 +16,7 @@ import pytest
 from agentd.config.models import LlamaModelConfig
 from agentd.errors import ModelError
 from agentd.stages.base import Cancelled
-from agentd.stages.llama import _load_llama, choice_distribution, cpu_has_amx, render_event, render_prefix
+from agentd.stages.llama import choice_distribution, cpu_has_amx, load_llama, render_event, render_prefix
 from agentd.stages.registry import build_stage
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llm extra) is not installed")
@@ -302,7 +302,7 @@ def test_a_model_loads_without_extra_buffers_and_the_defaults_come_back(tiny: tu
 
     bindings.llama_model_default_params = spy
     try:
-        llm = _load_llama(llama_cpp, extra_buffers=False, model_path=str(tiny[0]), n_ctx=64, verbose=False)
+        llm = load_llama(llama_cpp, extra_buffers=False, model_path=str(tiny[0]), n_ctx=64, verbose=False)
         assert bindings.llama_model_default_params is spy  # put back as it was
         assert llm.n_vocab() > 0
         llm.eval(llm.tokenize(b"hello", add_bos=True))  # it evaluates
