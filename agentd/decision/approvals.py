@@ -13,7 +13,7 @@ from agentd.config.base import MODES
 from agentd.decision.approval_writes import ResolutionWrites, resolution_writes
 from agentd.decision.label_writes import joined
 from agentd.decision.labels import check_action
-from agentd.decision.model import ASK_REASONS
+from agentd.decision.model import ASK_REASONS, Status
 from agentd.errors import ConfigError, InputError, NotFound
 from agentd.state import labels, queries
 from agentd.state.decisions import Expiry
@@ -164,7 +164,7 @@ class ApprovalMixin:
             todo: list[tuple[Expiry, str, ResolutionWrites | None]] = []
             for decision_id in due:
                 record = current.get(decision_id)
-                if record is None or record.get("status") != "pending_approval":
+                if record is None or record.get("status") != Status.PENDING_APPROVAL:
                     continue  # approved, rejected or pruned meanwhile
                 skill = self._skill_or_none(record["skill"])
                 interim = record.get("approval", {}).get("interim_action") or record["action"]
@@ -186,7 +186,7 @@ class ApprovalMixin:
             record = result
             self._written(writes)
             if record["action"] != interim:
-                self.fleet.add_decision(record["action"], time.time())
+                self.fleet.add_decision(record["action"], now)
                 self._after_resolution(record)
         return True
 

@@ -23,14 +23,9 @@ def canonical(obj: Any) -> bytes:
     agree.
     """
     try:
-        simple = _simple(obj)
-    except _NotSimple:
-        simple = _NOT_SIMPLE
-    if simple is not _NOT_SIMPLE:
-        try:
-            return orjson.dumps(simple, option=orjson.OPT_SORT_KEYS)
-        except orjson.JSONEncodeError:  # a lone surrogate, a nesting deeper than orjson's limit
-            pass
+        return orjson.dumps(_simple(obj), option=orjson.OPT_SORT_KEYS)
+    except (_NotSimple, orjson.JSONEncodeError):  # JSONEncodeError: a lone surrogate, a nesting deeper than orjson's limit
+        pass
     try:
         return rfc8785.dumps(obj)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
@@ -41,7 +36,6 @@ class _NotSimple(Exception):
     pass
 
 
-_NOT_SIMPLE = object()
 _MAX_SAFE = 2**53 - 1  # RFC 8785 refuses integers it cannot represent exactly
 
 
