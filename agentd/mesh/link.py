@@ -30,7 +30,14 @@ from agentd.mesh.publisher import MAX_INFLIGHT, OutboxPublisher
 from agentd.mesh.receiver import Receiver
 from agentd.mesh.refusals import RefusalTally
 from agentd.mesh.topics import topic
-from agentd.mesh.transport import close_client, manual_acks, publish_in_loop, refused_protocol, stamp_arrivals
+from agentd.mesh.transport import (
+    buffered_reads,
+    close_client,
+    manual_acks,
+    publish_in_loop,
+    refused_protocol,
+    stamp_arrivals,
+)
 from agentd.trust.envelope import envelope
 
 if TYPE_CHECKING:
@@ -118,8 +125,10 @@ class MeshLink:
         if outbound:  # nothing subscribed, nothing to keep: a clean session
             clean: dict[str, Any] = {"clean_start": True} if protocol == "5" else {"clean_session": True}
             version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
-            return aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}-out", protocol=version,
-                                  max_inflight_messages=MAX_INFLIGHT, **clean, **common)
+            out = aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}-out", protocol=version,
+                                 max_inflight_messages=MAX_INFLIGHT, **clean, **common)
+            buffered_reads(out)  # its PUBACKs come in bursts
+            return out
         offline = envelope("status", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
         # The broker keeps our subscriptions and unacknowledged events across reconnects.
         session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
@@ -131,8 +140,10 @@ class MeshLink:
             # max_inflight_messages, 20 by default, bounds it under 3.1.1).
             props.ReceiveMaximum = m.receive_maximum
             session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False, "properties": props}
-        return aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}", **session,
-                              will=aiomqtt.Will(self._t("status"), offline, qos=1, retain=True), **common)
+        client = aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}", **session,
+                                will=aiomqtt.Will(self._t("status"), offline, qos=1, retain=True), **common)
+        buffered_reads(client)  # a flood of events: one system call for many
+        return client
 
     def _t(self, *parts: str) -> str:
         return topic(self.fleet, "nodes", self.node, *parts)

@@ -49,6 +49,63 @@ async def close_client(client: Any) -> None:
             paho(client).disconnect()
 
 
+READ_CHUNK = 65536  # bytes one recv asks for: a burst of events in one system call
+
+
+class BufferedSocket:
+    """paho's socket, whose reads are served from one larger ``recv``.
+
+    paho reads a packet as three or four ``recv`` calls (its type, each byte of its length,
+    then the rest), each a system call that also hands the GIL to another thread; under a burst
+    of small events that was a tenth of the event loop. Here the first asks the kernel for up
+    to ``READ_CHUNK`` bytes and the others are served from what it got. Data left over is
+    reported by ``pending``, which aiomqtt's reader already asks (as it does for TLS) and then
+    reads on; while ``hold`` is set (``ReadPause``) it reports none, so the reader stops.
+    Everything else is the socket's own.
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock", "hold")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+        self.hold = False
+
+    def recv(self, n: int) -> bytes:
+        """At most ``n`` bytes: from the buffer, else from one kernel read of up to ``READ_CHUNK``."""
+        avail = len(self._buf) - self._pos
+        if avail == 0:
+            data: bytes = self._sock.recv(max(n, READ_CHUNK))  # BlockingIOError, EOF (b"") and errors pass through
+            if len(data) <= n:
+                return data
+            self._buf, self._pos = data, n
+            return data[:n]
+        buf, start = self._buf, self._pos
+        if n >= avail:  # the rest of the buffer: short, as a kernel read may be
+            self._buf, self._pos = b"", 0
+            return buf[start:]
+        self._pos = start + n
+        return buf[start : start + n]
+
+    def pending(self) -> int:
+        """Bytes read off the kernel and not yet taken (a TLS socket's own included); 0 while held."""
+        if self.hold:
+            return 0
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._buf) - self._pos + int(inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def buffered_reads(client: Any) -> None:
+    """Give the client's next connections a ``BufferedSocket`` (call before connecting)."""
+    p = paho(client)
+    create = p._create_socket
+    p._create_socket = lambda: BufferedSocket(create())
+
+
 class ReadPause:
     """Stops reading a session's socket while the node holds too many events, and resumes.
 
@@ -87,11 +144,17 @@ class ReadPause:
             return False
         callback, args = handle._callback, handle._args
         loop.remove_reader(fd)
+        if isinstance(sock, BufferedSocket):
+            sock.hold = True  # the reader stops at the packet it is in, with the rest kept
 
         def resume() -> None:
             current = paho(self._client).socket()
             if current is sock and sock.fileno() == fd:  # the same live connection
                 loop.add_reader(fd, callback, *args)
+                if isinstance(sock, BufferedSocket):
+                    sock.hold = False
+                    if sock.pending():  # already read off the kernel: epoll will not say so
+                        loop.call_soon(callback, *args)
 
         self._resume = resume
         return True

@@ -1,11 +1,18 @@
-"""agentd.mesh.transport: the receipt time paho stamps on a message survives aiomqtt's queue."""
+"""agentd.mesh.transport: the receipt time paho stamps survives aiomqtt's queue; buffered reads and the read pause."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
 import aiomqtt
 import paho.mqtt.client as mqtt
+import pytest
 
-from agentd.mesh.transport import received_at, stamp_arrivals
+from agentd.devtools.broker import Broker
+from agentd.mesh.transport import BufferedSocket, ReadPause, buffered_reads, paho, received_at, set_on_message, stamp_arrivals
 
 
 def test_messages_carry_the_time_paho_read_them() -> None:
@@ -18,3 +25,81 @@ def test_messages_carry_the_time_paho_read_them() -> None:
     assert str(m.topic) == "agentd/v1/f/nodes/n/events/s" and m.mid == 7
     raw.timestamp = 0.0  # never stamped: the caller's clock
     assert received_at(aiomqtt.Message._from_paho_message(raw), default=9999.0) == 9999.0
+
+
+def test_buffered_socket_serves_small_reads_from_one_kernel_read() -> None:
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    sock = BufferedSocket(b)
+    try:
+        a.sendall(b"\x30\x05hello\x40\x02\x00\x07")  # a PUBLISH-like and a PUBACK-like packet
+        assert sock.recv(1) == b"\x30"
+        assert sock.pending() == 10  # the rest came with the first read
+        assert sock.recv(1) == b"\x05" and sock.recv(5) == b"hello"
+        sock.hold = True
+        assert sock.pending() == 0  # held: the reader must stop here
+        sock.hold = False
+        assert sock.recv(100) == b"\x40\x02\x00\x07"  # short: only what is buffered, as a kernel read may be
+        assert sock.pending() == 0
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)  # empty buffer and nothing in the kernel: the socket's own error
+        a.sendall(b"xyz")
+        assert sock.recv(3) == b"xyz"
+        assert sock.fileno() == b.fileno()  # everything else is the socket's
+        a.close()
+        assert sock.recv(1) == b""  # end of stream passes through
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_paused_reader_resumes_into_what_it_had_already_read(tmp_path: Path) -> None:
+    # Twenty messages reach the client in one kernel read; the first pauses the reader, so the
+    # other nineteen wait in its buffer. Resuming must deliver them although the kernel has
+    # nothing more to say (epoll would never wake the reader).
+    broker = Broker(folder=tmp_path)
+    broker.start()
+    try:
+        client = aiomqtt.Client("127.0.0.1", broker.port, identifier="buffered")
+        buffered_reads(client)
+        async with client:
+            await client.subscribe("t/#", qos=0)
+            pause = ReadPause(client, 1)
+            got: list[bytes] = []
+
+            def on_message(c: Any, u: Any, m: Any) -> None:
+                got.append(m.payload)
+                pause.pause()
+
+            set_on_message(client, on_message)
+            assert pause.pause()
+            sock = paho(client).socket()
+            assert isinstance(sock, BufferedSocket)
+            pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="burst")
+            pub.connect("127.0.0.1", broker.port)
+            pub.loop_start()
+            sent = [pub.publish(f"t/{i:02}", f"m{i:02}".encode(), qos=1) for i in range(20)]
+            for info in sent:
+                await asyncio.to_thread(info.wait_for_publish, 5)
+            pub.disconnect()
+            pub.loop_stop()
+            waiting = 0
+            for _ in range(200):  # until the twenty are in the client's kernel buffer (11 bytes each)
+                waiting = len(sock._sock.recv(4096, socket.MSG_PEEK))
+                if waiting >= 20 * 11:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting == 20 * 11
+            pause.resume()
+            await asyncio.sleep(0.2)
+            assert got == [b"m00"], "the pause did not stop the reader at the first message"
+            assert sock.pending() == 0  # held with nineteen kept
+            for n in range(1, 20):
+                pause.resume()
+                for _ in range(100):
+                    if len(got) > n:
+                        break
+                    await asyncio.sleep(0.01)
+            assert got == [f"m{i:02}".encode() for i in range(20)]
+    finally:
+        broker.stop()
