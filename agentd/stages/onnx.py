@@ -1,8 +1,9 @@
-"""The ONNX Runtime stage: one InferenceSession per model, SHA-256 verified at load."""
+"""The ONNX Runtime stage: one InferenceSession per model file, SHA-256 verified at load."""
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,22 +17,43 @@ if TYPE_CHECKING:
     from agentd.config.models import OnnxModelConfig
 
 
+# Live sessions by (file, SHA-256, threads): stages on the same model file share one. Loading
+# folds a weight-only int8 model's weights back to float32 (MiniLM: 23 MB on disk, about 160 MB
+# loaded), so the example's two text stages cost one model, not two. ``run`` may be called from
+# several threads at once (ONNX Runtime's contract), which is what two stages' workers do.
+_SESSIONS: weakref.WeakValueDictionary[tuple[str, str, int], Any] = weakref.WeakValueDictionary()
+_SESSIONS_LOCK = threading.Lock()
+
+
 def onnx_session(name: str, path: Path, sha256: str, *, threads: int, headroom_mb: float, working_mb: int) -> tuple[Any, Any]:
-    """A verified, memory-checked ONNX Runtime session on the CPU, and the onnxruntime module."""
+    """A verified, memory-checked ONNX Runtime session on the CPU, and the onnxruntime module.
+
+    A session already loaded from the same verified file with the same threads is shared."""
     verify_file(path, sha256, what=f"model {name!r}")
-    size = path.stat().st_size
-    check_memory(name, size, working_bytes=3 * size + working_mb * 2**20, headroom_mb=headroom_mb)
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise ModelError(f"model {name!r}: onnxruntime is not installed ({exc})") from exc
+    key = (str(path.resolve()), sha256.lower(), threads)
+    with _SESSIONS_LOCK:
+        shared = _SESSIONS.get(key)
+        if shared is not None:
+            return shared, ort
+        session = _load(name, path, threads=threads, headroom_mb=headroom_mb, working_mb=working_mb, ort=ort)
+        _SESSIONS[key] = session
+        return session, ort
+
+
+def _load(name: str, path: Path, *, threads: int, headroom_mb: float, working_mb: int, ort: Any) -> Any:
+    size = path.stat().st_size
+    check_memory(name, size, working_bytes=3 * size + working_mb * 2**20, headroom_mb=headroom_mb)
     if hasattr(ort, "disable_telemetry_events"):
         ort.disable_telemetry_events()  # no device id written under the state directory
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"]), ort
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelError(f"model {name!r}: onnxruntime cannot load {path}: {exc}") from exc
 

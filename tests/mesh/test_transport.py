@@ -12,7 +12,15 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agentd.devtools.broker import Broker
-from agentd.mesh.transport import BufferedSocket, ReadPause, buffered_reads, paho, received_at, set_on_message, stamp_arrivals
+from agentd.mesh.transport import (
+    BufferedSocket,
+    ReadPause,
+    buffered_reads,
+    paho,
+    received_at,
+    set_on_message,
+    stamp_arrivals,
+)
 
 
 def test_messages_carry_the_time_paho_read_them() -> None:

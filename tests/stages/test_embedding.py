@@ -96,3 +96,31 @@ def test_a_repeated_text_is_answered_from_its_kept_vector(monkeypatch: pytest.Mo
     monkeypatch.setattr(embedding, "RECENT_TEXTS", 3)
     st.predict_batch([{"text": f"note number {i}"} for i in range(5)])
     assert list(st._recent) == ["note number 2", "note number 3", "note number 4"]
+
+
+def test_stages_on_one_model_file_share_one_session_and_answer_side_by_side() -> None:
+    # Loaded, MiniLM's weights take about 160 MB: the example's two text stages must not pay twice.
+    def other_stage() -> EmbeddingStage:
+        return EmbeddingStage(EmbeddingModelConfig(name="other", backend="embedding", fields=["note"], k=1, **MODEL,
+                                                   examples=[{"text": "the door is open", "label": "restock"},
+                                                             {"text": "smoke in the room", "label": "escalate"}]))
+
+    a, b = stage(), other_stage()
+    assert a._session is b._session
+    assert stage(threads=2)._session is not a._session  # other session options: its own
+    texts = [f"there is smoke in corridor {i}" if i % 2 else f"we need {i} more gloves" for i in range(40)]
+    alone = [answer(a, t).scores for t in texts]
+    other_alone = [b.predict({"note": t}, threading.Event()).scores for t in texts]
+    a, b = stage(), other_stage()  # fresh: no kept vectors, every text runs the session
+    assert a._session is b._session
+    seen: list[Any] = []
+
+    def other() -> None:
+        seen.extend(b.predict({"note": t}, threading.Event()).scores for t in texts)
+
+    t = threading.Thread(target=other)
+    t.start()
+    together = [answer(a, t).scores for t in texts]  # both stages' runs at once on the one session
+    t.join()
+    assert together == alone
+    assert seen == other_alone
