@@ -35,13 +35,14 @@ if TYPE_CHECKING:
     from agentd.config.models import EmbeddingModelConfig
 
 MAX_LEARNED = 5000  # examples from labels a text stage keeps (the newest)
+EMBED_CHUNK = 32  # texts a session run embeds at most (the worker's batches are as large)
 RECENT_TEXTS = 2048  # vectors of texts answered lately, kept by the worker (384 floats each: 3 MB in all)
 
 
 class EmbeddingStage(ThreadedStage):
     """Nearest-example text classification; ``predict`` embeds one text and compares it with the examples."""
 
-    max_batch = 32
+    max_batch = EMBED_CHUNK
 
     def __init__(self, cfg: EmbeddingModelConfig) -> None:
         tok_path = Path(cfg.tokenizer)
@@ -143,7 +144,15 @@ class EmbeddingStage(ThreadedStage):
         return len(self._index[1])
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit vectors of ``texts`` (mean pooling over the attention mask, then L2 normalisation)."""
+        """Unit vectors of ``texts`` (mean pooling over the attention mask, then L2 normalisation).
+
+        At most ``EMBED_CHUNK`` texts a run: ONNX Runtime's arena keeps the memory of the largest
+        run it has made, so one run over a config's 232 examples kept 320 MB for good."""
+        if len(texts) > EMBED_CHUNK:
+            return np.concatenate([self._embed(texts[i : i + EMBED_CHUNK]) for i in range(0, len(texts), EMBED_CHUNK)])
+        return self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
