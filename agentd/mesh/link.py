@@ -33,6 +33,7 @@ from agentd.mesh.topics import topic
 from agentd.mesh.transport import (
     buffered_reads,
     close_client,
+    lean_packets,
     manual_acks,
     publish_in_loop,
     refused_protocol,
@@ -128,6 +129,7 @@ class MeshLink:
             out = aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}-out", protocol=version,
                                  max_inflight_messages=MAX_INFLIGHT, **clean, **common)
             buffered_reads(out)  # its PUBACKs come in bursts
+            lean_packets(out)
             return out
         offline = envelope("status", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
         # The broker keeps our subscriptions and unacknowledged events across reconnects.
@@ -143,6 +145,7 @@ class MeshLink:
         client = aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}", **session,
                                 will=aiomqtt.Will(self._t("status"), offline, qos=1, retain=True), **common)
         buffered_reads(client)  # a flood of events: one system call for many
+        lean_packets(client)
         return client
 
     def _t(self, *parts: str) -> str:

@@ -106,6 +106,50 @@ def buffered_reads(client: Any) -> None:
     p._create_socket = lambda: BufferedSocket(create())
 
 
+def lean_packets(client: Any) -> None:
+    """Skip work paho does per packet that this node never uses (call before connecting).
+
+    - paho hands a debug line to its logger for every packet it sends or reads; with that logger
+      (aiomqtt's ``mqtt``) not at debug level they go nowhere.
+    - For a 3.1.1 PUBACK, paho 2.2 builds a reason code and an empty MQTT 5 property set for
+      each; a PUBACK under 3.1.1 carries only its packet id, so one shared pair serves them all.
+      Anything else (MQTT 5, PUBCOMP, a malformed PUBACK, a debug log) is paho's own path.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import MQTTErrorCode
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    p = paho(client)
+    log_full = p._easy_log
+
+    def debugging() -> bool:
+        logger = p._logger
+        return p.on_log is not None or (logger is not None and logger.isEnabledFor(logging.DEBUG))
+
+    def easy_log(level: int, fmt: str, *args: Any) -> None:
+        if level != mqtt.MQTT_LOG_DEBUG or debugging():
+            log_full(level, fmt, *args)
+
+    p._easy_log = easy_log
+    handle_full = p._handle_pubackcomp
+    success = ReasonCode(PacketTypes.PUBACK)
+    no_properties = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+
+    def handle_pubackcomp(cmd: str) -> Any:
+        packet = p._in_packet["packet"]
+        if cmd != "PUBACK" or p._protocol != mqtt.MQTTv311 or len(packet) != 2 or debugging():
+            return handle_full(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with p._out_message_mutex:
+            if mid in p._out_messages:
+                return p._do_on_publish(mid, success, no_properties)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    p._handle_pubackcomp = handle_pubackcomp
+
+
 class ReadPause:
     """Stops reading a session's socket while the node holds too many events, and resumes.
 

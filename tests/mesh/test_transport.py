@@ -16,6 +16,7 @@ from agentd.mesh.transport import (
     BufferedSocket,
     ReadPause,
     buffered_reads,
+    lean_packets,
     paho,
     received_at,
     set_on_message,
@@ -109,5 +110,32 @@ async def test_a_paused_reader_resumes_into_what_it_had_already_read(tmp_path: P
                         break
                     await asyncio.sleep(0.01)
             assert got == [f"m{i:02}".encode() for i in range(20)]
+    finally:
+        broker.stop()
+
+
+async def test_lean_packets_match_a_311_puback_without_paho_decoding_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import paho.mqtt._packet as packets
+
+    broker = Broker(folder=tmp_path)
+    broker.start()
+    try:
+        client = aiomqtt.Client("127.0.0.1", broker.port, identifier="lean", protocol=aiomqtt.ProtocolVersion.V311)
+        lean_packets(client)
+        async with client:
+            def refuse(*args: Any) -> Any:
+                raise AssertionError("paho decoded a 3.1.1 PUBACK")
+
+            monkeypatch.setattr(packets, "decode_puback", refuse)
+            for i in range(5):  # each publish returns only once its PUBACK was matched
+                await asyncio.wait_for(client.publish(f"t/{i}", b"x", qos=1), 5)
+            assert not paho(client)._out_messages
+            monkeypatch.undo()
+            with caplog.at_level(logging.DEBUG, logger="mqtt"):  # paho's debug lines still come when asked for
+                await asyncio.wait_for(client.publish("t/x", b"x", qos=1), 5)
+            assert any("Received PUBACK" in r.getMessage() for r in caplog.records)
     finally:
         broker.stop()
