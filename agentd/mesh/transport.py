@@ -49,7 +49,7 @@ async def close_client(client: Any) -> None:
             paho(client).disconnect()
 
 
-READ_CHUNK = 65536  # bytes one recv asks for: a burst of events in one system call
+READ_CHUNK = 8192  # bytes one recv asks for: about 45 events of 180 bytes, or 270 junk packets of 30 (a 12 ms turn here)
 
 
 class BufferedSocket:
@@ -57,26 +57,37 @@ class BufferedSocket:
 
     paho reads a packet as three or four ``recv`` calls (its type, each byte of its length,
     then the rest), each a system call that also hands the GIL to another thread; under a burst
-    of small events that was a tenth of the event loop. Here the first asks the kernel for up
-    to ``READ_CHUNK`` bytes and the others are served from what it got. Data left over is
-    reported by ``pending``, which aiomqtt's reader already asks (as it does for TLS) and then
-    reads on; while ``hold`` is set (``ReadPause``) it reports none, so the reader stops.
-    Everything else is the socket's own.
+    of small events that was a tenth of the event loop. Here a read asks the kernel for up to
+    ``READ_CHUNK`` bytes and the next ones are served from what it got. Data left over is
+    reported by ``pending``, which aiomqtt's reader asks after each packet (as it does for TLS)
+    and then reads on, so a reader's turn takes what one kernel read brought.
+
+    One kernel read a turn: once the buffer is drained, a second read in the same turn says
+    "nothing yet" (``BlockingIOError``, paho keeps its partial packet), ``pending`` reports 0 and
+    the reader returns to the event loop, whose epoll wakes it again for what the kernel holds.
+    Else a flood faster than the node would keep the reader in one turn for good. While ``hold``
+    is set (``ReadPause``) ``pending`` reports nothing, so the reader stops at the end of its
+    ``loop_read``. Everything else is the socket's own.
     """
 
-    __slots__ = ("_buf", "_pos", "_sock", "hold")
+    __slots__ = ("_buf", "_pos", "_read", "_sock", "hold")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._buf = b""
         self._pos = 0
+        self._read = False  # a kernel read was made in this turn of the reader
         self.hold = False
 
     def recv(self, n: int) -> bytes:
         """At most ``n`` bytes: from the buffer, else from one kernel read of up to ``READ_CHUNK``."""
         avail = len(self._buf) - self._pos
         if avail == 0:
+            tls_ready = self._tls_pending()  # decrypted already: no kernel read (at most one TLS record)
+            if self._read and not tls_ready:
+                raise BlockingIOError("one kernel read a turn")
             data: bytes = self._sock.recv(max(n, READ_CHUNK))  # BlockingIOError, EOF (b"") and errors pass through
+            self._read = self._read or not tls_ready
             if len(data) <= n:
                 return data
             self._buf, self._pos = data, n
@@ -88,22 +99,39 @@ class BufferedSocket:
         self._pos = start + n
         return buf[start : start + n]
 
+    def _tls_pending(self) -> int:
+        pending = getattr(self._sock, "pending", None)
+        return int(pending()) if pending is not None else 0
+
     def pending(self) -> int:
-        """Bytes read off the kernel and not yet taken (a TLS socket's own included); 0 while held."""
-        if self.hold:
-            return 0
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        return len(self._buf) - self._pos + int(inner)
+        """Bytes read and not yet taken (a TLS socket's decrypted ones included); 0 while held.
+
+        0 ends the reader's turn, and the next turn may read the kernel again."""
+        left = 0 if self.hold else len(self._buf) - self._pos + self._tls_pending()
+        if left == 0:
+            self._read = False
+        return left
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
 def buffered_reads(client: Any) -> None:
-    """Give the client's next connections a ``BufferedSocket`` (call before connecting)."""
+    """Give the client's next connections a ``BufferedSocket`` (call before connecting).
+
+    aiomqtt sets its ``socket_options`` (TCP_NODELAY here) only on a ``socket.socket``, which the
+    wrapper is not, so they are set here on the socket it wraps."""
     p = paho(client)
     create = p._create_socket
-    p._create_socket = lambda: BufferedSocket(create())
+    options = tuple(getattr(client, "_socket_options", ()))
+
+    def buffered() -> BufferedSocket:
+        sock = create()
+        for option in options:
+            sock.setsockopt(*option)
+        return BufferedSocket(sock)
+
+    p._create_socket = buffered
 
 
 def lean_packets(client: Any) -> None:
@@ -189,7 +217,7 @@ class ReadPause:
         callback, args = handle._callback, handle._args
         loop.remove_reader(fd)
         if isinstance(sock, BufferedSocket):
-            sock.hold = True  # the reader stops at the packet it is in, with the rest kept
+            sock.hold = True  # the reader stops when its loop_read returns; what it read stays buffered
 
         def resume() -> None:
             current = paho(self._client).socket()

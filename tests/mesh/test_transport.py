@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 
 from agentd.devtools.broker import Broker
 from agentd.mesh.transport import (
+    READ_CHUNK,
     BufferedSocket,
     ReadPause,
     buffered_reads,
@@ -54,7 +58,13 @@ def test_buffered_socket_serves_small_reads_from_one_kernel_read() -> None:
             sock.recv(1)  # empty buffer and nothing in the kernel: the socket's own error
         a.sendall(b"xyz")
         assert sock.recv(3) == b"xyz"
+        a.sendall(b"more")
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)  # one kernel read a turn: a flood must let the event loop run
+        assert sock.pending() == 0  # which ends the turn (aiomqtt's reader returns)
+        assert sock.recv(4) == b"more"  # the next turn reads again
         assert sock.fileno() == b.fileno()  # everything else is the socket's
+        assert sock.pending() == 0
         a.close()
         assert sock.recv(1) == b""  # end of stream passes through
     finally:
@@ -137,5 +147,72 @@ async def test_lean_packets_match_a_311_puback_without_paho_decoding_it(tmp_path
             with caplog.at_level(logging.DEBUG, logger="mqtt"):  # paho's debug lines still come when asked for
                 await asyncio.wait_for(client.publish("t/x", b"x", qos=1), 5)
             assert any("Received PUBACK" in r.getMessage() for r in caplog.records)
+    finally:
+        broker.stop()
+
+
+def _flooding_broker(lsock: socket.socket, seconds: float, stop: threading.Event) -> None:
+    """Answers CONNECT and one SUBSCRIBE, then sends tiny QoS 0 PUBLISHes as fast as TCP takes them."""
+    conn, _ = lsock.accept()
+    conn.recv(4096)  # CONNECT
+    conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, session not present, accepted
+    sub = conn.recv(4096)
+    conn.sendall(b"\x90\x03" + sub[2:4] + b"\x00")  # SUBACK for its packet id, QoS 0
+    body = (6).to_bytes(2, "big") + b"peer/x" + b"y" * 20
+    blob = (bytes([0x30, len(body)]) + body) * 2000
+    until = time.monotonic() + seconds
+    with contextlib.suppress(OSError):
+        while time.monotonic() < until and not stop.is_set():
+            conn.sendall(blob)
+    stop.set()
+    conn.close()
+
+
+async def test_a_flood_lets_the_event_loop_run_between_kernel_reads() -> None:
+    # Found by review: with the reader reading on while bytes were pending, a flood faster than
+    # the node kept it in one turn of the event loop for as long as the flood lasted.
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    stop = threading.Event()
+    threading.Thread(target=_flooding_broker, args=(lsock, 1.0, stop), daemon=True).start()
+    client = aiomqtt.Client("127.0.0.1", lsock.getsockname()[1], identifier="flooded", protocol=aiomqtt.ProtocolVersion.V311)
+    buffered_reads(client)
+    got = 0
+
+    def count(c: Any, u: Any, m: Any) -> None:
+        nonlocal got
+        got += 1
+
+    try:
+        async with client:
+            await client.subscribe("peer/#")
+            set_on_message(client, count)
+            turns = 0
+            while not stop.is_set():
+                await asyncio.sleep(0)
+                turns += 1
+            assert got > 2000, "the flood was not read"
+            per_turn = READ_CHUNK // 30 + 2  # 30-byte packets: what one kernel read holds, and a split one
+            assert got <= (turns + 1) * per_turn, f"{got} messages were read in {turns} turns of the event loop"
+            paho(client).disconnect()
+    except aiomqtt.MqttError:
+        pass  # the fake broker closed the connection
+    finally:
+        lsock.close()
+
+
+async def test_buffered_sockets_keep_the_clients_socket_options(tmp_path: Path) -> None:
+    # aiomqtt sets socket_options only on a socket.socket; TCP_NODELAY was lost (review finding).
+    broker = Broker(folder=tmp_path)
+    broker.start()
+    try:
+        client = aiomqtt.Client("127.0.0.1", broker.port, identifier="nodelay",
+                                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        buffered_reads(client)
+        async with client:
+            sock = paho(client).socket()
+            assert isinstance(sock, BufferedSocket)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         broker.stop()
