@@ -147,7 +147,7 @@ class EmbeddingStage(ThreadedStage):
         """Unit vectors of ``texts`` (mean pooling over the attention mask, then L2 normalisation).
 
         At most ``EMBED_CHUNK`` texts a run: ONNX Runtime's arena keeps the memory of the largest
-        run it has made, so one run over a config's 232 examples kept 320 MB for good."""
+        run it has made, so one run over a config's 232 examples kept about 300 MB for good."""
         if len(texts) > EMBED_CHUNK:
             return np.concatenate([self._embed(texts[i : i + EMBED_CHUNK]) for i in range(0, len(texts), EMBED_CHUNK)])
         return self._embed(texts)

@@ -35,7 +35,7 @@ def onnx_session(name: str, path: Path, sha256: str, *, threads: int, headroom_m
     except ImportError as exc:
         raise ModelError(f"model {name!r}: onnxruntime is not installed ({exc})") from exc
     key = (str(path.resolve()), sha256.lower(), threads)
-    with _SESSIONS_LOCK:
+    with _SESSIONS_LOCK:  # loads one at a time: a memory check must not race another load
         shared = _SESSIONS.get(key)
         if shared is not None:
             return shared, ort
