@@ -54,6 +54,14 @@ SUBSCRIBE_BATCH = 100
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5: keep the session like 3.1.1's clean_session=False
 
 
+def _lean(client: Any) -> Any:
+    """The client with buffered reads (a burst of events or PUBACKs in one system call) and
+    without paho's per-packet extras (``agentd.mesh.transport``)."""
+    buffered_reads(client)
+    lean_packets(client)
+    return client
+
+
 class MeshLink:
     """One node's MQTT session. Run ``await link.run()`` in the daemon's TaskGroup."""
 
@@ -126,11 +134,8 @@ class MeshLink:
         if outbound:  # nothing subscribed, nothing to keep: a clean session
             clean: dict[str, Any] = {"clean_start": True} if protocol == "5" else {"clean_session": True}
             version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
-            out = aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}-out", protocol=version,
-                                 max_inflight_messages=MAX_INFLIGHT, **clean, **common)
-            buffered_reads(out)  # its PUBACKs come in bursts
-            lean_packets(out)
-            return out
+            return _lean(aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}-out", protocol=version,
+                                        max_inflight_messages=MAX_INFLIGHT, **clean, **common))
         offline = envelope("status", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body={"status": "offline"}, key=self._key)
         # The broker keeps our subscriptions and unacknowledged events across reconnects.
         session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
@@ -142,11 +147,8 @@ class MeshLink:
             # max_inflight_messages, 20 by default, bounds it under 3.1.1).
             props.ReceiveMaximum = m.receive_maximum
             session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False, "properties": props}
-        client = aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}", **session,
-                                will=aiomqtt.Will(self._t("status"), offline, qos=1, retain=True), **common)
-        buffered_reads(client)  # a flood of events: one system call for many
-        lean_packets(client)
-        return client
+        return _lean(aiomqtt.Client(m.host, m.port, identifier=f"agentd-{self.fleet}-{self.node}", **session,
+                                    will=aiomqtt.Will(self._t("status"), offline, qos=1, retain=True), **common))
 
     def _t(self, *parts: str) -> str:
         return topic(self.fleet, "nodes", self.node, *parts)
