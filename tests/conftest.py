@@ -20,6 +20,12 @@ from agentd.config.loader import LoadedConfig, load_config
 from agentd.trust.keys import NodeKey, create_key
 
 SKILL = "freezer"
+MODELS = Path(__file__).resolve().parent.parent / "models"
+# The text stages' model as the example loads it (scripts/get_minilm.py derives it from the packaged one).
+MINILM = {"path": str(MODELS / "all-MiniLM-L6-v2.int8-matmul.onnx"),
+          "sha256": "0d2e882439b463ee9de739b43b28dda82b2ef6bc3db0f9165fb694cdf32f1453",
+          "tokenizer": str(MODELS / "all-MiniLM-L6-v2.tokenizer.json"),
+          "tokenizer_sha256": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"}
 
 
 def base_config(data_dir: Path) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def example(tmp_path: Path) -> LoadedConfig:
     (tmp_path / "config").mkdir()
     (tmp_path / "models").mkdir()
     shutil.copy(EXAMPLE, tmp_path / "config" / "agentd.yaml")
-    for name in ("freezer_anomaly.int8.onnx", "freezer_anomaly.card.json", "all-MiniLM-L6-v2.int8.onnx", "all-MiniLM-L6-v2.tokenizer.json"):
+    for name in ("freezer_anomaly.int8.onnx", "freezer_anomaly.card.json", "all-MiniLM-L6-v2.int8-matmul.onnx", "all-MiniLM-L6-v2.tokenizer.json"):
         (tmp_path / "models" / name).symlink_to(ROOT / "models" / name)
     loaded = load_config(tmp_path / "config" / "agentd.yaml")
     assert Path(loaded.config.data_dir).resolve() == (tmp_path / "var").resolve()

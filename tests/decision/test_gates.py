@@ -15,6 +15,7 @@ from agentd.config.loader import LoadedConfig
 from agentd.decision.engine import Engine
 from agentd.stages.card import build_card
 from agentd.trust.keys import NodeKey
+from tests.conftest import MINILM
 
 SKILL = "freezer"
 COLD = {"temperature_c": -20.0}  # rules: all_good -> none; the delay model says warn -> alert
@@ -228,11 +229,7 @@ async def test_out_of_distribution_can_ask(onnx_config: Callable[..., LoadedConf
 
 
 async def test_a_text_stage_without_text_abstains_and_the_next_stage_decides(config_factory: Factory, node_key: NodeKey) -> None:
-    models = ROOT / "models"
-    reader = {"name": "reader", "backend": "embedding", "fields": ["note"],
-              "path": str(models / "all-MiniLM-L6-v2.int8.onnx"), "sha256": "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
-              "tokenizer": str(models / "all-MiniLM-L6-v2.tokenizer.json"),
-              "tokenizer_sha256": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    reader = {"name": "reader", "backend": "embedding", "fields": ["note"], **MINILM,
               "examples": [{"text": "delivery being unloaded", "label": "none"}, {"text": "compressor is smoking", "label": "shutdown"}]}
     cfg = config_factory(models=[{"name": "fast", "backend": "delay", "delay_ms": 1, "label": "warn", "confidence": 0.95}, reader],
                          skill={"cascade": [{"model": "reader", "min_confidence": 0.6}, {"model": "fast", "min_confidence": 0.8, "map": {"warn": "alert"}}],

@@ -14,6 +14,7 @@ from agentd.config.loader import LoadedConfig
 from agentd.decision.engine import Engine
 from agentd.state import queries
 from agentd.trust.keys import NodeKey
+from tests.conftest import MINILM
 
 SKILL = "freezer"
 COLD = {"temperature_c": -20.0}  # rules: all_good -> none; the delay model says warn -> alert
@@ -21,10 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 Factory = Callable[..., LoadedConfig]
 Wait = Callable[..., Awaitable[Any]]
 AUTO = {"auto": True, "min_labels": 5}
-MINILM = {"path": str(ROOT / "models" / "all-MiniLM-L6-v2.int8.onnx"),
-          "sha256": "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
-          "tokenizer": str(ROOT / "models" / "all-MiniLM-L6-v2.tokenizer.json"),
-          "tokenizer_sha256": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"}
 
 
 # A text stage on the skill's note, with three examples, acting alone (tests/decision/test_label_writes.py uses it too).
