@@ -33,6 +33,7 @@ from agentd.mesh.topics import topic
 from agentd.mesh.transport import (
     buffered_reads,
     close_client,
+    eager_writes,
     lean_packets,
     manual_acks,
     publish_in_loop,
@@ -55,9 +56,10 @@ SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5: keep the session like 3.1.1's clea
 
 
 def _lean(client: Any) -> Any:
-    """The client with buffered reads (a burst of events or PUBACKs in one system call) and
-    without paho's per-packet extras (``agentd.mesh.transport``)."""
+    """The client with buffered reads (a burst of events or PUBACKs in one system call), writes
+    at the end of the loop's turn, and without paho's per-packet extras (``agentd.mesh.transport``)."""
     buffered_reads(client)
+    eager_writes(client)
     lean_packets(client)
     return client
 

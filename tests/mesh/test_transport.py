@@ -1,4 +1,4 @@
-"""agentd.mesh.transport: the receipt time paho stamps survives aiomqtt's queue; buffered reads and the read pause."""
+"""agentd.mesh.transport: the receipt time paho stamps survives aiomqtt's queue; buffered reads and the read pause; eager writes."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ from agentd.mesh.transport import (
     BufferedSocket,
     ReadPause,
     buffered_reads,
+    eager_writes,
     lean_packets,
     paho,
     received_at,
     set_on_message,
     stamp_arrivals,
 )
+from tests.conftest import wait_for
 
 
 def test_messages_carry_the_time_paho_read_them() -> None:
@@ -214,5 +216,147 @@ async def test_buffered_sockets_keep_the_clients_socket_options(tmp_path: Path) 
             sock = paho(client).socket()
             assert isinstance(sock, BufferedSocket)
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        broker.stop()
+
+
+def _watched_fds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The file descriptors the running loop is asked to watch for writability."""
+    loop = asyncio.get_running_loop()
+    watched: list[int] = []
+    add_writer = loop.add_writer
+
+    def spy(fd: Any, *args: Any) -> Any:
+        watched.append(fd if isinstance(fd, int) else fd.fileno())
+        return add_writer(fd, *args)
+
+    monkeypatch.setattr(loop, "add_writer", spy)
+    return watched
+
+
+@pytest.mark.parametrize("eager", [True, False])
+async def test_a_publish_goes_out_at_once_without_a_watch_for_writability(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          eager: bool) -> None:
+    broker = Broker(folder=tmp_path)
+    broker.start()
+    try:
+        listener = aiomqtt.Client("127.0.0.1", broker.port, identifier="listener")
+        client = aiomqtt.Client("127.0.0.1", broker.port, identifier="eager")
+        if eager:
+            eager_writes(client)
+        async with listener, client:
+            await listener.subscribe("eager/#", qos=1)
+            await client.publish("eager/warm", b"x", qos=1)
+            watched = _watched_fds(monkeypatch)
+            p = paho(client)
+            still_queued = 0
+            for i in range(50):
+                assert p.publish(f"eager/{i}", b"decision %d" % i, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
+                still_queued += p.want_write()
+            got = []
+            async with asyncio.timeout(10):
+                async for m in listener.messages:
+                    got.append(str(m.topic))
+                    if len(got) == 51:
+                        break
+            assert got[1:] == [f"eager/{i}" for i in range(50)]
+            fd = p.socket().fileno()
+            if eager:  # every packet on the wire before publish returned; the loop never watched the socket
+                assert still_queued == 0 and fd not in watched
+            else:  # aiomqtt alone: each waits for the loop to see the socket writable
+                assert still_queued == 50 and fd in watched
+    finally:
+        broker.stop()
+
+
+def _slow_reading_broker(lsock: socket.socket, wait_s: float, want: int, got: list[int]) -> None:
+    """Answers CONNECT, reads nothing for ``wait_s`` (the client's send buffer fills), then counts bytes up to ``want``."""
+    conn, _ = lsock.accept()
+    conn.recv(4096)  # CONNECT
+    conn.sendall(b"\x20\x02\x00\x00")
+    time.sleep(wait_s)
+    n = 0
+    conn.settimeout(10)
+    with contextlib.suppress(OSError):
+        while n < want:
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                break
+            n += len(chunk)
+    got.append(n)
+    conn.close()
+
+
+async def test_a_full_send_buffer_waits_for_writability_and_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small buffers both ways: the sender's fills at once
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    payload = b"p" * 4000
+    packet = len(payload) + 2 + len("full/x") + 1 + 2  # QoS 0 PUBLISH: header, 2-byte length, topic, payload
+    count = 2000  # 8 MB: far more than the kernel's buffers hold
+    got: list[int] = []
+    server = threading.Thread(target=_slow_reading_broker, args=(lsock, 0.5, packet * count, got), daemon=True)
+    server.start()
+    client = aiomqtt.Client("127.0.0.1", lsock.getsockname()[1], identifier="full", protocol=aiomqtt.ProtocolVersion.V311,
+                            socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)])
+    eager_writes(client)
+    checked = False
+    try:
+        async with client:
+            watched = _watched_fds(monkeypatch)
+            p = paho(client)
+            for _ in range(count):
+                assert p.publish("full/x", payload, qos=0).rc == mqtt.MQTT_ERR_SUCCESS
+            assert p.want_write()  # the kernel took only part
+            await asyncio.sleep(0)
+            assert p.socket().fileno() in watched  # so the loop waits until it can write the rest
+            async def sent() -> bool:
+                return not p.want_write()
+
+            await wait_for(sent, limit_s=20)
+            await asyncio.to_thread(server.join, 20)
+            assert got == [packet * count]
+            checked = True
+            paho(client).disconnect()
+    except aiomqtt.MqttError:
+        pass  # the fake broker closed the connection
+    finally:
+        lsock.close()
+    assert checked
+
+
+async def test_a_publish_from_inside_a_paho_callback_goes_out_at_the_end_of_the_turn(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = Broker(folder=tmp_path)
+    broker.start()
+    try:
+        client = aiomqtt.Client("127.0.0.1", broker.port, identifier="echo")
+        eager_writes(client)
+        async with client:
+            p = paho(client)
+            queued_inside: list[bool] = []
+            pongs: list[str] = []
+
+            def echo(c: Any, userdata: Any, message: Any) -> None:  # paho holds its callback lock here
+                if message.topic.startswith("ping/"):
+                    p.publish("pong/" + message.topic[5:], message.payload, qos=1)
+                    queued_inside.append(p.want_write())
+                else:
+                    pongs.append(message.topic)
+
+            await client.subscribe("ping/#", qos=1)
+            await client.subscribe("pong/#", qos=1)
+            set_on_message(client, echo)
+            watched = _watched_fds(monkeypatch)
+            for i in range(5):
+                await client.publish(f"ping/{i}", b"x", qos=1)
+            async def echoed() -> bool:
+                return len(pongs) == 5
+
+            await wait_for(echoed, limit_s=10)
+            assert sorted(pongs) == [f"pong/{i}" for i in range(5)]
+            assert queued_inside and all(queued_inside)  # not written inside the callback, as paho never does
+            assert p.socket().fileno() not in watched  # but at the end of the turn, without a watch
     finally:
         broker.stop()
