@@ -276,4 +276,5 @@ class Writer:
         else:
             self._flush_scheduled = False
             if self._queue and self._ride is None:  # only writes that can wait: they wait for the next commit
+                assert self._loop is not None
                 self._ride = self._loop.call_later(RIDE_S, self._ride_due)
