@@ -147,10 +147,11 @@ class EmbeddingStage(ThreadedStage):
         """Unit vectors of ``texts`` (mean pooling over the attention mask, then L2 normalisation).
 
         One text a session run, so that a text's vector is the same bytes whatever was queued
-        beside it: batched, its padding changes the order of the float sums, and a model that
-        quantises its activations rounds on them (the example's integer-matmul MiniLM, 2-3 ms a
-        text, is as fast alone). And ONNX Runtime's arena keeps the memory of its largest run:
-        one run over a config's 232 examples kept about 300 MB for good."""
+        beside it, for any model: batched, padding changes the order of the float sums, and a
+        model that quantised its activations per run would round on its neighbours (the example's
+        integer-matmul MiniLM quantises per token and is as fast alone: 2-3 ms a text). And ONNX
+        Runtime's arena keeps the memory of its largest run: one run over a config's 232 examples
+        kept about 300 MB for good."""
         return np.concatenate([self._embed([text]) for text in texts])
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
