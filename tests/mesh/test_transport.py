@@ -25,6 +25,7 @@ from agentd.mesh.transport import (
     paho,
     received_at,
     set_on_message,
+    shared_property_tables,
     stamp_arrivals,
 )
 from tests.conftest import wait_for
@@ -358,5 +359,55 @@ async def test_a_publish_from_inside_a_paho_callback_goes_out_at_the_end_of_the_
             assert sorted(pongs) == [f"pong/{i}" for i in range(5)]
             assert queued_inside and all(queued_inside)  # not written inside the callback, as paho never does
             assert p.socket().fileno() not in watched  # but at the end of the turn, without a watch
+    finally:
+        broker.stop()
+
+
+def test_mqtt5_properties_decode_as_paho_does_on_shared_tables() -> None:
+    from paho.mqtt import _packet
+    from paho.mqtt.enums import MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    sent = Properties(PacketTypes.PUBLISH)
+    sent.UserProperty = [("site", "bay 3"), ("k", "v")]
+    sent.MessageExpiryInterval = 60
+    sent.ContentType = "application/json"
+    head = (3).to_bytes(2, "big") + b"a/b" + (7).to_bytes(2, "big")
+    shared_property_tables()
+    shared_property_tables()  # idempotent
+    got = _packet.decode_publish(0x32, head + sent.pack() + b"{}", MQTTProtocolVersion.MQTTv5)
+    plain = Properties(PacketTypes.PUBLISH)  # paho's own class, untouched
+    plain.unpack(sent.pack())
+    assert isinstance(got.properties, Properties) and got.properties.json() == plain.json() == sent.json()
+    assert got.payload == b"{}" and got.mid == 7
+    empty = _packet.decode_publish(0x32, head + b"\x00{}", MQTTProtocolVersion.MQTTv5).properties
+    assert empty.json() == {} and empty.names is got.properties.names  # one copy of the tables
+    empty.unpack(sent.pack())  # reused: cleared, then filled as paho fills it
+    assert empty.json() == sent.json()
+    empty.clear()
+    assert empty.json() == {} and not hasattr(empty, "ContentType")
+
+
+async def test_a_lean_mqtt5_client_receives_a_messages_properties(tmp_path: Path) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    broker = Broker(folder=tmp_path)
+    broker.start()
+    try:
+        sender = aiomqtt.Client("127.0.0.1", broker.port, identifier="p5-sender", protocol=aiomqtt.ProtocolVersion.V5)
+        receiver = aiomqtt.Client("127.0.0.1", broker.port, identifier="p5-receiver", protocol=aiomqtt.ProtocolVersion.V5)
+        lean_packets(receiver)
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("site", "bay 3")]
+        props.ContentType = "application/json"
+        async with sender, receiver:
+            await receiver.subscribe("p5/#", qos=1)
+            await sender.publish("p5/x", b"{}", qos=1, properties=props)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(receiver.messages))
+        assert message.properties is not None
+        assert message.properties.UserProperty == [("site", "bay 3")] and message.properties.ContentType == "application/json"
     finally:
         broker.stop()
