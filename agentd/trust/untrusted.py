@@ -78,38 +78,50 @@ def parse_json(payload: bytes | str, *, max_bytes: int, what: str = "payload", m
     return value
 
 
+def _path(parent: str, key: str | int | None) -> str:
+    """The path of a member, as messages name it: ``what.name`` (40 characters at most) or ``what[3]``."""
+    if key is None:
+        return parent
+    return f"{parent}[{key}]" if isinstance(key, int) else f"{parent}.{key[:40]}"
+
+
 def check_value(value: Any, *, what: str = "value", max_depth: int = MAX_DEPTH) -> None:
     """Refuse (``Rejected``) what canonical JSON cannot carry unchanged, and nesting past ``max_depth``.
 
     Iterative, so a deep value costs no recursion; the message names the member's path.
     """
-    stack: list[tuple[Any, str, int]] = [(value, what, 0)]
+    # (item, its parent's path, its key there, depth): a path is spelled out only for a container
+    # or a refusal, not for each of an event's scalar members
+    stack: list[tuple[Any, str, str | int | None, int]] = [(value, what, None, 0)]
     while stack:
-        item, path, depth = stack.pop()
+        item, parent, key, depth = stack.pop()
         if isinstance(item, str):
-            if _LONE_SURROGATE.search(item):
-                raise Rejected("bad_string", f"{path}: a lone UTF-16 surrogate is not text (RFC 8785 refuses it)")
+            if not item.isascii() and _LONE_SURROGATE.search(item):
+                raise Rejected("bad_string", f"{_path(parent, key)}: a lone UTF-16 surrogate is not text (RFC 8785 refuses it)")
         elif isinstance(item, bool) or item is None:
             continue
         elif isinstance(item, int):
             if abs(item) > MAX_SAFE_INT:
-                raise Rejected("number_range", f"{path}: {str(item)[:24]} is beyond +-(2^53-1), which JSON cannot carry exactly")
+                raise Rejected("number_range", f"{_path(parent, key)}: {str(item)[:24]} is beyond +-(2^53-1), which JSON cannot carry exactly")
         elif isinstance(item, float):
             if not math.isfinite(item):
-                raise Rejected("number_range", f"{path}: {item} is not a finite number")
+                raise Rejected("number_range", f"{_path(parent, key)}: {item} is not a finite number")
             if item.is_integer() and abs(item) > MAX_SAFE_INT:
-                raise Rejected("number_range", f"{path}: {item:g} is an integer beyond +-(2^53-1), which JSON cannot carry exactly")
+                raise Rejected("number_range",
+                               f"{_path(parent, key)}: {item:g} is an integer beyond +-(2^53-1), which JSON cannot carry exactly")
         elif isinstance(item, dict | list | tuple):
+            path = _path(parent, key)
             if depth >= max_depth:
                 raise Rejected("too_deep", f"{path}: nested deeper than {max_depth} levels")
             if isinstance(item, dict):
                 for k, v in item.items():
                     if not isinstance(k, str):
                         raise Rejected("malformed", f"{path}: member name {k!r} is not a string")
-                    if _LONE_SURROGATE.search(k):
+                    if not k.isascii() and _LONE_SURROGATE.search(k):
                         raise Rejected("bad_string", f"{path}: a member name holds a lone UTF-16 surrogate")
-                    stack.append((v, f"{path}.{k[:40]}", depth + 1))
+                    stack.append((v, path, k, depth + 1))
             else:
-                stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+                stack.extend((v, path, i, depth + 1) for i, v in enumerate(item))
         else:
+            path = _path(parent, key)
             raise Rejected("malformed", f"{path}: {type(item).__name__} is not a JSON value")
