@@ -85,9 +85,13 @@ class Writer:
         await self._loop.run_in_executor(self._exec, self._open)
 
     async def close(self) -> None:
-        """Commit what is queued, then close the connection and stop the thread."""
-        await self.flush()
+        """Commit what is queued (writes that would wait to ride too), then close the connection and stop the thread."""
+        while self._queue or self._flush_scheduled:  # a delete queued during the last commit rides too
+            await self.submit(lambda conn: None)
         self._closed = True
+        if self._ride is not None:
+            self._ride.cancel()
+            self._ride = None
         assert self._loop is not None
         await self._loop.run_in_executor(self._exec, self._close)
         self._exec.shutdown(wait=True)
@@ -118,7 +122,7 @@ class Writer:
 
     def _ride_due(self) -> None:
         self._ride = None
-        if self._queue and not self._flush_scheduled:
+        if not self._closed and self._queue and not self._flush_scheduled:
             self._flush_scheduled = True
             self._start_flush()
 
