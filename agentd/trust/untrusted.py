@@ -123,5 +123,4 @@ def check_value(value: Any, *, what: str = "value", max_depth: int = MAX_DEPTH) 
             else:
                 stack.extend((v, path, i, depth + 1) for i, v in enumerate(item))
         else:
-            path = _path(parent, key)
-            raise Rejected("malformed", f"{path}: {type(item).__name__} is not a JSON value")
+            raise Rejected("malformed", f"{_path(parent, key)}: {type(item).__name__} is not a JSON value")
