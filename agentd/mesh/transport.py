@@ -157,9 +157,11 @@ def eager_writes(client: Any) -> None:
             return
         try:
             p.loop_write()  # unregisters when everything went out
-        except Exception:  # a broken connection: aiomqtt's own write path meets it again and reports it
-            if p._sock is not None:
-                watch(p, p._userdata, p._sock)
+        except Exception as exc:  # a broken pipe or a raising callback: end the session, as aiomqtt's write path does
+            log.warning("writing to the broker failed: %s", exc)
+            disconnected = client._disconnected
+            if not disconnected.done():
+                disconnected.set_exception(exc)
             return
         if p._registered_write and p._sock is not None:  # the kernel took only part: wait until writable
             watch(p, p._userdata, p._sock)
@@ -244,6 +246,8 @@ def shared_property_tables() -> None:
     private = frozenset(("packetType", "types", "names", "properties"))
 
     class SharedTables(Properties):
+        """paho's MQTT 5 property set, on shared tables."""
+
         shared_tables = True
 
         def __init__(self, packetType: int) -> None:
@@ -254,6 +258,10 @@ def shared_property_tables() -> None:
             for name in [n for n in self.__dict__ if n not in private]:
                 delattr(self, name)
 
+    # a module-level name, so that pickle finds the class a decoded message's properties have
+    SharedTables.__qualname__ = SharedTables.__name__ = "SharedPropertyTables"
+    SharedTables.__module__ = __name__
+    globals()["SharedPropertyTables"] = SharedTables
     _packet.Properties = SharedTables  # type: ignore[attr-defined]
 
 

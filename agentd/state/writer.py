@@ -50,7 +50,11 @@ class Soft:
 
 
 class Later(Soft):
-    """A soft write that waits for a commit to ride with (``Writer.submit_later``)."""
+    """A soft write that waits for a commit to ride with (``Writer.submit_later``).
+
+    It waits in memory, so a crash of the process too (not only a power cut) can lose it
+    within ``RIDE_S``: an outbox row is then sent once more, and receivers drop the repeat.
+    """
 
 
 Op = Callable[[sqlite3.Connection], Any] | DecisionWrite

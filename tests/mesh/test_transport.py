@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import pickle
 import socket
 import threading
 import time
@@ -387,6 +389,33 @@ def test_mqtt5_properties_decode_as_paho_does_on_shared_tables() -> None:
     assert empty.json() == sent.json()
     empty.clear()
     assert empty.json() == {} and not hasattr(empty, "ContentType")
+    copied = pickle.loads(pickle.dumps(got.properties))  # a message's properties can be pickled and copied
+    assert copied.json() == sent.json() and copy.deepcopy(got.properties).json() == sent.json()
+
+
+async def test_a_callback_raising_while_writing_ends_the_session_without_a_busy_loop(tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = Broker(folder=tmp_path)
+    broker.start()
+    try:
+        client = aiomqtt.Client("127.0.0.1", broker.port, identifier="raising")
+        eager_writes(client)
+        with pytest.raises(aiomqtt.MqttError):
+            async with client:
+                p = paho(client)
+
+                def broken(*args: Any) -> None:
+                    raise RuntimeError("a broken on_publish")
+
+                p.on_publish = broken  # paho calls it after writing a QoS 0 packet, inside loop_write
+                watched = _watched_fds(monkeypatch)
+                p.publish("raising/x", b"x", qos=0)
+                assert isinstance(client._disconnected.exception(), RuntimeError)
+                assert p.socket().fileno() not in watched  # not handed to a watch that would meet it again and again
+                async with asyncio.timeout(5):  # the session is over: waiting for messages raises
+                    await anext(aiter(client.messages))
+    finally:
+        broker.stop()
 
 
 async def test_a_lean_mqtt5_client_receives_a_messages_properties(tmp_path: Path) -> None:
