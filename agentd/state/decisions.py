@@ -30,7 +30,7 @@ class DecisionWrite:
 
     ``outbox_later`` builds more outbox rows (placed before ``outbox``) on the writer thread,
     inside the decision's transaction: the engine hands the decision's envelope signing there,
-    off the event loop (an Ed25519 signature releases the GIL, so it runs beside the loop).
+    off the event loop (libsodium lets go of the GIL while it signs, so it runs beside the loop).
     """
 
     event_id: str

@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+import nacl.bindings as sodium
+import nacl.exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -28,19 +29,30 @@ MAX_KEY_FILE = 64 * 1024
 
 @dataclass(frozen=True)
 class NodeKey:
-    """The node's Ed25519 identity."""
+    """The node's Ed25519 identity.
+
+    The key file is read and written with ``cryptography`` (PKCS#8 PEM); signatures are made
+    and checked with libsodium (PyNaCl), which lets go of the GIL while it computes: the
+    writer thread signs each decision's envelope, and ``cryptography``'s Ed25519 holds the
+    GIL for all of its 45 µs, stopping the event loop that long. Ed25519 signatures are
+    deterministic, so both libraries give the same bytes.
+    """
 
     private: Ed25519PrivateKey
     path: Path
+    _secret: bytes = field(init=False, repr=False, compare=False)  # libsodium's form: seed and public key
+
+    def __post_init__(self) -> None:
+        seed = self.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        object.__setattr__(self, "_secret", sodium.crypto_sign_seed_keypair(seed)[1])
 
     @property
     def public_b64(self) -> str:
-        raw = self.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return b64(raw)
+        return b64(self._secret[32:])
 
     def sign(self, data: bytes) -> str:
         """Base64 Ed25519 signature of ``data``."""
-        return b64(self.private.sign(data))
+        return b64(sodium.crypto_sign(data, self._secret)[:64])
 
 
 def public_key_from_b64(text: str) -> Ed25519PublicKey:
@@ -53,11 +65,15 @@ def public_key_from_b64(text: str) -> Ed25519PublicKey:
 
 
 def verify(public_b64: str, data: bytes, signature_b64: str) -> bool:
-    """True when ``signature_b64`` is a valid signature of ``data`` by ``public_b64``."""
+    """True when ``signature_b64`` is a valid signature of ``data`` by ``public_b64`` (libsodium's
+    check: it also refuses a signature whose scalar is not reduced and a small-order key)."""
     try:
         sig = base64.b64decode(signature_b64, validate=True)
-        public_key_from_b64(public_b64).verify(sig, data)
-    except (InvalidSignature, ValueError, TypeError, TrustError):
+        public = base64.b64decode(public_b64, validate=True)
+        if len(sig) != 64 or len(public) != 32:
+            return False
+        sodium.crypto_sign_open(sig + data, public)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
         return False
     return True
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentd.trust.canonical import canonical
+from agentd.trust.canonical import b64, canonical
 from agentd.trust.envelope import Rejected, check_envelope, envelope, envelope_raw
-from agentd.trust.keys import create_key
+from agentd.trust.keys import create_key, verify
 
 json_values = st.recursive(
     st.none()
@@ -66,3 +68,36 @@ def test_tampered_or_future_envelopes_are_rejected(tmp_path: Path) -> None:
     assert reason(b'{"v":2,' * 3000) == "oversized"
     assert reason(b"[" * 2000 + b"]" * 2000) == "too_deep"
     assert reason(rb'{"v":2,"fleet":"f1","kind":"decision","id":"x","node":"n1","hlc":"1795600000000-0000","body":{"a":"\ud800"},"sig":"x"}') == "bad_string"
+
+
+@settings(max_examples=100)
+@given(st.binary(max_size=4096))
+def test_libsodium_signs_as_cryptography_does_and_each_checks_the_other(tmp_path_factory: Any, data: bytes) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key, _ = create_key(tmp_path_factory.mktemp("k"))
+    sig = key.sign(data)
+    assert base64.b64decode(sig) == key.private.sign(data)  # Ed25519 is deterministic: the same bytes
+    assert verify(key.public_b64, data, b64(key.private.sign(data)))
+    Ed25519PublicKey.from_public_bytes(base64.b64decode(key.public_b64)).verify(base64.b64decode(sig), data)
+
+
+def test_verify_refuses_what_is_not_a_valid_signature(tmp_path: Path) -> None:
+    key, _ = create_key(tmp_path / "a")
+    other, _ = create_key(tmp_path / "b")
+    data = b'{"v":2}'
+    sig = key.sign(data)
+    raw = base64.b64decode(sig)
+    assert verify(key.public_b64, data, sig)
+    assert not verify(other.public_b64, data, sig)  # another key
+    assert not verify(key.public_b64, data + b" ", sig)  # other data
+    assert not verify(key.public_b64, data, b64(raw[:63]))  # too short
+    assert not verify(key.public_b64, data, b64(raw + b"\0"))  # too long
+    assert not verify(key.public_b64, data, b64(bytes([raw[0] ^ 1]) + raw[1:]))  # one bit changed
+    assert not verify(key.public_b64, data, "not base64!")
+    assert not verify("not a key", data, sig)
+    assert not verify(b64(b"\0" * 31), data, sig)  # a key of the wrong length
+    assert not verify(b64(b"\1" + b"\0" * 31), data, sig)  # a small-order key (libsodium refuses it)
+    order = 2**252 + 27742317777372353535851937790883648493  # the group's order: a signature's S must be below it
+    s = int.from_bytes(raw[32:], "little") + order  # below 2**256, as S < order < 2**253
+    assert not verify(key.public_b64, data, b64(raw[:32] + s.to_bytes(32, "little")))  # S not reduced: malleated
