@@ -57,7 +57,8 @@ SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5: keep the session like 3.1.1's clea
 
 def _lean(client: Any) -> Any:
     """The client with buffered reads (a burst of events or PUBACKs in one system call), a queued
-    packet written at once, and without paho's per-packet extras (``agentd.mesh.transport``)."""
+    packet written at once and a turn's packets sent together, and without paho's per-packet
+    extras (``agentd.mesh.transport``)."""
     buffered_reads(client)
     eager_writes(client)
     lean_packets(client)

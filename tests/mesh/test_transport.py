@@ -77,6 +77,92 @@ def test_buffered_socket_serves_small_reads_from_one_kernel_read() -> None:
         b.close()
 
 
+class _CountingSocket:
+    """A real socket whose ``send`` calls are counted."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.sends = sock, 0
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+async def test_buffered_socket_joins_a_turns_writes_into_one_send() -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    counting = _CountingSocket(b)
+    sock = BufferedSocket(counting)
+    try:
+        assert [sock.send(b"\x40\x02\x00\x01"), sock.send(bytearray(b"\x40\x02\x00\x02")), sock.send(memoryview(b"abc"))] == [4, 4, 3]
+        with pytest.raises(BlockingIOError):
+            a.recv(100)  # held until the end of the loop's turn
+        assert sock.unsent == 11 and counting.sends == 0
+        await asyncio.sleep(0)
+        assert a.recv(100) == b"\x40\x02\x00\x01\x40\x02\x00\x02abc" and counting.sends == 1
+        assert sock.unsent == 0 and not sock.watching
+        assert await asyncio.to_thread(sock.send, b"off the loop") == 12  # another thread: straight to the kernel
+        assert a.recv(100) == b"off the loop" and counting.sends == 2
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_buffered_socket_waits_for_writability_for_what_the_kernel_cannot_take() -> None:
+    a, b = socket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    b.setblocking(False)
+    sock = BufferedSocket(b)
+    data = bytes(range(256)) * 8192  # 2 MB, in 64 KB writes of one turn
+    try:
+        for i in range(0, len(data), 65536):
+            sock.send(data[i : i + 65536])
+        await asyncio.sleep(0)
+        assert sock.watching and 0 < sock.unsent < len(data)  # the kernel took only part
+        sock.send(b"tail")  # queued behind the rest, in order
+        got = bytearray()
+
+        def drain() -> None:
+            a.settimeout(10)
+            while len(got) < len(data) + 4:
+                chunk = a.recv(1 << 16)
+                if not chunk:
+                    break
+                got.extend(chunk)
+
+        reader = asyncio.create_task(asyncio.to_thread(drain))
+
+        async def sent() -> bool:
+            return sock.unsent == 0
+
+        await wait_for(sent, limit_s=20)
+        await reader
+        assert bytes(got) == data + b"tail" and not sock.watching
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_buffered_socket_raises_a_failed_send_at_the_next_write() -> None:
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    sock = BufferedSocket(b)
+    a.close()
+    try:
+        assert sock.send(b"\xc0\x00") == 2  # a PINGREQ, taken for the end of the turn
+        await asyncio.sleep(0)  # the kernel refuses it: the peer is gone
+        with pytest.raises(OSError):
+            sock.send(b"\xc0\x00")  # paho sees the loss at its next write
+        assert sock.unsent == 0 and not sock.watching
+    finally:
+        b.close()
+
+
 async def test_a_paused_reader_resumes_into_what_it_had_already_read(tmp_path: Path) -> None:
     # Twenty messages reach the client in one kernel read; the first pauses the reader, so the
     # other nineteen wait in its buffer. Resuming must deliver them although the kernel has
@@ -237,14 +323,16 @@ def _watched_fds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return watched
 
 
-@pytest.mark.parametrize("eager", [True, False])
+@pytest.mark.parametrize(("eager", "joined"), [(True, False), (True, True), (False, False)])
 async def test_a_publish_goes_out_at_once_without_a_watch_for_writability(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                          eager: bool) -> None:
+                                                                          eager: bool, joined: bool) -> None:
     broker = Broker(folder=tmp_path)
     broker.start()
     try:
         listener = aiomqtt.Client("127.0.0.1", broker.port, identifier="listener")
         client = aiomqtt.Client("127.0.0.1", broker.port, identifier="eager")
+        if joined:  # a BufferedSocket: the turn's fifty packets leave in one send at its end
+            buffered_reads(client)
         if eager:
             eager_writes(client)
         async with listener, client:
@@ -264,7 +352,9 @@ async def test_a_publish_goes_out_at_once_without_a_watch_for_writability(tmp_pa
                         break
             assert got[1:] == [f"eager/{i}" for i in range(50)]
             fd = p.socket().fileno()
-            if eager:  # every packet on the wire before publish returned; the loop never watched the socket
+            if joined:
+                assert isinstance(p.socket(), BufferedSocket) and p.socket().unsent == 0
+            if eager:  # every packet handed over before publish returned; the loop never watched the socket
                 assert still_queued == 0 and fd not in watched
             else:  # aiomqtt alone: each waits for the loop to see the socket writable
                 assert still_queued == 50 and fd in watched
@@ -290,7 +380,8 @@ def _slow_reading_broker(lsock: socket.socket, wait_s: float, want: int, got: li
     conn.close()
 
 
-async def test_a_full_send_buffer_waits_for_writability_and_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("joined", [False, True])
+async def test_a_full_send_buffer_waits_for_writability_and_loses_nothing(monkeypatch: pytest.MonkeyPatch, joined: bool) -> None:
     lsock = socket.socket()
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small buffers both ways: the sender's fills at once
     lsock.bind(("127.0.0.1", 0))
@@ -303,6 +394,8 @@ async def test_a_full_send_buffer_waits_for_writability_and_loses_nothing(monkey
     server.start()
     client = aiomqtt.Client("127.0.0.1", lsock.getsockname()[1], identifier="full", protocol=aiomqtt.ProtocolVersion.V311,
                             socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)])
+    if joined:
+        buffered_reads(client)
     eager_writes(client)
     checked = False
     try:
@@ -311,11 +404,17 @@ async def test_a_full_send_buffer_waits_for_writability_and_loses_nothing(monkey
             p = paho(client)
             for _ in range(count):
                 assert p.publish("full/x", payload, qos=0).rc == mqtt.MQTT_ERR_SUCCESS
-            assert p.want_write()  # the kernel took only part
-            await asyncio.sleep(0)
-            assert p.socket().fileno() in watched  # so the loop waits until it can write the rest
+            sock = p.socket()
+            if joined:  # paho handed it all over; the socket holds what the kernel could not take
+                assert not p.want_write() and isinstance(sock, BufferedSocket)
+                await asyncio.sleep(0)
+                assert sock.watching and sock.unsent > 0
+            else:
+                assert p.want_write()  # the kernel took only part
+                await asyncio.sleep(0)
+            assert sock.fileno() in watched  # so the loop waits until it can write the rest
             async def sent() -> bool:
-                return not p.want_write()
+                return not p.want_write() and not (joined and sock.unsent)
 
             await wait_for(sent, limit_s=20)
             await asyncio.to_thread(server.join, 20)
