@@ -73,7 +73,7 @@ def fold(raw: Path, stats: Path) -> None:
 
 async def _round(config: str, data_dir: Path, n: int, *, rules_only: bool) -> tuple[float, float, float]:
     from agentd.config.loader import load_config
-    from agentd.devtools.bench import _events, bench_config, with_engine
+    from agentd.devtools.bench import _events, bench_config, feed, with_engine
 
     loaded = load_config(config)
     bl = bench_config(loaded, data_dir, **({"cascade": []} if rules_only else {}))
@@ -81,16 +81,8 @@ async def _round(config: str, data_dir: Path, n: int, *, rules_only: bool) -> tu
     events = _events(skill, n)
 
     async def go(engine: Any) -> tuple[float, float, float]:
-        sem = asyncio.Semaphore(1000)
-
-        async def one(i: int, e: dict[str, Any]) -> None:
-            async with sem:
-                await engine.decide(skill.name, e, event_id=f"bench-{i}")
-
         t, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
-        async with asyncio.TaskGroup() as tg:
-            for i, e in enumerate(events):
-                tg.create_task(one(i, e))
+        await feed(engine, skill.name, events)
         await engine.store.flush()
         return time.perf_counter() - t, time.process_time() - cpu, time.thread_time() - loop_cpu
 

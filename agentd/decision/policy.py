@@ -66,6 +66,8 @@ def unsure_ask(skill: SkillConfig, traces: Sequence[StageTrace], rules_action: s
     (``default``), any such answer counts; over another rule only those among
     ``uncertain.actions``.
     """
+    if not traces:  # no model was asked (rules only, or none acting)
+        return None
     u = skill.uncertain
     unsure = [(t.outcome, a) for t in traces if t.outcome in u.ask
               and (a := (t.extra.get("severe") or {}).get("action") or t.action) is not None

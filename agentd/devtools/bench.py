@@ -213,6 +213,33 @@ def _throughput(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str,
     }
 
 
+IN_HAND = 1000  # events in flight at once, like the MQTT peer bench's 1000 unacknowledged ones
+
+
+async def feed(engine: Any, skill: str, events: list[dict[str, Any]], in_hand: int = IN_HAND) -> None:
+    """Decide ``events`` as the MQTT receiver takes them: a task for each, and with ``in_hand``
+    of them undecided, no more until half are done (``ReadPause``'s bound)."""
+    room = asyncio.Event()
+    pending = 0
+
+    async def one(i: int, e: dict[str, Any]) -> None:
+        nonlocal pending
+        try:
+            await engine.decide(skill, e, event_id=f"bench-{i}")
+        finally:
+            pending -= 1
+            if pending <= in_hand // 2:
+                room.set()
+
+    async with asyncio.TaskGroup() as tg:
+        for i, e in enumerate(events):
+            if pending >= in_hand:
+                room.clear()
+                await room.wait()
+            pending += 1
+            tg.create_task(one(i, e))
+
+
 def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int, **skill_update: Any) -> dict[str, Any]:
     bl = bench_config(loaded, data_dir, **skill_update)
     skill = bl.config.skills[0]
@@ -220,17 +247,9 @@ def _throughput_round(loaded: LoadedConfig, data_dir: Path, samples: int, **skil
     events = _events(skill, n)
 
     async def go(engine: Any) -> tuple[float, float, int, int]:
-        sem = asyncio.Semaphore(1000)  # in flight at once, like the MQTT peer bench's 1000 unacked events
-
-        async def one(i: int, e: dict[str, Any]) -> None:
-            async with sem:
-                await engine.decide(skill.name, e, event_id=f"bench-{i}")
-
         commits0 = engine.store.commits
         t, cpu = time.perf_counter(), time.process_time()
-        async with asyncio.TaskGroup() as tg:
-            for i, e in enumerate(events):
-                tg.create_task(one(i, e))
+        await feed(engine, skill.name, events)
         elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
         stored = await engine.store.read(lambda c: c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
         return elapsed, cpu, stored, engine.store.commits - commits0
