@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 from agentd.decision.calibration import action_scores, rescale
 from agentd.decision.policy import CircuitBreaker, StageTrace, gate, possible_severe
 from agentd.errors import InputError, ModelError
-from agentd.stages.base import CallHandle, Cancelled, ModelStage, StageAnswer
-from agentd.stages.card import Verdict
+from agentd.stages.base import CallHandle, Cancelled, ModelStage, StageAnswer, Verdict
 
 if TYPE_CHECKING:
     from agentd.config.loader import LoadedConfig

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agentd.config.schema import SkillConfig, StageConfig
-    from agentd.stages.base import StageAnswer
-    from agentd.stages.card import Verdict
+    from agentd.stages.base import StageAnswer, Verdict
 
 
 ACCEPTED = "accepted"

@@ -28,6 +28,19 @@ if TYPE_CHECKING:
     from agentd.stages.card import InputCard
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How far an input is from the training data: ``score`` > 1, or a ``field`` out of range, is out.
+
+    Here, not in ``agentd.stages.card``, so that a node without models never imports numpy (12 MB)."""
+
+    score: float
+    field: str | None = None
+
+    def outside(self, max_score: float) -> bool:
+        return self.field is not None or not (self.score <= max_score)  # NaN is outside too
+
+
 @dataclass(slots=True)
 class StageAnswer:
     """A model's answer: the top label, its confidence, and the full distribution."""

@@ -19,28 +19,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agentd.errors import ModelError
+from agentd.stages.base import Verdict
 
 CARD_KIND = "agentd-input-card"
 CARD_VERSION = 1
 MAX_REFERENCE_ROWS = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """How far an input is from the training data: ``score`` > 1, or a ``field`` out of range, is out."""
-
-    score: float
-    field: str | None = None
-
-    def outside(self, max_score: float) -> bool:
-        return self.field is not None or not (self.score <= max_score)  # NaN is outside too
 
 
 class InputCard:
