@@ -22,14 +22,14 @@ for t in base new; do
   for f in models/*; do [ -e "$work/$t/$f" ] || ln -s "$root/$f" "$work/$t/$f"; done
 done
 for c in "$@"; do git format-patch -1 --stdout "$c" | (cd "$work/new" && git apply --exclude="docs/*"); done  # the docs need not apply
-cp scripts/profile_decision.py "$work/profile_decision.py"
+# each copy profiles with its own scripts/profile_decision.py (the harness is part of what is compared)
 cd "$work"
 for i in $(seq 1 "$rounds"); do
   for t in base new; do
     echo "== $t, round $i, $(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg)"
     PYTHONPATH="$work/$t" "$root/.venv/bin/python" -m agentd.cli bench --config "$work/$t/config/agentd.yaml" --only throughput --json \
       | "$root/.venv/bin/python" -c "import json,sys; d=json.load(sys.stdin); print('$t bench', {k: d.get(k) for k in ('decisions_per_s_rules_only', 'decisions_per_s', 'decisions_per_s_min', 'decisions_per_s_max', 'throughput_lost')})"
-    PYTHONPATH="$work/$t" "$root/.venv/bin/python" "$work/profile_decision.py" --config "$work/$t/config/agentd.yaml" --rounds 2 \
+    PYTHONPATH="$work/$t" "$root/.venv/bin/python" "$work/$t/scripts/profile_decision.py" --config "$work/$t/config/agentd.yaml" --rounds 2 \
       --stats "$work/$t.json" 2>&1 | sed "s/^/$t cpu /"
   done
 done
