@@ -161,7 +161,7 @@ class Gossip:
         elif env["kind"] == "digest":
             await self.repair.answer(node, body, hlc_decode(env["hlc"])[0] / 1000)
         elif env["kind"] == "state":
-            self.repair.heard(body["origin"])
+            self.repair.heard(body["origin"], sent_at=hlc_decode(env["hlc"])[0] / 1000)  # when the relay went out
             if self._on_state is not None:
                 await self._on_state(node, env)
         elif env["kind"] in AUDIT_KINDS:  # audit heads, fetched checkpoints, the fleet's witness requests

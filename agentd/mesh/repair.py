@@ -17,8 +17,8 @@ A resend goes out on ``gossip/<node>`` and reaches every peer, so it is planned 
 record: again only when a digest made ``grace_s`` after the resend still lacks it, or at once
 when the digest's session subscribed after the resend went out (it could not have received
 it). Answers of the same ``DEBOUNCE_S`` are sent together, packed into signed batches
-(``agentd.trust.batch``). A write relayed by another peer counts as resent here. The planners
-are pure functions.
+(``agentd.trust.batch``). A write relayed by another peer counts as resent here, from when the
+relay went out. The planners are pure functions.
 """
 
 from __future__ import annotations
@@ -178,10 +178,15 @@ class Repair:
         self._resent_at: dict[str, Sent] = {}  # "d:<decision id>" or "s:<write id>" -> last resent (or heard relayed)
         self._pending: dict[str, tuple[str, dict[str, Any]]] = {}  # ref -> (kind, record or signed write), for the next flush
         self._askers: dict[str, set[str]] = {}  # ref -> the peers whose digests asked for it, for the next flush
+        self._asked_at: dict[str, float] = {}  # ref -> when the last of those digests was taken (epoch seconds), for the next flush
         self._flush: asyncio.TimerHandle | None = None
         self._wake: asyncio.Event | None = None
         self._triggered_at = -1e18
         self._deferred: asyncio.TimerHandle | None = None
+        self._asked = False  # an early digest is wanted (``trigger``)
+        self._again = False  # ... or only if the evidence below still shows us behind (``_look_again``)
+        self._evidence: tuple[dict[str, Any], float] | None = None  # the last digest that showed us behind while we waited, settled before
+        self._recheck: asyncio.TimerHandle | None = None
         self._sent_at = -1e18  # when our last digest went out (epoch seconds)
         self._last_heard: dict[str, float] = {}  # peer node -> when a verified message of it last came (monotonic)
         self._own_claims: dict[str, Any] = {}  # peer node -> its digest's entry for its own writes
@@ -193,22 +198,36 @@ class Repair:
     # -- digests out ---------------------------------------------------------
 
     async def digests(self, client: Any) -> None:
-        """On connect (the session's subscriptions are in place), then every digest interval, or early when triggered."""
+        """On connect (the session's subscriptions are in place), then every digest interval, or early when triggered
+        (``trigger``; ``_look_again``: only if a peer's digest still shows that we lack something)."""
+        loop = asyncio.get_running_loop()
         self._subscribed = time.time()
         self._wake = asyncio.Event()
+        self._asked = self._again = False
+        send, deadline = True, 0.0
         while True:
             sums = await self._sums()
-            body = {"since": sums["since"], "counts": sums["counts"], "writers": sums["writers"], "subscribed": self._subscribed}
-            payload = envelope("digest", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
             self._wake.clear()
-            self._sent_at = time.time()
-            await publish_in_loop(client, topic(self.fleet, "gossip", self.node), payload, qos=0)
-            self._counters["digests_sent"] = self._counters.get("digests_sent", 0) + 1
+            asked, self._asked = self._asked, False
+            again, self._again = self._again, False
+            if again and not (send or asked):
+                evidence, self._evidence = self._evidence, None
+                send = evidence is not None and behind(evidence[0], sums, me=self.node, settled_before=evidence[1])
+                if send:
+                    self._counters["digests_asked_again"] = self._counters.get("digests_asked_again", 0) + 1
+            if send or asked:
+                body = {"since": sums["since"], "counts": sums["counts"], "writers": sums["writers"], "subscribed": self._subscribed}
+                payload = envelope("digest", fleet=self.fleet, node=self.node, hlc=self._clock.now(), body=body, key=self._key)
+                self._sent_at = time.time()
+                await publish_in_loop(client, topic(self.fleet, "gossip", self.node), payload, qos=0)
+                self._counters["digests_sent"] = self._counters.get("digests_sent", 0) + 1
+                deadline = loop.time() + self._interval * random.uniform(0.9, 1.1)  # no fleet-wide herd
             try:
-                async with asyncio.timeout(self._interval * random.uniform(0.9, 1.1)):  # no fleet-wide herd
+                async with asyncio.timeout_at(deadline):
                     await self._wake.wait()
+                send = False
             except TimeoutError:
-                pass
+                send = True
 
     async def _sums(self) -> dict[str, Any]:
         """What our digest says (``since``, ``counts``, ``writers``), read again after a commit or CACHE_S."""
@@ -233,17 +252,43 @@ class Repair:
         digests stay near 100 a second whatever its size), at most the digest interval."""
         return min(self._interval, max(TRIGGER_GAP_S, self._peers() / TRIGGERS_PER_S))
 
-    def trigger(self, subscribed: float | None) -> None:
-        """Send our digest early: a peer whose session subscribed at ``subscribed`` showed we lack something.
+    def trigger(self, subscribed: float | None, evidence: tuple[dict[str, Any], float] | None = None) -> None:
+        """Send our digest early: a peer whose session subscribed at ``subscribed`` showed we lack something
+        (``evidence``: its digest, and the time before which what it holds had time to reach us).
 
         Only when that peer could not have seen our last digest (it subscribed after it went out,
         or that one is older than the resend grace): our last digest already asks everyone who saw
-        it, and answers may just be on their way. At most once per ``trigger_gap_s``; one asked
-        for sooner goes out when that time is up (a later peer's digest must not be lost in it).
+        it, and answers may just be on their way. Whether they came is looked at once that digest
+        is the grace old (``_look_again``): if they did not, we ask again then. At most once per
+        ``trigger_gap_s``; one asked for sooner goes out when that time is up (a later peer's digest
+        must not be lost in it).
         """
-        if self._wake is None or self._deferred is not None:
+        if self._wake is None:
             return
-        if not worth_asking(subscribed, sent_at=self._sent_at, now=time.time(), grace_s=self._grace):
+        now = time.time()
+        if worth_asking(subscribed, sent_at=self._sent_at, now=now, grace_s=self._grace):
+            self._asked = True
+            self._soon()
+        elif evidence is not None:
+            self._evidence = evidence  # the latest: one digest body held, whatever the fleet's size
+            if self._recheck is None:
+                self._recheck = asyncio.get_running_loop().call_later(max(0.0, self._sent_at + self._grace - now), self._look_again)
+
+    def _look_again(self) -> None:
+        """Our last digest is the resend grace old: ask again if the evidence still shows us behind (the
+        digests loop looks, with our sums as they are now). A digest that went out meanwhile is given
+        the grace in turn."""
+        self._recheck = None
+        left = self._sent_at + self._grace - time.time()
+        if left > 0:
+            self._recheck = asyncio.get_running_loop().call_later(left, self._look_again)
+        elif self._evidence is not None:
+            self._again = True
+            self._soon()
+
+    def _soon(self) -> None:
+        """Wake the digests loop now, or when ``trigger_gap_s`` since the last early digest is up."""
+        if self._wake is None or self._deferred is not None:
             return
         wait = self._triggered_at + self.trigger_gap_s - time.monotonic()
         if wait > 0:
@@ -262,6 +307,7 @@ class Repair:
 
     async def answer(self, peer: str, body: dict[str, Any], made_at: float) -> None:
         """A peer's digest (checked by peerwire; made at ``made_at``, its HLC): plan what it lacks; say if we lack something."""
+        now = time.time()  # what is planned for this digest goes out after this
         ours = await self._sums()
         writers = body.get("writers")
         if isinstance(writers, dict) and (peer in self._own_claims or len(self._own_claims) < MAX_RESENT):
@@ -269,7 +315,7 @@ class Repair:
         subscribed = body.get("subscribed")
         subscribed = float(subscribed) if isinstance(subscribed, int | float) and not isinstance(subscribed, bool) else None
         if behind(body, ours, me=self.node, settled_before=made_at - SETTLE_S):
-            self.trigger(subscribed)
+            self.trigger(subscribed, (body, made_at - SETTLE_S))
         store = self._store()
         since = max(float(body["since"]), time.time() - DIGEST_WINDOW_S)  # a digest cannot ask for all of history
         theirs = body["counts"].get(self.node) or [0, 0.0]
@@ -279,40 +325,60 @@ class Repair:
             summary = await store.read(lambda c: digests.own_upto(c, self.node, since, float(theirs[1])))
             after = decisions_from(theirs, summary, since)
             if after is not None and not self._covers("d:", peer, after, made_at, subscribed):
-                for r in await store.read(lambda c: queries.own_decisions_since(c, self.node, after)):
-                    planned += self._plan(f"d:{r.get('id')}", peer, "decision", r, made_at, subscribed)
+                rows = await store.read(lambda c: queries.own_decisions_since(c, self.node, after))
+                sent = [self._plan(f"d:{r.get('id')}", peer, "decision", r, made_at, subscribed, now) for r in rows]
+                planned += self._cover("d:", peer, after, sent, now)
         for writer, after_hlc in writers_from(body.get("writers"), ours["_held"]).items():
             if self._left_to_writer(writer, ours["_held"][writer]) or self._covers(f"w:{writer}", peer, after_hlc, made_at, subscribed):
                 continue
-            for _, origin in await store.read(functools.partial(digests.origins_by, writer=writer, after=after_hlc)):
-                planned += self._plan(f"s:{origin.get('id')}", peer, "state", origin, made_at, subscribed)
+            origins = await store.read(functools.partial(digests.origins_by, writer=writer, after=after_hlc))
+            sent = [self._plan(f"s:{origin.get('id')}", peer, "state", origin, made_at, subscribed, now) for _, origin in origins]
+            planned += self._cover(f"w:{writer}", peer, after_hlc, sent, now)
         if planned:
             log.info("anti-entropy: %s lacks %d of ours; resending in a batch", peer[:64], planned)
             if self._flush is None:
                 self._flush = asyncio.get_running_loop().call_later(DEBOUNCE_S, self._send)
 
     def _covers(self, what: str, peer: str, after: Any, made_at: float, subscribed: float | None) -> bool:
-        """Whether a resend of ``what`` from ``after`` on is covered by one planned before that is not yet due
-        again for ``peer``: then no query is needed. Otherwise this one is noted as the covering one."""
+        """Whether a resend of ``what`` from ``after`` on is covered by one noted before (``_cover``) that is
+        not yet due again for ``peer``: then no query is needed."""
         last = self._covered.get(what)
         if last is not None and last[0] <= after and not due(last[1], peer, made_at=made_at, subscribed=subscribed,
                                                              grace_s=self._grace, latency_s=LATENCY_S):
             last[1][1].add(peer)
             return True
-        if len(self._covered) > MAX_RESENT:
-            self._covered.clear()
-        self._covered[what] = (after, (time.time(), {peer}))
         return False
 
-    def _plan(self, ref: str, peer: str, kind: str, body: dict[str, Any], made_at: float, subscribed: float | None) -> int:
+    def _cover(self, what: str, peer: str, after: Any, sent: list[tuple[bool, float]], now: float) -> int:
+        """Note what ``peer``'s digest was answered with for ``what`` from ``after`` on (``_plan``'s answer for
+        each record) as the covering resend for later digests; how many records were planned anew.
+
+        It went out when the oldest of those records last did: one planned now, or waiting for the next
+        flush, goes out after ``now``; one not due went out, or was relayed, at its own time, which can be
+        earlier (a digest of a peer that subscribed between the two must be answered). Only when all go
+        out after ``now`` did this peer ask for all of them (the resend grace applies to it).
+        """
+        if len(self._covered) > MAX_RESENT:
+            self._covered.clear()
+        at = min((t for _, t in sent), default=now)
+        self._covered[what] = (after, (at, {peer} if at >= now else set()))
+        return sum(1 for new, _ in sent if new)
+
+    def _plan(self, ref: str, peer: str, kind: str, body: dict[str, Any], made_at: float, subscribed: float | None,
+              now: float) -> tuple[bool, float]:
+        """Plan ``ref`` for ``peer`` if it is due for it: (whether it was planned anew, when the resend that
+        serves this peer goes out: ``now`` for one planned or waiting for the next flush, else when it went out)."""
         if ref in self._pending:
             self._askers.setdefault(ref, set()).add(peer)
-            return 0
-        if not due(self._resent_at.get(ref), peer, made_at=made_at, subscribed=subscribed, grace_s=self._grace, latency_s=LATENCY_S):
-            return 0
+            self._asked_at[ref] = now
+            return False, now
+        last = self._resent_at.get(ref)
+        if last is not None and not due(last, peer, made_at=made_at, subscribed=subscribed, grace_s=self._grace, latency_s=LATENCY_S):
+            return False, min(last[0], now)
         self._pending[ref] = (kind, body)
         self._askers[ref] = {peer}
-        return 1
+        self._asked_at[ref] = now
+        return True, now
 
     def heard_from(self, node: str) -> None:
         """A verified message of peer ``node`` came in: it is in reach, and relays its own writes."""
@@ -324,19 +390,33 @@ class Repair:
         return left_to_writer(writer, hlcs, me=self.node, heard_ago=None if last is None else time.monotonic() - last,
                               claim=self._own_claims.get(writer), in_reach_s=self._in_reach_s)
 
-    def heard(self, origin: Any) -> None:
-        """Another peer relayed this signed write: it is resent for everyone, and need not be by us now."""
+    def heard(self, origin: Any, sent_at: float | None = None) -> None:
+        """Another peer relayed this signed write in a message it made at ``sent_at`` (its HLC; None: now).
+
+        It went out then for every peer subscribed by then: counted as resent at that time, not when
+        this node took it (which may be much later, behind a backlog), and never earlier than a resend
+        already counted. Our own resend of it, waiting for the next flush, is dropped only when the
+        relay went out after the last digest that asked for it was taken here; an older relay may
+        have passed that peer by.
+        """
         if isinstance(origin, dict) and isinstance(origin.get("id"), str):
             ref = f"s:{origin['id']}"
-            self._resent_at[ref] = (time.time(), set())
-            self._pending.pop(ref, None)
-            self._askers.pop(ref, None)
+            now = time.time()
+            at = now if sent_at is None else min(sent_at, now)
+            last = self._resent_at.get(ref)
+            if last is None or last[0] < at:
+                self._resent_at[ref] = (at, set())
+            if ref in self._pending and at >= self._asked_at.get(ref, now):
+                self._pending.pop(ref, None)
+                self._askers.pop(ref, None)
+                self._asked_at.pop(ref, None)
 
     def _send(self) -> None:
         """The debounced flush: everything planned, in signed batches, to the publisher."""
         self._flush = None
         planned, self._pending = self._pending, {}
         askers, self._askers = self._askers, {}
+        self._asked_at = {}
         if not planned:
             return
         wall = time.time()
