@@ -32,10 +32,10 @@ class NodeKey:
     """The node's Ed25519 identity.
 
     The key file is read and written with ``cryptography`` (PKCS#8 PEM); signatures are made
-    and checked with libsodium (PyNaCl), which lets go of the GIL while it computes: the
-    writer thread signs each decision's envelope, and ``cryptography``'s Ed25519 holds the
-    GIL for all of its 45 µs, stopping the event loop that long. Ed25519 signatures are
-    deterministic, so both libraries give the same bytes.
+    and checked with libsodium (PyNaCl): the writer thread signs each decision's envelope, and
+    libsodium's signature of one takes 23 µs where ``cryptography``'s takes 33
+    (``scripts/bench_signing.py``; both let go of the GIL while they compute). Ed25519
+    signatures are deterministic, so both libraries give the same bytes.
     """
 
     private: Ed25519PrivateKey
