@@ -50,6 +50,8 @@ async def close_client(client: Any) -> None:
             paho(client).disconnect()
 
 
+SEND_MAX = 256 * 1024  # bytes one send hands the kernel at most (a joined backlog is sent in such slices)
+CLOSE_DRAIN_S = 3.0  # how long a closed socket stays open for bytes still waiting (as close_client waits)
 READ_CHUNK = 8192  # bytes one recv asks for: about 45 events of 180 bytes, or 270 junk packets of 30 (a 12 ms turn here)
 
 
@@ -74,14 +76,18 @@ class BufferedSocket:
     Writes: paho sends each packet (an event's PUBACK, a decision's PUBLISH) with a ``send`` of
     its own, 14 % of the event loop under the peer bench. On the event loop's thread a plain TCP
     socket's ``send`` takes the bytes and reports them written; the first one of a turn schedules
-    ``flush`` for the end of it, which hands all of them to the kernel at once, in order. What the
-    kernel cannot take yet waits for the socket to become writable (``watching``); a send error
-    is raised to paho at its next write and ends the connection. Sends from another thread (paho's
-    connect runs in an executor) and on TLS go straight to the socket while nothing waits.
+    ``flush`` for the end of it, which hands them to the kernel at once (up to ``SEND_MAX`` a
+    system call), in order. What the kernel cannot take yet waits for the socket to become
+    writable (``watching``); a send error is raised to paho at its next write and ends the
+    connection. ``close`` with bytes still waiting (paho's DISCONNECT behind a backlog) keeps the
+    socket open until they are out or ``CLOSE_DRAIN_S`` has passed, as paho's own queue had.
+    TLS goes straight to the socket, unjoined. Under aiomqtt paho writes only on the loop's
+    thread; a write from another one goes straight to the socket while nothing waits, and is
+    told to wait (``BlockingIOError``, paho keeps the packet) while something does.
     Everything else is the socket's own.
     """
 
-    __slots__ = ("_buf", "_loop", "_out", "_out_error", "_pos", "_read", "_sock", "hold", "watching")
+    __slots__ = ("_buf", "_closing", "_loop", "_out", "_out_error", "_pos", "_read", "_sent", "_sock", "hold", "watching")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
@@ -89,9 +95,11 @@ class BufferedSocket:
         self._pos = 0
         self._read = False  # a kernel read was made in this turn of the reader
         self.hold = False
-        self._out: list[bytes] = []  # written by paho, not yet handed to the kernel
+        self._out = bytearray()  # written by paho; the kernel has taken the first ``_sent`` bytes
+        self._sent = 0
         self._out_error: OSError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing: asyncio.TimerHandle | None = None  # closed by paho, left open until what waits is out
         self.watching = False  # waiting for the kernel to take the rest (the loop's writer on this fd is ours)
 
     def recv(self, n: int) -> bytes:
@@ -128,47 +136,65 @@ class BufferedSocket:
         return left
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
-        """Take ``data`` for this turn's ``flush`` (all of it), or send it now off the loop's thread or on TLS."""
+        """Take ``data`` for this turn's ``flush`` (all of it); off the loop's thread or on TLS, the socket's own send."""
         if self._out_error is not None:
             raise self._out_error
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the event loop's thread
+            if self.unsent:
+                raise BlockingIOError("bytes of the event loop's are waiting") from None
+            return int(self._sock.send(data))
         if not self._out:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not on the event loop's thread
-                return int(self._sock.send(data))
-            if hasattr(self._sock, "pending"):  # TLS: a retried write must be the same buffer
+            if hasattr(self._sock, "pending"):  # TLS
                 return int(self._sock.send(data))
             self._loop = loop
             loop.call_soon(self.flush)
-        self._out.append(bytes(data))
+        self._out += data
         return len(data)
 
     @property
     def unsent(self) -> int:
         """Bytes paho wrote that the kernel has not taken yet."""
-        return sum(len(b) for b in self._out)
+        return len(self._out) - self._sent
 
     def flush(self) -> None:
-        """Hand what paho wrote to the kernel in one ``send``; wait for writability for any rest."""
-        if not self._out or self._out_error is not None:
+        """Hand what paho wrote to the kernel, ``SEND_MAX`` a call, until it takes less; wait for writability for the rest."""
+        if self._out_error is not None:
             return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        try:
-            sent = int(self._sock.send(data))
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:  # the connection broke: paho meets it at its next write, the reader at its next read
-            self._out_error, self._out = exc, []
+        while self.unsent:
+            with memoryview(self._out) as view, view[self._sent : self._sent + SEND_MAX] as chunk:
+                size = len(chunk)
+                try:
+                    sent = int(self._sock.send(chunk))
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:  # the connection broke: paho meets it at its next write, the reader at its next read
+                    self._out_error = exc
+                    break
+            self._sent += sent
+            if sent < size:
+                break
+        if self._out_error is not None:
+            self._out, self._sent = bytearray(), 0
             self._unwatch()
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)  # the reader sees the end now, and paho reports the loss
+            if self._closing is not None:
+                self._close_now()
             return
-        self._out = [data[sent:]] if sent < len(data) else []
-        if self._out and not self.watching and self._loop is not None:
+        if not self.unsent:
+            self._out, self._sent = bytearray(), 0
+            self._unwatch()
+            if self._closing is not None:
+                self._close_now()
+            return
+        if self._sent >= SEND_MAX:  # drop what the kernel took: each byte is copied once more at most
+            del self._out[: self._sent]
+            self._sent = 0
+        if not self.watching and self._loop is not None:
             self._loop.add_writer(self._sock.fileno(), self.flush)
             self.watching = True
-        elif not self._out:
-            self._unwatch()
 
     def _unwatch(self) -> None:
         if self.watching and self._loop is not None:
@@ -177,11 +203,28 @@ class BufferedSocket:
                 self._loop.remove_writer(self._sock.fileno())
 
     def close(self) -> None:
-        """Hand over what the kernel takes now (paho's DISCONNECT, say), then close the socket."""
+        """Close the socket once what paho wrote is out (paho's DISCONNECT, say), or ``CLOSE_DRAIN_S`` from now."""
+        if self._closing is not None:
+            return
         with contextlib.suppress(Exception):
             self.flush()
+        loop = self._loop
+        if self.unsent and loop is not None and not loop.is_closed():
+            try:
+                on_loop = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                on_loop = False
+            if on_loop:
+                self._closing = loop.call_later(CLOSE_DRAIN_S, self._close_now)
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
+        if self._closing is not None:
+            self._closing.cancel()
+        self._closing = None
         self._unwatch()
-        self._out = []
+        self._out, self._sent = bytearray(), 0
         self._sock.close()
 
     def __getattr__(self, name: str) -> Any:

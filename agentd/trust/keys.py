@@ -52,7 +52,7 @@ class NodeKey:
 
     def sign(self, data: bytes) -> str:
         """Base64 Ed25519 signature of ``data``."""
-        return b64(sodium.crypto_sign(data, self._secret)[:64])
+        return b64(sodium.crypto_sign(bytes(data), self._secret)[:64])
 
 
 def public_key_from_b64(text: str) -> Ed25519PublicKey:

@@ -148,6 +148,34 @@ async def test_buffered_socket_waits_for_writability_for_what_the_kernel_cannot_
         b.close()
 
 
+async def test_a_closed_buffered_socket_stays_open_until_what_waits_is_out() -> None:
+    a, b = socket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    b.setblocking(False)
+    sock = BufferedSocket(b)
+    data = b"d" * 1_000_000 + b"\xe0\x00"  # a backlog, then paho's DISCONNECT
+    try:
+        sock.send(data)
+        sock.close()  # as paho closes right after writing its DISCONNECT
+        assert sock.unsent > 0 and b.fileno() >= 0  # not closed yet: the rest still goes out
+        got = bytearray()
+
+        def drain() -> None:
+            a.settimeout(10)
+            while True:
+                chunk = a.recv(1 << 16)
+                if not chunk:
+                    break
+                got.extend(chunk)
+
+        await asyncio.to_thread(drain)  # ends at the end of stream: the socket was closed once all was out
+        assert bytes(got) == data and b.fileno() == -1 and not sock.watching
+    finally:
+        a.close()
+        b.close()
+
+
 async def test_buffered_socket_raises_a_failed_send_at_the_next_write() -> None:
     a, b = socket.socketpair()
     b.setblocking(False)
