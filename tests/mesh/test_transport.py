@@ -112,11 +112,27 @@ async def test_buffered_socket_joins_a_turns_writes_into_one_send() -> None:
         b.close()
 
 
-async def test_buffered_socket_waits_for_writability_for_what_the_kernel_cannot_take() -> None:
+def _small_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair whose buffers are small: the kernel soon takes only part of a write to ``b``."""
     a, b = socket.socketpair()
     b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     b.setblocking(False)
+    return a, b
+
+
+def _drain(a: socket.socket, got: bytearray, want: int | None) -> None:
+    """Read ``a`` into ``got`` until ``want`` bytes came (None: until the end of stream)."""
+    a.settimeout(10)
+    while want is None or len(got) < want:
+        chunk = a.recv(1 << 16)
+        if not chunk:
+            break
+        got.extend(chunk)
+
+
+async def test_buffered_socket_waits_for_writability_for_what_the_kernel_cannot_take() -> None:
+    a, b = _small_pair()
     sock = BufferedSocket(b)
     data = bytes(range(256)) * 8192  # 2 MB, in 64 KB writes of one turn
     try:
@@ -126,16 +142,7 @@ async def test_buffered_socket_waits_for_writability_for_what_the_kernel_cannot_
         assert sock.watching and 0 < sock.unsent < len(data)  # the kernel took only part
         sock.send(b"tail")  # queued behind the rest, in order
         got = bytearray()
-
-        def drain() -> None:
-            a.settimeout(10)
-            while len(got) < len(data) + 4:
-                chunk = a.recv(1 << 16)
-                if not chunk:
-                    break
-                got.extend(chunk)
-
-        reader = asyncio.create_task(asyncio.to_thread(drain))
+        reader = asyncio.create_task(asyncio.to_thread(_drain, a, got, len(data) + 4))
 
         async def sent() -> bool:
             return sock.unsent == 0
@@ -149,10 +156,7 @@ async def test_buffered_socket_waits_for_writability_for_what_the_kernel_cannot_
 
 
 async def test_a_closed_buffered_socket_stays_open_until_what_waits_is_out() -> None:
-    a, b = socket.socketpair()
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    b.setblocking(False)
+    a, b = _small_pair()
     sock = BufferedSocket(b)
     data = b"d" * 1_000_000 + b"\xe0\x00"  # a backlog, then paho's DISCONNECT
     try:
@@ -160,16 +164,7 @@ async def test_a_closed_buffered_socket_stays_open_until_what_waits_is_out() -> 
         sock.close()  # as paho closes right after writing its DISCONNECT
         assert sock.unsent > 0 and b.fileno() >= 0  # not closed yet: the rest still goes out
         got = bytearray()
-
-        def drain() -> None:
-            a.settimeout(10)
-            while True:
-                chunk = a.recv(1 << 16)
-                if not chunk:
-                    break
-                got.extend(chunk)
-
-        await asyncio.to_thread(drain)  # ends at the end of stream: the socket was closed once all was out
+        await asyncio.to_thread(_drain, a, got, None)  # ends at the end of stream: the socket was closed once all was out
         assert bytes(got) == data and b.fileno() == -1 and not sock.watching
     finally:
         a.close()
