@@ -66,7 +66,8 @@ def public_key_from_b64(text: str) -> Ed25519PublicKey:
 
 def verify(public_b64: str, data: bytes, signature_b64: str) -> bool:
     """True when ``signature_b64`` is a valid signature of ``data`` by ``public_b64`` (libsodium's
-    check: it also refuses a signature whose scalar is not reduced and a small-order key)."""
+    check, stricter than OpenSSL's: it also refuses small-order and non-canonical keys and a
+    small-order R, which no honest signer produces)."""
     try:
         sig = base64.b64decode(signature_b64, validate=True)
         public = base64.b64decode(public_b64, validate=True)
