@@ -106,14 +106,27 @@ class CascadeMixin:
             return "circuit_open", None
         t = time.monotonic()
         try:
-            answer = stage.answer_now(fields)  # a small model's run costs less than the trip to its worker
-        except ModelError as exc:
-            return _failed(stage, breaker, trace, t, exc), None
-        if answer is None:
-            called = await _called(stage, fields, budget, breaker, trace, late)
-            if isinstance(called, str):
-                return called, None
-            answer = called
+            handle = stage.call(fields, now + budget)
+        except ModelError:
+            breaker.failure(time.monotonic())
+            return "model_error", None
+        try:
+            async with asyncio.timeout(budget):
+                answer = await asyncio.shield(handle.future)
+        except asyncio.CancelledError:
+            handle.cancel()  # the decision was abandoned (shutdown): free the worker too
+            raise
+        except TimeoutError:
+            handle.cancel()
+            breaker.failure(time.monotonic())
+            trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
+            late.append((trace, handle))
+            return "timeout", None
+        except (ModelError, Cancelled) as exc:
+            breaker.failure(time.monotonic())
+            trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
+            log.warning("model %s failed: %s", stage.name, exc)
+            return "model_error", None
         breaker.success()
         temperature = self.calibrations.get(f"{stage.name}@{stage.version}")
         if temperature is not None and answer.scores:  # fitted on the node's labels (decision/learning.py)
@@ -137,37 +150,6 @@ class CascadeMixin:
                 trace.extra["severe"] = {"action": severe[0], "share": round(severe[1], 4)}
                 return "possible_severe", None
         return outcome, action
-
-
-async def _called(stage: ModelStage, fields: dict[str, Any], budget: float, breaker: CircuitBreaker, trace: StageTrace,
-                  late: list[tuple[StageTrace, CallHandle]]) -> StageAnswer | str:
-    """The stage's answer through its worker within ``budget`` seconds, or the outcome that ended the call."""
-    t = time.monotonic()
-    try:
-        handle = stage.call(fields, t + budget)
-    except ModelError as exc:
-        return _failed(stage, breaker, trace, t, exc)
-    try:
-        async with asyncio.timeout(budget):
-            return await asyncio.shield(handle.future)
-    except asyncio.CancelledError:
-        handle.cancel()  # the decision was abandoned (shutdown): free the worker too
-        raise
-    except TimeoutError:
-        handle.cancel()
-        breaker.failure(time.monotonic())
-        trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
-        late.append((trace, handle))
-        return "timeout"
-    except (ModelError, Cancelled) as exc:
-        return _failed(stage, breaker, trace, t, exc)
-
-
-def _failed(stage: ModelStage, breaker: CircuitBreaker, trace: StageTrace, t: float, exc: Exception) -> str:
-    breaker.failure(time.monotonic())
-    trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
-    log.warning("model %s failed: %s", stage.name, exc)
-    return "model_error"
 
 
 def input_verdict(stage: ModelStage, fields: dict[str, Any], answer: StageAnswer | None = None) -> Verdict | None:

@@ -95,12 +95,6 @@ class ModelStage(ABC):
         """Whether the stage has nothing to read in this event (e.g. an empty text): it is not asked."""
         return False
 
-    def answer_now(self, inputs: Mapping[str, Any]) -> StageAnswer | None:
-        """The answer computed on the caller's thread where that is known to take a short, bounded
-        time (a small fixed-size model, a text already embedded); None: ``call`` it instead.
-        Raises ModelError like a call's answer would."""
-        return None
-
     @abstractmethod
     def expected_wait_s(self) -> float:
         """Seconds a call made now would wait before its answer (queue + own run)."""

@@ -19,7 +19,6 @@ how labels from operators make the stage learn without retraining anything.
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -71,8 +70,7 @@ class EmbeddingStage(ThreadedStage):
         self._learned: OrderedDict[str, tuple[str, str]] = OrderedDict()  # decision id -> (text, label), from labels
         self._vectors: dict[str, np.ndarray] = {}  # text -> unit vector
         self._lock = threading.Lock()  # one rebuild at a time (the engine learns off the event loop)
-        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> unit vector of texts answered lately
-        self._recent_lock = threading.Lock()  # the worker fills it; the event loop's thread reads it (answer_now)
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> unit vector, used by the worker thread only
         super().__init__(name=cfg.name, version=cfg.version, sha256=cfg.sha256, labels=tuple(cfg.labels))
         self.add_examples([(e.text, e.label) for e in cfg.examples])
 
@@ -175,9 +173,6 @@ class EmbeddingStage(ThreadedStage):
 
     def text_of(self, inputs: Mapping[str, Any]) -> str:
         """The text the stage reads: its fields' non-empty values, joined by " / "."""
-        if len(self._fields) == 1:  # the usual case, on every event's path: no generator
-            v = inputs.get(self._fields[0])
-            return v.strip() if isinstance(v, str) else ""
         return " / ".join(str(v).strip() for f in self._fields if isinstance(v := inputs.get(f), str) and v.strip())
 
     def abstains(self, inputs: Mapping[str, Any]) -> bool:
@@ -191,40 +186,23 @@ class EmbeddingStage(ThreadedStage):
     def predict_batch(self, batch: list[Mapping[str, Any]]) -> list[StageAnswer]:
         return [self._answer(v) for v in self._vectors_of([self.text_of(i) for i in batch])]
 
-    def answer_now(self, inputs: Mapping[str, Any]) -> StageAnswer | None:
-        """The answer on the caller's thread when the text was answered lately (its vector is kept):
-        then only the head is left to compute, a few small products. Else None (the worker embeds it)."""
-        text = self.text_of(inputs)
-        with self._recent_lock:
-            vector = self._recent.get(text)
-            if vector is None:
-                return None
-            self._recent.move_to_end(text)
-        t = time.perf_counter()
-        answer = self._answer(vector)
-        answer.latency_ms = round((time.perf_counter() - t) * 1000, 3)
-        return answer
-
     def _vectors_of(self, texts: list[str]) -> list[np.ndarray]:
         """The texts' unit vectors: a text answered lately (gateways repeat their notes) is not embedded
         again; the model is deterministic, so its answer is the same. The newest RECENT_TEXTS are kept."""
         recent = self._recent
         found: dict[str, np.ndarray] = {}
-        with self._recent_lock:
-            for t in texts:
-                v = recent.get(t)
-                if v is not None:
-                    recent.move_to_end(t)
-                    found[t] = v
+        for t in texts:
+            v = recent.get(t)
+            if v is not None:
+                recent.move_to_end(t)
+                found[t] = v
         missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
-            fresh = self.embed(missing)
-            with self._recent_lock:
-                for t, v in zip(missing, fresh, strict=True):
-                    v.setflags(write=False)  # shared by every answer of this text
-                    found[t] = recent[t] = v
-                while len(recent) > RECENT_TEXTS:
-                    recent.popitem(last=False)
+            for t, v in zip(missing, self.embed(missing), strict=True):
+                v.setflags(write=False)  # shared by every answer of this text
+                found[t] = recent[t] = v
+            while len(recent) > RECENT_TEXTS:
+                recent.popitem(last=False)
         return [found[t] for t in texts]
 
     def _answer(self, vector: np.ndarray) -> StageAnswer:

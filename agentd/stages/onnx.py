@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import statistics
 import threading
-import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,20 +12,10 @@ from agentd.errors import ModelError
 from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage, softmax_top
 from agentd.stages.card import InputCard
 from agentd.stages.loading import check_memory, verify_file
-from agentd.stages.onnx_ops import BOUNDED_OPS, op_types
 
 if TYPE_CHECKING:
     from agentd.config.models import OnnxModelConfig
 
-log = logging.getLogger(__name__)
-
-# A model answers on the event loop's thread (``answer_now``) when its graph holds only
-# BOUNDED_OPS and the median of INLINE_TRIES runs at load took at most INLINE_MAX_S: handing a
-# call to the worker thread and back costs more than such a run (docs/BENCHMARKS.md). One run
-# on the loop longer than INLINE_GIVE_UP_S sends every later call to the worker.
-INLINE_MAX_S = 0.0005
-INLINE_TRIES = 32
-INLINE_GIVE_UP_S = 0.005
 
 # Live sessions by (file, SHA-256, threads): stages on the same model file share one. Loading
 # folds a weight-only int8 model's weights back to float32 (MiniLM: 23 MB on disk, about 160 MB
@@ -96,24 +83,6 @@ class OnnxStage(ThreadedStage):
             if cfg.card_sha256 is not None:  # the card decides which inputs the model may act on: pin it too
                 verify_file(Path(cfg.card), cfg.card_sha256, what=f"model {cfg.name!r} input card")
             self.card = InputCard.load(Path(cfg.card), cfg.inputs)
-        self._inline_row = np.zeros((1, len(self._fields)), dtype=np.float32)  # the loop thread's buffer
-        self.inline_run_s = self._inline_run_s(Path(cfg.path))
-        self.inline = self.inline_run_s is not None and self.inline_run_s <= INLINE_MAX_S
-
-    def _inline_run_s(self, path: Path) -> float | None:
-        """The median seconds of a one-row run, or None when the graph may take longer than its shape says."""
-        ops = op_types(path)
-        if ops is None or not ops <= BOUNDED_OPS:
-            return None
-        times = []
-        try:
-            for _ in range(INLINE_TRIES):
-                t = time.perf_counter()
-                self._session.run([self.output_name], {self.input_name: self._inline_row})
-                times.append(time.perf_counter() - t)
-        except Exception:  # a model that cannot run a row of zeros answers through its worker
-            return None
-        return statistics.median(times)
 
     def _find_prob_output(self, n: int) -> str:
         for out in self._session.get_outputs():
@@ -146,36 +115,6 @@ class OnnxStage(ThreadedStage):
             raise ModelError(f"model {self.name!r}: non-numeric input: {exc}") from exc
         probs = self._run_rows(row, cancel)
         return softmax_top(self.labels, probs[0].tolist())
-
-    def answer_now(self, inputs: Mapping[str, Any]) -> StageAnswer | None:
-        """One row run on the caller's thread when the model is small (``inline``), else None."""
-        if not self.inline:
-            return None
-        row = self._inline_row  # only the event loop's thread answers inline
-        try:
-            for i, f in enumerate(self._fields):
-                row[0, i] = inputs[f]
-        except KeyError as exc:
-            raise ModelError(f"model {self.name!r}: event has no field {exc.args[0]!r}") from exc
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"model {self.name!r}: non-numeric input: {exc}") from exc
-        t = time.perf_counter()
-        try:
-            probs = self._session.run([self.output_name], {self.input_name: row})[0]
-        except Exception as exc:
-            raise ModelError(f"model {self.name!r}: run failed: {exc}") from exc
-        elapsed = time.perf_counter() - t
-        if elapsed > INLINE_GIVE_UP_S:
-            self.inline = False
-            log.warning("model %s: a run on the event loop took %.1f ms; its calls go to its worker thread from now on",
-                        self.name, elapsed * 1000)
-        answer = self._checked(softmax_top(self.labels, probs[0].tolist()), elapsed)
-        if isinstance(answer, ModelError):
-            raise answer
-        return answer
-
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "inline": self.inline}
 
     def predict_batch(self, batch: list[Mapping[str, Any]]) -> list[StageAnswer]:
         probs = self._run_rows(self.features(*batch), None)
