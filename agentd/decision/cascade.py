@@ -132,7 +132,8 @@ class CascadeMixin:
         if temperature is not None and answer.scores:  # fitted on the node's labels (decision/learning.py)
             scores = rescale(answer.scores, temperature)
             answer = StageAnswer(answer.label, scores.get(answer.label, answer.confidence), scores, answer.latency_ms,
-                                 {**answer.extra, "raw_confidence": round(answer.confidence, 4), "temperature": round(temperature, 4)})
+                                 {**answer.extra, "raw_confidence": round(answer.confidence, 4), "temperature": round(temperature, 4)},
+                                 answer.verdict)
         trace.answer, trace.confidence, trace.scores = answer.label, answer.confidence, answer.scores
         trace.latency_ms = round((time.monotonic() - t) * 1000, 3)
         trace.extra = dict(answer.extra)
@@ -154,7 +155,10 @@ class CascadeMixin:
 
 def input_verdict(stage: ModelStage, fields: dict[str, Any], answer: StageAnswer | None = None) -> Verdict | None:
     """How far the event lies from what the stage knows: by its card, else by the score its answer
-    carries (a text stage's distance to its examples); None when neither says."""
+    carries (a text stage's distance to its examples); None when neither says. An answer that
+    carries the card's verdict (the ONNX stage scores its batch on its worker thread) is not scored again."""
+    if answer is not None and answer.verdict is not None:
+        return answer.verdict
     if stage.card is None:
         score = answer.extra.get("ood_score") if answer is not None else None
         return Verdict(float(score)) if isinstance(score, int | float) else None

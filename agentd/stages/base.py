@@ -50,6 +50,7 @@ class StageAnswer:
     scores: dict[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    verdict: Verdict | None = None  # the input card's, where the stage scored the input beside its answer
 
 
 class Cancelled(Exception):
@@ -233,7 +234,7 @@ class ThreadedStage(ModelStage):
     def _checked(self, a: StageAnswer, elapsed: float) -> StageAnswer | ModelError:
         if not math.isfinite(a.confidence) or not all(math.isfinite(v) for v in a.scores.values()):
             return ModelError(f"{self.name}: model returned a non-finite score")
-        return StageAnswer(a.label, a.confidence, a.scores, round(elapsed * 1000, 3), a.extra)
+        return StageAnswer(a.label, a.confidence, a.scores, round(elapsed * 1000, 3), a.extra, a.verdict)
 
     def busy(self) -> bool:
         """Whether a call is running or queued (a shadow call then waits its turn: skipped)."""
