@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agentd.errors import ModelError
@@ -79,8 +80,6 @@ def test_reference_rows_are_capped() -> None:
 
 def _reference_score(card: InputCard, values: list[float]) -> float:
     """The score as the card defines it, written plainly: the k-th smallest distance over the threshold."""
-    import numpy as np
-
     z = (np.array(values, dtype=np.float64) - card.center) / card.scale
     d = np.sqrt(((card.points - z) ** 2).sum(axis=1))
     return float(np.partition(d, card.k - 1)[card.k - 1]) / card.threshold
@@ -99,3 +98,16 @@ def test_the_fast_score_is_the_plain_formula_bit_for_bit(n_inputs: int) -> None:
             values = [rng.gauss(0, 10) * rng.choice((0.1, 1, 10)) for _ in c.inputs]
             verdict = c.check(dict(zip(c.inputs, values, strict=True)))
             assert verdict.score == _reference_score(c, values)
+
+
+@pytest.mark.parametrize("n_inputs", [1, 3, 8])
+def test_a_batch_of_rows_gets_the_same_verdicts_as_one_at_a_time(n_inputs: int) -> None:
+    rng = random.Random(100 + n_inputs)
+    names = [f"f{i}" for i in range(n_inputs)]
+    card = InputCard(build_card([{f: rng.gauss(i, 1 + i) for i, f in enumerate(names)} for _ in range(300)], names,
+                                k=5, range_margin=0.05))
+    rows = [[rng.gauss(0, 10) * rng.choice((0.1, 1, 10)) for _ in names] for _ in range(500)]
+    one_by_one = [card.check(dict(zip(names, r, strict=True))) for r in rows]
+    batched = [v for i in range(0, len(rows), 64) for v in card.check_rows(np.array(rows[i:i + 64], dtype=np.float64))]
+    assert batched == one_by_one  # scores equal to the last bit, and the same field named out of range
+    assert any(v.field is not None for v in batched) and any(v.field is None and v.score > 1 for v in batched)
