@@ -4,6 +4,7 @@
         .venv/bin/python scripts/profile_decision.py --rounds 3            # rules-only and with the ONNX stage
     .venv/bin/python scripts/profile_decision.py --fold /tmp/p.txt         # the profile as µs per decision
     .venv/bin/python scripts/profile_decision.py --parts                   # each step alone, µs per call
+    .venv/bin/python scripts/profile_decision.py --threads                 # and each thread's CPU a decision
 
 Run without py-spy it prints each round's decisions/s. ``--fold`` reads py-spy's raw
 (collapsed) output and splits each thread's samples into the functions named in ``BUCKETS``
@@ -71,7 +72,22 @@ def fold(raw: Path, stats: Path) -> None:
             print(f"  {k / rate / total_decisions * 1e6:8.1f} µs  {100 * k / n:5.1f} %  {label}")
 
 
-async def _round(config: str, data_dir: Path, n: int, *, rules_only: bool) -> tuple[float, float, float]:
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds (user and system) of each thread of this process, by its Python thread name."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = names.get(int(tid), f"native-{tid}")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+async def _round(config: str, data_dir: Path, n: int, *, rules_only: bool) -> tuple[float, float, float, dict[str, float]]:
     from agentd.config.loader import load_config
     from agentd.devtools.bench import _events, bench_config, feed, with_engine
 
@@ -80,14 +96,17 @@ async def _round(config: str, data_dir: Path, n: int, *, rules_only: bool) -> tu
     skill = bl.config.skills[0]
     events = _events(skill, n)
 
-    async def go(engine: Any) -> tuple[float, float, float]:
+    async def go(engine: Any) -> tuple[float, float, float, dict[str, float]]:
+        threads = _thread_cpu()
         t, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
         await feed(engine, skill.name, events)
         await engine.store.flush()
-        return time.perf_counter() - t, time.process_time() - cpu, time.thread_time() - loop_cpu
+        wall, cpu, loop_cpu = time.perf_counter() - t, time.process_time() - cpu, time.thread_time() - loop_cpu
+        after = _thread_cpu()
+        return wall, cpu, loop_cpu, {k: v - threads.get(k, 0.0) for k, v in after.items() if v - threads.get(k, 0.0) > 0}
 
-    wall, cpu, loop_cpu = await with_engine(bl, go)
-    return float(wall), float(cpu), float(loop_cpu)
+    wall, cpu, loop_cpu, per_thread = await with_engine(bl, go)
+    return float(wall), float(cpu), float(loop_cpu), per_thread
 
 
 def time_parts(config: str, n: int = 2000) -> None:
@@ -131,20 +150,25 @@ def time_parts(config: str, n: int = 2000) -> None:
         ("HLC", clock.now),
         ("new_id", new_id),
     ]
+    batched: list[tuple[str, Any, int]] = []  # steps that take several events a call: (name, fn, events a call)
     onnx = next((m for m in loaded.config.models if getattr(m, "card", None) is not None), None)
-    if onnx is not None:  # the input card's out-of-distribution check runs on the event loop, per decision
+    if onnx is not None:  # the input card's out-of-distribution check: on the ONNX stage's worker, a batch at a time
+        import numpy as np
+
         from agentd.stages.card import InputCard
 
         card = InputCard.load(Path(onnx.card), onnx.inputs)
         checked = [validate_event(skill, e) for e in events]
         cit = iter(checked * 6)
-        steps.append((f"input card check ({onnx.name}, {len(card.points)} reference rows)", lambda: card.check(next(cit))))
+        steps.append((f"input card check ({onnx.name}, {len(card.points)} reference rows), one event", lambda: card.check(next(cit))))
+        rows = np.array([[float(e[f]) for f in card.inputs] for e in checked[:64]], dtype=np.float64)
+        batched.append(("input card check, a batch of 64 (check_rows), per event", lambda: card.check_rows(rows), len(rows)))
     for name, rec in records.items():
         body = canonical(rec)
         steps += [(f"canonical JSON of the record, {name} ({len(body)} bytes)", lambda r=rec: canonical(r)),
                   (f"signed envelope (Ed25519), {name}", lambda r=rec, b=body: wire.decision_messages(r, b))]
-    for name, fn in steps:
-        best = min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
+    for name, fn, per_call in [(name, fn, 1) for name, fn in steps] + batched:
+        best = min(timeit.repeat(fn, number=n, repeat=5)) / n / per_call * 1e6
         print(f"{best:8.1f} µs  {name}")
 
 
@@ -158,6 +182,7 @@ def main() -> None:
     ap.add_argument("--fold", type=Path, help="a py-spy raw file to summarise instead of running")
     ap.add_argument("--rate", type=int, default=400, help="py-spy's --rate of that file")
     ap.add_argument("--parts", action="store_true", help="time each step of a decision alone instead")
+    ap.add_argument("--threads", action="store_true", help="print each thread's CPU a decision too (the loop, the writer, the stages' workers)")
     args = ap.parse_args()
     if args.parts:
         time_parts(args.config)
@@ -175,9 +200,13 @@ def main() -> None:
                 continue
             total, count = 0.0, 0
             for r in range(args.rounds):
-                elapsed, cpu, loop_cpu = asyncio.run(_round(args.config, Path(tmp) / f"{name}{r}", args.events, rules_only=rules_only))
+                elapsed, cpu, loop_cpu, per_thread = asyncio.run(
+                    _round(args.config, Path(tmp) / f"{name}{r}", args.events, rules_only=rules_only))
                 print(f"{name} round {r}: {args.events / elapsed:,.0f} decisions/s, CPU {cpu / args.events * 1e6:.0f} µs a decision"
                       f" (event loop's thread {loop_cpu / args.events * 1e6:.0f} µs), load {os.getloadavg()[0]:.2f}", file=sys.stderr)
+                if args.threads:  # the clock ticks are 10 ms: over a few thousand decisions, a few µs each
+                    shares = ", ".join(f"{k} {v / args.events * 1e6:.0f}" for k, v in sorted(per_thread.items(), key=lambda kv: -kv[1]))
+                    print(f"  CPU µs a decision by thread: {shares}", file=sys.stderr)
                 total, count = total + elapsed, count + args.events
             parts[name] = {"decisions": count, "elapsed_s": total}
     args.stats.write_text(json.dumps({"parts": parts, "rate": args.rate}))
