@@ -63,9 +63,29 @@ class CallHandle:
 
     future: asyncio.Future[StageAnswer]
     cancel_event: threading.Event
+    job: _Job | None = None  # a worker thread's call: where the worker leaves the answer
+    stage: ThreadedStage | None = None  # the stage whose worker runs it
 
     def cancel(self) -> None:
         self.cancel_event.set()
+
+    def model_late(self, budget_s: float) -> bool:
+        """Whether the model made this call late: at its deadline a run had lasted more than half
+        of the call's budget (this call's run, or the one it waited behind: a hung or slow model),
+        or the call failed. A call that waited behind runs of a normal length was late through load
+        (a busy event loop, the GIL, a burst of calls): no fault of the model's."""
+        if self.job is None or self.stage is None or isinstance(self.job.result, BaseException):
+            return True
+        since = self.stage.running_since
+        return since is not None and time.monotonic() - since > budget_s / 2
+
+    def answered(self) -> StageAnswer | None:
+        """The answer, if the backend has given one, even where the event loop has not yet taken
+        it from the worker (a busy loop runs the hand-back late)."""
+        if self.future.done():
+            return None if self.future.cancelled() or self.future.exception() is not None else self.future.result()
+        result = self.job.result if self.job is not None else None
+        return result if isinstance(result, StageAnswer) else None
 
 
 class ModelStage(ABC):
@@ -121,6 +141,7 @@ class _Job:
     cancel: threading.Event
     future: asyncio.Future[StageAnswer]
     deadline: float = math.inf
+    result: StageAnswer | BaseException | None = None  # set by the worker before it hands the answer back
 
 
 class ThreadedStage(ModelStage):
@@ -148,6 +169,7 @@ class ThreadedStage(ModelStage):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.running_cancels: list[threading.Event] = []  # the cancel flags of the calls now running
         self.current_deadline = math.inf  # the running call's deadline (time.monotonic()), for backends that use spare time
+        self.running_since: float | None = None  # time.monotonic() at which the running batch began
         self._closing = False
         self._thread = threading.Thread(target=self._work, name=f"stage-{name}", daemon=True)
         self._thread.start()
@@ -172,7 +194,7 @@ class ThreadedStage(ModelStage):
         with self._lock:
             self._queued += 1
         self._jobs.put(job)
-        return CallHandle(future=job.future, cancel_event=job.cancel)
+        return CallHandle(future=job.future, cancel_event=job.cancel, job=job, stage=self)
 
     def _work(self) -> None:
         if self.nice:  # Linux: a thread is a task with its own nice value, inherited by threads it starts
@@ -195,6 +217,8 @@ class ThreadedStage(ModelStage):
             with self._lock:
                 self._queued -= len(batch)
             results = self._run(batch)
+            for j, r in zip(batch, results, strict=True):
+                j.result = r
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:
@@ -208,6 +232,7 @@ class ThreadedStage(ModelStage):
         if not live:
             return [out[id(j)] for j in batch]
         t0 = time.perf_counter()
+        self.running_since = time.monotonic()
         self.running_cancels = [j.cancel for j in live]
         self.current_deadline = min(j.deadline for j in live)
         try:
@@ -222,6 +247,7 @@ class ThreadedStage(ModelStage):
         finally:
             self.running_cancels = []
             self.current_deadline = math.inf
+            self.running_since = None
         elapsed = time.perf_counter() - t0
         if isinstance(answers[0], StageAnswer):  # a cancelled or failed run says little about run time
             per_call = elapsed / len(live)

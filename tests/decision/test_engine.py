@@ -719,3 +719,39 @@ async def test_many_due_approvals_expire_together_in_a_few_commits(config_factor
         done = [await stored(eng, r["id"]) for r in recs]
     assert all(d["status"] == "expired" and d["action"] == "defrost" for d in done)
     assert commits < 30, f"300 expiries took {commits} commits"
+
+
+async def test_an_answer_ready_at_the_deadline_stands_though_the_loop_was_late(config_factory: Factory, node_key: NodeKey) -> None:
+    # The stage answers at once, but the event loop is busy (here: blocked) past the deadline, so the
+    # deadline's timer and the hand-back run in the same turn: the answer was in time and is used.
+    cfg = config_factory(model={"delay_ms": 0, "circuit_failures": 1}, skill={"deadline_ms": 60})
+    async with engine(cfg, node_key) as eng:
+        decision = asyncio.create_task(eng.decide(SKILL, COLD))
+        await asyncio.sleep(0)  # the decision starts and calls the stage
+        time.sleep(0.15)  # noqa: ASYNC251 - a busy event loop, on purpose
+        rec = await decision
+        status = await eng.status()
+    assert rec["source"] == "model" and rec["fallback_reason"] is None
+    assert status["models"][0]["circuit"] == "closed"
+
+
+async def test_calls_queued_behind_a_hung_model_open_its_circuit(config_factory: Factory, node_key: NodeKey) -> None:
+    cfg = config_factory(model={"delay_ms": 2000, "cancellable": False, "circuit_failures": 3}, skill={"deadline_ms": 60})
+    async with engine(cfg, node_key) as eng:
+        burst = await asyncio.gather(*(eng.decide(SKILL, COLD) for _ in range(4)))
+        status = await eng.status()
+        after = await eng.decide(SKILL, COLD)
+    assert [r["fallback_reason"] for r in burst] == ["timeout"] * 4  # one running, three waiting behind it
+    assert status["models"][0]["circuit"] == "open" and after["fallback_reason"] == "circuit_open"
+
+
+async def test_calls_late_only_through_load_do_not_open_the_circuit(config_factory: Factory, node_key: NodeKey) -> None:
+    # Each call takes 25 ms and is in time when it runs; a burst of them waits its turn in the
+    # stage's queue past the deadline. That is load, not a failing model.
+    cfg = config_factory(model={"delay_ms": 25, "circuit_failures": 2}, skill={"deadline_ms": 100})
+    async with engine(cfg, node_key) as eng:
+        burst = await asyncio.gather(*(eng.decide(SKILL, COLD) for _ in range(8)))
+        status = await eng.status()
+    reasons = [r["fallback_reason"] for r in burst]
+    assert reasons.count(None) >= 2 and "timeout" in reasons  # the head of the queue answered, the tail was too late
+    assert status["models"][0]["circuit"] == "closed"
