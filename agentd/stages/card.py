@@ -76,13 +76,16 @@ class InputCard:
     def check(self, fields: Mapping[str, Any]) -> Verdict:
         """The Verdict for one event's fields (the model's inputs must all be numbers)."""
         values = [float(fields[f]) for f in self.inputs]
-        x = np.array(values, dtype=np.float64)
+        return Verdict(self._score(np.array(values, dtype=np.float64)), self._outside(values))
+
+    def _outside(self, values: Sequence[float]) -> str | None:
+        """The first input outside its training range (with the margin), or None."""
         for f, v in zip(self.inputs, values, strict=True):
             lo, hi = self.ranges[f]
             pad = (hi - lo) * self.range_margin
             if not lo - pad <= v <= hi + pad:
-                return Verdict(self._score(x), f)
-        return Verdict(self._score(x))
+                return f
+        return None
 
     def check_rows(self, rows: np.ndarray) -> list[Verdict]:
         """The Verdicts of several inputs at once (``rows``: one float64 row of the inputs per event),
@@ -98,17 +101,7 @@ class InputCard:
                 d2 += (column[None, :] - z[:, i:i + 1]) ** 2
             d2.partition(self.k - 1, axis=1)
             scores = [math.sqrt(v) / self.threshold for v in d2[:, self.k - 1].tolist()]
-        out = []
-        for values, score in zip(rows.tolist(), scores, strict=True):
-            outside = None
-            for f, v in zip(self.inputs, values, strict=True):
-                lo, hi = self.ranges[f]
-                pad = (hi - lo) * self.range_margin
-                if not lo - pad <= v <= hi + pad:
-                    outside = f
-                    break
-            out.append(Verdict(score, outside))
-        return out
+        return [Verdict(score, self._outside(values)) for values, score in zip(rows.tolist(), scores, strict=True)]
 
     def _score(self, x: np.ndarray) -> float:
         """The k-th nearest reference row's distance over the threshold (sqrt after the
