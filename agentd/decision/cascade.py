@@ -111,8 +111,7 @@ class CascadeMixin:
             breaker.failure(time.monotonic())
             return "model_error", None
         try:
-            async with asyncio.timeout(budget):
-                answer = await asyncio.shield(handle.future)
+            answer = await handle.wait(budget)
         except asyncio.CancelledError:
             handle.cancel()  # the decision was abandoned (shutdown): free the worker too
             raise

@@ -73,8 +73,7 @@ class ShadowMixin:
         trace, skill = call.trace, call.skill
         if call.handle is not None:
             try:
-                async with asyncio.timeout(max(0.0, call.stop_at - time.monotonic())):
-                    answer = await asyncio.shield(call.handle.future)
+                answer = await call.handle.wait(max(0.0, call.stop_at - time.monotonic()))
             except asyncio.CancelledError:
                 call.handle.cancel()  # shutting down: free the worker
                 raise
@@ -101,7 +100,7 @@ class ShadowMixin:
 
     async def _late_answer(self, decision_id: str, trace: StageTrace, handle: CallHandle) -> None:
         try:
-            answer = await handle.future
+            answer = await handle.late()
         except (Cancelled, ModelError):
             return
         late = {"model": trace.model, "answer": answer.label, "confidence": round(answer.confidence, 4), "latency_ms": answer.latency_ms}

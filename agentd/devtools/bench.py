@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.config.models import DelayModelConfig, OnnxModelConfig
 from agentd.config.schema import StageConfig
+from agentd.stages.base import CancelFlag
 from agentd.stats import percentile
 
 if TYPE_CHECKING:
@@ -132,9 +133,7 @@ def _onnx(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, Any]:
     stage = OnnxStage(model_cfg)
     events = _events(skill, samples)
     rows = [stage.features(e) for e in events]
-    import threading
-
-    never = threading.Event()
+    never = CancelFlag()
     for x, e in zip(rows[:50], events[:50], strict=True):  # warm-up
         stage.run_raw(x)
         stage.predict(e, never)

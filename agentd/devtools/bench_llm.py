@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import statistics
-import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -25,6 +24,7 @@ from agentd.config.models import LlamaModelConfig, OnnxModelConfig
 from agentd.devtools.bench import bench_config, interleaved, start_child, with_engine
 from agentd.devtools.labelled import freezer_events, operator_requests
 from agentd.errors import ModelError
+from agentd.stages.base import CancelFlag
 from agentd.stats import percentile
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def llm_part(loaded: LoadedConfig, data_dir: Path, samples: int) -> dict[str, An
     events = (events * (n // len(events) + 1))[:n]
     out: dict[str, Any] = {"llm_model": model_cfg.name, "llm_version": model_cfg.version, "llm_samples": n,
                            "llm_prefix_tokens": len(stage.prefix_tokens)}
-    never = threading.Event()
+    never = CancelFlag()
     suffixes = [stage.suffix_tokens(e) for e in events]
     for e, s in zip(events[:3], suffixes[:3], strict=True):  # warm-up
         stage.raw_eval(s)

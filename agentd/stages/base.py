@@ -57,17 +57,60 @@ class Cancelled(Exception):
     """The call was cancelled before or while it ran."""
 
 
+class CancelFlag:
+    """A call's cancel flag: set on the event loop, read by the worker at its next boundary.
+
+    A plain flag, not a ``threading.Event``: nothing waits on it, and an Event (a lock and a
+    condition) cost ~3 µs of the event loop's time for every call."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 @dataclass
 class CallHandle:
-    """A running stage call: await ``future``; ``cancel()`` asks the backend to stop."""
+    """A running stage call: ``await wait(budget)`` for its answer; ``cancel()`` asks the backend to stop."""
 
     future: asyncio.Future[StageAnswer]
-    cancel_event: threading.Event
+    cancel_event: CancelFlag
     job: _Job | None = None  # a worker thread's call: where the worker leaves the answer
     stage: ThreadedStage | None = None  # the stage whose worker runs it
 
     def cancel(self) -> None:
         self.cancel_event.set()
+
+    async def wait(self, budget_s: float) -> StageAnswer:
+        """The answer within ``budget_s`` seconds, else TimeoutError; the call itself goes on
+        (``late()`` gives what it answers after). One timer on the call's own future: cheaper
+        than ``asyncio.timeout`` around ``asyncio.shield`` by ~14 µs of the loop's time a call."""
+        fut = self.future
+        if fut.done():
+            return fut.result()
+        timer = fut.get_loop().call_later(budget_s, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    def late(self) -> asyncio.Future[StageAnswer]:
+        """The answer that comes after ``wait`` gave up: resolved at once where the worker has
+        given it, else when the worker hands it back."""
+        job = self.job
+        if job is None or not self.future.done():
+            return self.future
+        if job.late is None:
+            job.late = self.future.get_loop().create_future()
+            if job.result is not None:
+                _settle(job.late, job.result)
+        return job.late
 
     def model_late(self, budget_s: float) -> bool:
         """Whether the model made this call late: at its deadline a run had lasted more than half
@@ -82,10 +125,16 @@ class CallHandle:
     def answered(self) -> StageAnswer | None:
         """The answer, if the backend has given one, even where the event loop has not yet taken
         it from the worker (a busy loop runs the hand-back late)."""
-        if self.future.done():
-            return None if self.future.cancelled() or self.future.exception() is not None else self.future.result()
         result = self.job.result if self.job is not None else None
-        return result if isinstance(result, StageAnswer) else None
+        if isinstance(result, StageAnswer):
+            return result
+        fut = self.future
+        return fut.result() if fut.done() and not fut.cancelled() and fut.exception() is None else None
+
+
+def _expire(fut: asyncio.Future[StageAnswer]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 class ModelStage(ABC):
@@ -138,10 +187,11 @@ class ModelStage(ABC):
 @dataclass
 class _Job:
     inputs: Mapping[str, Any]
-    cancel: threading.Event
+    cancel: CancelFlag
     future: asyncio.Future[StageAnswer]
     deadline: float = math.inf
     result: StageAnswer | BaseException | None = None  # set by the worker before it hands the answer back
+    late: asyncio.Future[StageAnswer] | None = None  # asked for after ``CallHandle.wait`` gave up
 
 
 class ThreadedStage(ModelStage):
@@ -167,7 +217,7 @@ class ThreadedStage(ModelStage):
         self._ewma_s = 0.0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.running_cancels: list[threading.Event] = []  # the cancel flags of the calls now running
+        self.running_cancels: list[CancelFlag] = []  # the cancel flags of the calls now running
         self.current_deadline = math.inf  # the running call's deadline (time.monotonic()), for backends that use spare time
         self.running_since: float | None = None  # time.monotonic() at which the running batch began
         self._closing = False
@@ -175,12 +225,12 @@ class ThreadedStage(ModelStage):
         self._thread.start()
 
     @abstractmethod
-    def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
+    def predict(self, inputs: Mapping[str, Any], cancel: CancelFlag) -> StageAnswer:
         """Run the model on the worker thread; stop early (raise Cancelled) once ``cancel`` is set."""
 
     def predict_batch(self, batch: list[Mapping[str, Any]]) -> list[StageAnswer]:
         """Answer several events in one run; the default runs them one by one."""
-        never = threading.Event()
+        never = CancelFlag()
         return [self.predict(inputs, never) for inputs in batch]
 
     def expected_wait_s(self) -> float:
@@ -190,7 +240,7 @@ class ThreadedStage(ModelStage):
     def call(self, inputs: Mapping[str, Any], deadline: float) -> CallHandle:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        job = _Job(inputs, threading.Event(), loop.create_future(), deadline)
+        job = _Job(inputs, CancelFlag(), loop.create_future(), deadline)
         with self._lock:
             self._queued += 1
         self._jobs.put(job)
@@ -276,12 +326,16 @@ class ThreadedStage(ModelStage):
 
 def _deliver(batch: list[_Job], results: list[StageAnswer | BaseException]) -> None:
     for job, result in zip(batch, results, strict=True):
-        if job.future.done():
-            continue
-        if isinstance(result, BaseException):
-            job.future.set_exception(result)
-        else:
-            job.future.set_result(result)
+        fut = job.future if not job.future.done() else job.late
+        if fut is not None and not fut.done():
+            _settle(fut, result)
+
+
+def _settle(fut: asyncio.Future[StageAnswer], result: StageAnswer | BaseException) -> None:
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 def softmax_top(labels: tuple[str, ...], probs: list[float]) -> StageAnswer:

@@ -8,12 +8,11 @@ interrupted, so its answer arrives late.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage
+from agentd.stages.base import CancelFlag, Cancelled, StageAnswer, ThreadedStage
 
 if TYPE_CHECKING:
     from agentd.config.models import DelayModelConfig
@@ -28,9 +27,10 @@ class DelayStage(ThreadedStage):
         self._scores = {**cfg.scores, cfg.label: cfg.confidence}
         self._cancellable = cfg.cancellable
 
-    def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
+    def predict(self, inputs: Mapping[str, Any], cancel: CancelFlag) -> StageAnswer:
         end = time.monotonic() + self._delay_s
         while (left := end - time.monotonic()) > 0:
-            if cancel.wait(min(left, 0.001)) and self._cancellable:
+            if cancel.is_set() and self._cancellable:
                 raise Cancelled("cancelled at deadline")
+            time.sleep(min(left, 0.001))
         return StageAnswer(self._label, self._confidence, dict(self._scores))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agentd.errors import ModelError
-from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage
+from agentd.stages.base import CancelFlag, Cancelled, StageAnswer, ThreadedStage
 from agentd.stages.loading import verify_file
 from agentd.stages.onnx import onnx_session
 
@@ -178,7 +178,7 @@ class EmbeddingStage(ThreadedStage):
     def abstains(self, inputs: Mapping[str, Any]) -> bool:
         return not self.text_of(inputs)
 
-    def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
+    def predict(self, inputs: Mapping[str, Any], cancel: CancelFlag) -> StageAnswer:
         if cancel.is_set():
             raise Cancelled("cancelled before run")
         return self._answer(self._vectors_of([self.text_of(inputs)])[0])

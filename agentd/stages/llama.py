@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import ModelError
-from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage
+from agentd.stages.base import CancelFlag, Cancelled, StageAnswer, ThreadedStage
 from agentd.stages.loading import check_memory, verify_file
 
 if TYPE_CHECKING:
@@ -295,7 +295,7 @@ class LlamaStage(ThreadedStage):
         logits = self._np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
         return log_softmax(logits.astype(self._np.float64))
 
-    def score(self, suffix_tokens: Sequence[int], cancel: threading.Event | None) -> list[float]:
+    def score(self, suffix_tokens: Sequence[int], cancel: CancelFlag | None) -> list[float]:
         """Log-likelihood of each label's continuation after the prefix and ``suffix_tokens``, in label order."""
         base = len(self.prefix_tokens)
         t = time.monotonic()
@@ -331,7 +331,7 @@ class LlamaStage(ThreadedStage):
         """Plain llama.cpp evaluation of ``tokens`` after the cached prefix (the bench's baseline)."""
         self._eval(tokens, len(self.prefix_tokens))
 
-    def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
+    def predict(self, inputs: Mapping[str, Any], cancel: CancelFlag) -> StageAnswer:
         with self._abort_lock:  # a late cancel of the previous call must not abort this one
             if self._closing:
                 raise Cancelled("the stage is closing")
@@ -353,7 +353,7 @@ class LlamaStage(ThreadedStage):
             extra["rationale"], extra["rationale_tokens"] = self._rationale(label, len(suffix), cancel)
         return StageAnswer(label, probs[top], dict(zip(self.labels, probs, strict=True)), extra=extra)
 
-    def _rationale(self, label: str, n_suffix: int, cancel: threading.Event) -> tuple[str, int]:
+    def _rationale(self, label: str, n_suffix: int, cancel: CancelFlag) -> tuple[str, int]:
         """Greedy tokens after the chosen label, while the decision's budget allows; never changes the choice.
 
         A step starts only if its expected time (the last step's, or the suffix evaluation's

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import ModelError
-from agentd.stages.base import Cancelled, StageAnswer, ThreadedStage, softmax_top
+from agentd.stages.base import CancelFlag, Cancelled, StageAnswer, ThreadedStage, softmax_top
 from agentd.stages.card import InputCard
 from agentd.stages.loading import check_memory, verify_file
 
@@ -104,7 +104,7 @@ class OnnxStage(ThreadedStage):
         """One plain ``InferenceSession.run`` (the bench's baseline)."""
         return self._session.run([self.output_name], {self.input_name: x})[0]
 
-    def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
+    def predict(self, inputs: Mapping[str, Any], cancel: CancelFlag) -> StageAnswer:
         row = self._row  # one reused buffer: only the worker thread runs predictions
         try:
             for i, f in enumerate(self._fields):
@@ -131,7 +131,7 @@ class OnnxStage(ThreadedStage):
         """The inputs as float64 rows, as the card scores them (the model's rows are float32)."""
         return self._np.array([[float(e[f]) for f in self._fields] for e in batch], dtype=self._np.float64)
 
-    def _run_rows(self, x: Any, cancel: threading.Event | None) -> Any:
+    def _run_rows(self, x: Any, cancel: CancelFlag | None) -> Any:
         options = self._ort.RunOptions()  # fresh per run: a late cancel must not stop the next run
         self._running = options
         try:

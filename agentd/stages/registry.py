@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import ModelError
-from agentd.stages.base import CallHandle, ModelStage, StageAnswer
+from agentd.stages.base import CallHandle, CancelFlag, ModelStage, StageAnswer
 
 if TYPE_CHECKING:
     from agentd.config.models import DelayModelConfig, EmbeddingModelConfig, LlamaModelConfig, OnnxModelConfig
@@ -34,7 +33,7 @@ class MissingStage(ModelStage):
     def call(self, inputs: Mapping[str, Any], deadline: float) -> CallHandle:
         raise ModelError(self._reason)
 
-    def predict(self, inputs: Mapping[str, Any], cancel: threading.Event) -> StageAnswer:
+    def predict(self, inputs: Mapping[str, Any], cancel: CancelFlag) -> StageAnswer:
         raise ModelError(self._reason)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from agentd.config.models import EmbeddingModelConfig
 from agentd.errors import ModelError
+from agentd.stages.base import CancelFlag
 from agentd.stages.embedding import EmbeddingStage
 from tests.conftest import MINILM
 
@@ -32,7 +33,7 @@ def req() -> EmbeddingStage:
 
 
 def answer(st: EmbeddingStage, text: str) -> Any:
-    return st.predict({"text": text}, threading.Event())
+    return st.predict({"text": text}, CancelFlag())
 
 
 def test_texts_take_the_label_of_their_most_similar_examples(req: EmbeddingStage) -> None:
@@ -109,13 +110,13 @@ def test_stages_on_one_model_file_share_one_session_and_answer_side_by_side() ->
     assert stage(threads=2)._session is not a._session  # other session options: its own
     texts = [f"there is smoke in corridor {i}" if i % 2 else f"we need {i} more gloves" for i in range(40)]
     alone = [answer(a, t).scores for t in texts]
-    other_alone = [b.predict({"note": t}, threading.Event()).scores for t in texts]
+    other_alone = [b.predict({"note": t}, CancelFlag()).scores for t in texts]
     a, b = stage(), other_stage()  # fresh: no kept vectors, every text runs the session
     assert a._session is b._session
     seen: list[Any] = []
 
     def other() -> None:
-        seen.extend(b.predict({"note": t}, threading.Event()).scores for t in texts)
+        seen.extend(b.predict({"note": t}, CancelFlag()).scores for t in texts)
 
     t = threading.Thread(target=other)
     t.start()

@@ -15,7 +15,7 @@ import pytest
 
 from agentd.config.models import LlamaModelConfig
 from agentd.errors import ModelError
-from agentd.stages.base import Cancelled
+from agentd.stages.base import CancelFlag, Cancelled
 from agentd.stages.llama import choice_distribution, cpu_has_amx, load_llama, render_event, render_prefix
 from agentd.stages.registry import build_stage
 
@@ -91,7 +91,7 @@ def test_scores_match_brute_force_reference(tiny: tuple[Path, str]) -> None:
             got = stage.score(stage.suffix_tokens(fields), None)
             want = reference_logliks(path, stage, suffix)
             assert got == pytest.approx(want, abs=2e-3)
-            answer = stage.predict(fields, threading.Event())
+            answer = stage.predict(fields, CancelFlag())
             probs = choice_distribution(want)
             assert answer.label == LABELS[probs.index(max(probs))]
             assert sum(answer.scores.values()) == pytest.approx(1.0)
@@ -131,7 +131,7 @@ def test_calibration_divides_by_the_content_free_answer(tiny: tuple[Path, str]) 
             want = [float(r / sum(ratio)) for r in ratio]
         else:  # underflow in the plain-probability reference: compare in log space instead
             want = choice_distribution([math.log(p) if p > 0 else -1e9 for p in raw], stage.calibration)
-        answer = stage.predict(fields, threading.Event())
+        answer = stage.predict(fields, CancelFlag())
         assert [answer.scores[label] for label in LABELS] == pytest.approx(want, abs=1e-3)
         # the calibration vector is the mean answer to the content-free inputs "N/A", "" and "[MASK]"
         per_input = [choice_distribution(stage.score(stage.suffix_tokens(dict.fromkeys(fields, tok)), None))
@@ -212,7 +212,7 @@ def test_long_and_non_ascii_events_are_cut_to_fit_the_context(tiny: tuple[Path, 
         for note in ("冷凍庫のドアが開いています。" * 60, "\U0001f9ca" * 500, "door " * 400):
             tokens = stage.suffix_tokens({"temperature_c": -3.0, "note": note})
             assert len(tokens) <= stage.suffix_room
-            answer = stage.predict({"temperature_c": -3.0, "note": note}, threading.Event())
+            answer = stage.predict({"temperature_c": -3.0, "note": note}, CancelFlag())
             assert answer.label in LABELS
         text = render_event(stage.prompt, {"temperature_c": -3.0, "note": "Tür offen"})
         assert "Tür offen" in text  # non-ASCII text reaches the model as text, not as \\u escapes
@@ -226,7 +226,7 @@ def test_empty_suffix_scores_after_the_prefix_not_on_stale_logits(tiny: tuple[Pa
     try:
         assert stage.suffix_tokens({"note": ""}) == []
         first = stage.score([], None)
-        stage.predict({"temperature_c": 1.0, "note": "something else entirely"}, threading.Event())
+        stage.predict({"temperature_c": 1.0, "note": "something else entirely"}, CancelFlag())
         assert stage.score([], None) == pytest.approx(first, abs=1e-6)
     finally:
         asyncio.run(stage.close())
@@ -264,18 +264,18 @@ def test_rationale_is_generated_within_the_budget_and_never_changes_the_choice(t
     explained = build_stage(model_cfg(path, sha, rationale={"enabled": True, "max_tokens": 8}))
     try:
         fields = {"temperature_c": -3.5, "note": "warm"}
-        without = plain.predict(fields, threading.Event())
+        without = plain.predict(fields, CancelFlag())
         explained.current_deadline = time.monotonic() + 60
-        with_reason = explained.predict(fields, threading.Event())
+        with_reason = explained.predict(fields, CancelFlag())
         assert (with_reason.label, with_reason.scores) == (without.label, without.scores)
         assert isinstance(with_reason.extra["rationale"], str)
         assert 0 < with_reason.extra["rationale_tokens"] <= 8
         explained.current_deadline = time.monotonic() - 1  # no budget left: no rationale, same choice
-        late = explained.predict(fields, threading.Event())
+        late = explained.predict(fields, CancelFlag())
         assert late.extra["rationale_tokens"] == 0 and late.label == without.label
         # a budget smaller than one evaluation step: the rationale does not start
         explained.current_deadline = time.monotonic() + explained._suffix_eval_s / 2
-        assert explained.predict(fields, threading.Event()).extra["rationale_tokens"] == 0
+        assert explained.predict(fields, CancelFlag()).extra["rationale_tokens"] == 0
     finally:
         asyncio.run(plain.close())
         asyncio.run(explained.close())

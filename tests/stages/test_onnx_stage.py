@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-import threading
 from pathlib import Path
 
 import pytest
 
 from agentd.config.loader import load_config
 from agentd.daemon.sources import freezer_event
+from agentd.stages.base import CancelFlag
 from agentd.stages.onnx import OnnxStage
 from agentd.stages.registry import build_stage
 
@@ -28,7 +28,7 @@ def test_answers_carry_the_cards_verdict_alone_and_in_a_batch(stage: OnnxStage) 
     rng = random.Random(5)
     events = [freezer_event(rng) for _ in range(40)] + [{"temperature_c": 30.0, "door_open_s": 5.0, "compressor_a": 5.0}]
     batch = stage.predict_batch(events)
-    alone = [stage.predict(e, threading.Event()) for e in events]
+    alone = [stage.predict(e, CancelFlag()) for e in events]
     for e, a, b in zip(events, batch, alone, strict=True):
         assert a.verdict == b.verdict == stage.card.check(e)
     assert batch[-1].verdict is not None and batch[-1].verdict.field == "temperature_c"  # beyond the training range
