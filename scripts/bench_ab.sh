@@ -28,7 +28,7 @@ for i in $(seq 1 "$rounds"); do
   for t in base new; do
     echo "== $t, round $i, $(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg)"
     PYTHONPATH="$work/$t" "$root/.venv/bin/python" -m agentd.cli bench --config "$work/$t/config/agentd.yaml" --only throughput --json \
-      | "$root/.venv/bin/python" -c "import json,sys; d=json.load(sys.stdin); print('$t bench', {k: d.get(k) for k in ('decisions_per_s_rules_only', 'decisions_per_s', 'decisions_per_s_min', 'decisions_per_s_max', 'throughput_lost')})"
+      | "$root/.venv/bin/python" -c "import json,sys; d=json.load(sys.stdin); print('$t bench', {k: d.get(k) for k in ('decisions_per_s_rules_only', 'decisions_per_s', 'decisions_per_s_min', 'decisions_per_s_max', 'decisions_per_s_in_hand_200', 'throughput_shed_in_hand_200', 'throughput_shed', 'throughput_lost')})"
     PYTHONPATH="$work/$t" "$root/.venv/bin/python" "$work/$t/scripts/profile_decision.py" --config "$work/$t/config/agentd.yaml" --rounds 2 \
       --stats "$work/$t.json" 2>&1 | sed "s/^/$t cpu /"
   done
