@@ -90,7 +90,7 @@ class CallHandle:
     async def wait(self, budget_s: float) -> StageAnswer:
         """The answer within ``budget_s`` seconds, else TimeoutError; the call itself goes on
         (``late()`` gives what it answers after). One timer on the call's own future: cheaper
-        than ``asyncio.timeout`` around ``asyncio.shield`` by ~14 µs of the loop's time a call."""
+        than ``asyncio.timeout`` around ``asyncio.shield`` by ~10 µs of the loop's time a call."""
         fut = self.future
         if fut.done():
             return fut.result()
